@@ -1,0 +1,82 @@
+"""Eval-mode inference speed of GhostNet in GRAPH_MODE: images/s, compile time, peak memory.
+
+    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16 64] [--image_size 224]
+
+Each batch size runs in its own process so that its peak memory is its own.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(args):
+    import mindspore as ms
+    import numpy as np
+    sys.path.insert(0, REPO)
+    from src.ghostnet import create_model
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device_target)
+    net = create_model(args.model, num_classes=args.num_classes)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal(
+        (args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
+    start = time.perf_counter()
+    net(x).asnumpy()
+    compile_s = time.perf_counter() - start
+    for _ in range(args.warmup):
+        net(x).asnumpy()
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        net(x).asnumpy()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device_target != "CPU":
+        try:
+            peak_mb = ms.runtime.max_memory_allocated() / 2**20
+        except Exception:  # device memory statistics are not on every backend
+            pass
+    print(json.dumps({"batch": args.batch_size, "images_per_s": args.batch_size / median,
+                      "median_ms": median * 1e3, "compile_s": compile_s, "peak_mb": peak_mb}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
+    parser.add_argument("--model", default="ghostnet_100")
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args()
+    if args.batch_size is not None:
+        measure(args)
+        return
+
+    print(f"GhostNet {args.model} eval, GRAPH_MODE, {args.device_target}, {args.image_size}px, "
+          f"median of {args.repeats} after {args.warmup} warm-up")
+    print(f"{'batch':>5} {'images/s':>9} {'median ms':>10} {'compile s':>10} {'peak MB':>8}")
+    for batch in args.batch_sizes:
+        cmd = [sys.executable, __file__, "--batch_size", str(batch)] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
+        if out.returncode != 0:
+            print(f"{batch:>5} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{row['batch']:>5} {row['images_per_s']:>9.1f} {row['median_ms']:>10.1f} "
+              f"{row['compile_s']:>10.1f} {row['peak_mb']:>8.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""GhostNet on Oxford-IIIT Pet for MindSpore: network, data, training, int8."""

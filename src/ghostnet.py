@@ -1,0 +1,209 @@
+"""GhostNet v1 (Han et al., "GhostNet: More Features from Cheap Operations", CVPR 2020).
+
+The architecture equals timm's ``ghostnet_050/100/130`` (the paper authors' reference code);
+parameter names equal the original MindSpore model-zoo GhostNet, so its float checkpoints
+load unchanged. Model code only: no I/O, no argparse, no context setting.
+"""
+import math
+
+import mindspore.nn as nn
+import mindspore.ops as ops
+from mindspore.common.initializer import HeNormal, Normal
+
+# Table 1 of the paper, one row per GhostBottleneck, grouped by the paper's stages:
+# (kernel, expansion channels, output channels, squeeze-excite ratio, stride)
+BLOCK_TABLE = (
+    ((3, 16, 16, 0.0, 1),),
+    ((3, 48, 24, 0.0, 2),),
+    ((3, 72, 24, 0.0, 1),),
+    ((5, 72, 40, 0.25, 2),),
+    ((5, 120, 40, 0.25, 1),),
+    ((3, 240, 80, 0.0, 2),),
+    ((3, 200, 80, 0.0, 1),
+     (3, 184, 80, 0.0, 1),
+     (3, 184, 80, 0.0, 1),
+     (3, 480, 112, 0.25, 1),
+     (3, 672, 112, 0.25, 1)),
+    ((5, 672, 160, 0.25, 2),),
+    ((5, 960, 160, 0.0, 1),
+     (5, 960, 160, 0.25, 1),
+     (5, 960, 160, 0.0, 1),
+     (5, 960, 160, 0.25, 1)),
+)
+STEM_CHANNELS = 16
+HEAD_CHANNELS = 1280
+DROPOUT = 0.2
+BN_MOMENTUM = 0.9  # MindSpore convention: 1 - PyTorch's 0.1
+BN_EPS = 1e-5
+WIDTHS = {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3}
+
+
+def make_divisible(value, divisor=4):
+    """Round ``value`` to a multiple of ``divisor``, never more than 10% down (timm's rule)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def conv2d(in_channels, out_channels, kernel_size, stride=1, groups=1, has_bias=False):
+    """Convolution with symmetric k//2 padding ('same' pads stride-2 convs asymmetrically)."""
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, pad_mode="pad",
+                     padding=kernel_size // 2, group=groups, has_bias=has_bias,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+class HardSigmoid(nn.Cell):
+    """relu6(x + 3) / 6, written out because ONNX export has no HSigmoid."""
+
+    def construct(self, x):
+        return ops.relu6(x + 3.0) / 6.0
+
+
+class ConvBNAct(nn.Cell):
+    """Convolution, BatchNorm and an optional ReLU; children are named ``conv`` and ``bn``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, relu=True):
+        super().__init__()
+        self.conv = conv2d(in_channels, out_channels, kernel_size, stride, groups)
+        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU() if relu else None
+
+    def construct(self, x):
+        x = self.bn(self.conv(x))
+        if self.relu is not None:
+            x = self.relu(x)
+        return x
+
+
+def depthwise(channels, kernel_size, stride=1, relu=True):
+    return ConvBNAct(channels, channels, kernel_size, stride, groups=channels, relu=relu)
+
+
+class GhostModule(nn.Cell):
+    """Half the output from a 1x1 convolution, the other half from a cheap 3x3 depthwise one."""
+
+    def __init__(self, in_channels, out_channels, relu=True, ratio=2, cheap_kernel=3):
+        super().__init__()
+        self.out_channels = out_channels
+        primary_channels = math.ceil(out_channels / ratio)
+        cheap_channels = primary_channels * (ratio - 1)
+        self.primary_conv = ConvBNAct(in_channels, primary_channels, 1, relu=relu)
+        self.cheap_operation = depthwise(primary_channels, cheap_kernel, relu=relu)
+        self.trim = primary_channels + cheap_channels != out_channels
+
+    def construct(self, x):
+        primary = self.primary_conv(x)
+        out = ops.cat((primary, self.cheap_operation(primary)), axis=1)
+        if self.trim:
+            out = out[:, :self.out_channels]
+        return out
+
+
+class SqueezeExcite(nn.Cell):
+    """Channel attention with a hard-sigmoid gate; reduced channels divisible by 4."""
+
+    def __init__(self, channels, ratio):
+        super().__init__()
+        reduced = make_divisible(channels * ratio, 4)
+        self.conv_reduce = conv2d(channels, reduced, 1, has_bias=True)
+        self.relu = nn.ReLU()
+        self.conv_expand = conv2d(reduced, channels, 1, has_bias=True)
+        self.gate = HardSigmoid()
+
+    def construct(self, x):
+        scale = x.mean(axis=(2, 3), keep_dims=True)
+        scale = self.conv_expand(self.relu(self.conv_reduce(scale)))
+        return x * self.gate(scale)
+
+
+class GhostBottleneck(nn.Cell):
+    """ghost1 (expand, ReLU) -> [stride-2 depthwise] -> [SE] -> ghost2 (project) + shortcut."""
+
+    def __init__(self, in_channels, mid_channels, out_channels, kernel_size, stride, se_ratio):
+        super().__init__()
+        self.ghost1 = GhostModule(in_channels, mid_channels, relu=True)
+        self.dw = depthwise(mid_channels, kernel_size, stride, relu=False) if stride > 1 else None
+        self.se = SqueezeExcite(mid_channels, se_ratio) if se_ratio > 0 else None
+        self.ghost2 = GhostModule(mid_channels, out_channels, relu=False)
+        if in_channels == out_channels and stride == 1:
+            self.shortcut = None
+        else:
+            self.shortcut = nn.SequentialCell(
+                depthwise(in_channels, kernel_size, stride, relu=False),
+                ConvBNAct(in_channels, out_channels, 1, relu=False),
+            )
+
+    def construct(self, x):
+        residual = x
+        x = self.ghost1(x)
+        if self.dw is not None:
+            x = self.dw(x)
+        if self.se is not None:
+            x = self.se(x)
+        x = self.ghost2(x)
+        if self.shortcut is not None:
+            residual = self.shortcut(residual)
+        return x + residual
+
+
+class GhostNet(nn.Cell):
+    """GhostNet v1. ``forward_features`` gives the map before pooling; ``forward_head`` the logits."""
+
+    def __init__(self, width=1.0, num_classes=1000, dropout=DROPOUT, block_table=BLOCK_TABLE):
+        super().__init__()
+        self.width = width
+        self.num_classes = num_classes
+        stem_channels = make_divisible(STEM_CHANNELS * width, 4)
+        self.conv_stem = conv2d(3, stem_channels, 3, stride=2)
+        self.bn1 = nn.BatchNorm2d(stem_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.relu = nn.ReLU()
+
+        blocks = []
+        in_channels = stem_channels
+        for stage in block_table:
+            for kernel, expansion, out, se_ratio, stride in stage:
+                out_channels = make_divisible(out * width, 4)
+                mid_channels = make_divisible(expansion * width, 4)
+                blocks.append(GhostBottleneck(in_channels, mid_channels, out_channels,
+                                              kernel, stride, se_ratio))
+                in_channels = out_channels
+        self.num_features = make_divisible(block_table[-1][-1][1] * width, 4)
+        blocks.append(ConvBNAct(in_channels, self.num_features, 1))
+        self.blocks = nn.SequentialCell(blocks)
+
+        self.conv_head = conv2d(self.num_features, HEAD_CHANNELS, 1, has_bias=True)
+        self.dropout = nn.Dropout(p=dropout)
+        self.classifier = self._new_classifier(num_classes)
+
+    @staticmethod
+    def _new_classifier(num_classes):
+        return nn.Dense(HEAD_CHANNELS, num_classes, weight_init=Normal(0.01), bias_init="zeros")
+
+    def reset_classifier(self, num_classes):
+        """Replace the classifier with a freshly initialised one for ``num_classes`` classes."""
+        self.num_classes = num_classes
+        self.classifier = self._new_classifier(num_classes)
+        self.classifier.update_parameters_name("classifier.")
+
+    def forward_features(self, x):
+        x = self.relu(self.bn1(self.conv_stem(x)))
+        return self.blocks(x)
+
+    def forward_head(self, x):
+        # A mean over H and W rather than AdaptiveAvgPool2D, which ONNX export lacks.
+        x = x.mean(axis=(2, 3), keep_dims=True)
+        x = self.relu(self.conv_head(x))
+        x = x.reshape(x.shape[0], -1)
+        x = self.dropout(x)
+        return self.classifier(x)
+
+    def construct(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def create_model(name="ghostnet_100", num_classes=37, **kwargs):
+    """Build a GhostNet variant by name: ``ghostnet_050``, ``ghostnet_100`` or ``ghostnet_130``."""
+    if name not in WIDTHS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(WIDTHS))}")
+    return GhostNet(width=WIDTHS[name], num_classes=num_classes, **kwargs)

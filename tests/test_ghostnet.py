@@ -1,0 +1,89 @@
+import numpy as np
+import mindspore as ms
+import pytest
+
+from src.ghostnet import BLOCK_TABLE, GhostNet, create_model, make_divisible
+from src.model_stats import count_macs, count_trainable_parameters
+
+
+def zoo_names(fixtures_dir):
+    rows = (fixtures_dir / "zoo_ghostnet" / "float_param_names.tsv").read_text().splitlines()
+    entries = [row.split("\t") for row in rows if row and not row.startswith("#")]
+    return [(name, tuple(int(v) for v in shape.strip("[]").split(","))) for name, shape in entries]
+
+
+@pytest.mark.parametrize("num_classes, expected", [(1000, 5_182_508), (37, 3_948_905)])
+def test_trainable_parameters_match_the_reference(num_classes, expected):
+    assert count_trainable_parameters(GhostNet(num_classes=num_classes)) == expected
+
+
+def test_macs_at_224_counted_from_the_network():
+    macs = count_macs(GhostNet(num_classes=1000), image_size=224)
+    assert round(macs / 1e6, 2) == 141.15
+
+
+def test_macs_scale_with_resolution():
+    net = GhostNet(num_classes=1000)
+    # Spatial work shrinks 4x at half resolution; the head (1x1 on pooled features) does not.
+    assert count_macs(net, 112) < count_macs(net, 224) / 3
+
+
+def test_parameter_names_and_shapes_equal_the_zoo(fixtures_dir):
+    ours = [(name, tuple(p.shape)) for name, p in GhostNet(num_classes=37).parameters_and_names()]
+    assert ours == zoo_names(fixtures_dir)
+
+
+def test_block_table_has_the_papers_sixteen_bottlenecks():
+    assert sum(len(stage) for stage in BLOCK_TABLE) == 16
+    assert [row[4] for stage in BLOCK_TABLE for row in stage].count(2) == 4
+
+
+@pytest.mark.parametrize("value, expected", [(16 * 0.5, 8), (72 * 1.3, 92), (18, 20), (3, 4)])
+def test_make_divisible_rounds_like_timm(value, expected):
+    assert make_divisible(value, 4) == expected
+
+
+@pytest.mark.parametrize("name", ["ghostnet_050", "ghostnet_100", "ghostnet_130"])
+def test_every_width_runs_forward_and_features(name):
+    net = create_model(name, num_classes=5)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    logits = net(x)
+    assert logits.shape == (2, 5)
+    assert np.isfinite(logits.asnumpy()).all()
+    assert net.forward_features(x).shape == (2, net.num_features, 2, 2)
+
+
+def test_forward_features_is_960_by_7_by_7_at_224():
+    net = GhostNet(num_classes=37)
+    net.set_train(False)
+    assert net.forward_features(ms.ops.zeros((1, 3, 224, 224), ms.float32)).shape == (1, 960, 7, 7)
+
+
+def test_create_model_rejects_unknown_names():
+    with pytest.raises(ValueError, match="ghostnet_100"):
+        create_model("ghostnet_200")
+
+
+def test_backward_reaches_every_trainable_parameter():
+    net = GhostNet(width=0.5, num_classes=4, dropout=0.0)
+    net.set_train(True)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    params = net.trainable_params()
+
+    def loss_fn(images):
+        return (net(images) ** 2).sum()
+
+    grads = ms.grad(loss_fn, grad_position=None, weights=params)(x)
+    no_grad = [p.name for p, g in zip(params, grads) if not np.abs(g.asnumpy()).sum() > 0]
+    assert not no_grad
+    assert all(np.isfinite(g.asnumpy()).all() for g in grads)
+
+
+def test_reset_classifier_keeps_the_parameter_names():
+    net = GhostNet(num_classes=1000)
+    net.reset_classifier(37)
+    params = dict(net.parameters_and_names())
+    assert params["classifier.weight"].shape == (37, 1280)
+    assert params["classifier.weight"].name == "classifier.weight"
+    assert net(ms.ops.zeros((1, 3, 32, 32), ms.float32)).shape == (1, 37)
