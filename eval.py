@@ -1,0 +1,54 @@
+"""Evaluate a GhostNet checkpoint on an Oxford-IIIT Pet MindRecord.
+
+    python eval.py --dataset_path OUT_DIR/test.mindrecord --checkpoint_path CKPT
+
+prints the original package's line ``result: {'acc': 0.xxxx} ckpt= PATH`` and then the
+top-5 accuracy and sample count.
+"""
+import argparse
+import logging
+import sys
+
+from src.checkpoint import CheckpointError, load_strict
+from src.dataset import DatasetError, create_dataset
+from src.evaluation import evaluate
+from src.ghostnet import GhostNet
+from src.runtime import add_device_argument, set_device, setup_logging
+
+logger = logging.getLogger("eval")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset_path", required=True, help="test.mindrecord written by src.dataset")
+    parser.add_argument("--checkpoint_path", required=True, help="checkpoint to evaluate (.ckpt)")
+    add_device_argument(parser)
+    parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
+                        help="GhostNet width multiplier")
+    parser.add_argument("--num_workers", type=int, default=2, help="data loading workers")
+    return parser
+
+
+def main(args):
+    set_device(args.device_target)
+    dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
+                             batch_size=args.batch_size, num_workers=args.num_workers)
+    net = GhostNet(width=args.width, num_classes=args.num_classes)
+    load_strict(net, args.checkpoint_path)
+    result = evaluate(net, dataset, args.dataset_path)
+    print(f"result: {{'acc': {result['top1']:.4f}}} ckpt= {args.checkpoint_path}")
+    print(f"top5: {result['top5']:.4f} samples: {result['samples']}")
+    return result
+
+
+if __name__ == "__main__":
+    setup_logging()
+    try:
+        main(get_args_parser().parse_args())
+    except (CheckpointError, DatasetError) as err:
+        logger.error("%s", err)
+        sys.exit(2)

@@ -1,0 +1,321 @@
+"""Oxford-IIIT Pet as MindRecord, and the train/eval input pipelines.
+
+    python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR [--shard_num N] [--overwrite]
+
+reads ``PETS_DIR/images/*.jpg`` and ``PETS_DIR/annotations/{trainval,test}.txt`` and writes
+``OUT_DIR/train.mindrecord`` (trainval), ``OUT_DIR/test.mindrecord`` and
+``OUT_DIR/class_names.txt`` (one breed a line, line i is label i).
+"""
+import argparse
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_RESIZE_RATIO = 256 / 224
+SPLITS = {"train": "trainval.txt", "test": "test.txt"}
+CLASS_NAMES_FILE = "class_names.txt"
+SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}}
+LABEL_COLUMNS = ("label", "label_list")  # ours, and the original package's
+# Modes MindSpore's JPEG decoder turns into RGB correctly; anything else is re-encoded.
+DECODABLE_JPEG_MODES = ("RGB", "L")
+
+
+class DatasetError(ValueError):
+    """The data on disk is unusable; the message names the file and the fix."""
+
+
+# --- conversion ------------------------------------------------------------------------
+
+@dataclass
+class Annotation:
+    image: str
+    label: int
+
+
+@dataclass
+class SplitSummary:
+    written: int = 0
+    reencoded: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # (file, reason)
+
+
+def read_annotations(path):
+    """Parse ``<image> <class_id 1..37> <species> <breed_id>`` lines; ``#`` lines are comments."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"annotation file not found: {path} (expected the official "
+                           "Pets layout: annotations/trainval.txt and annotations/test.txt)")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            fields = line.split()
+            try:
+                class_id = int(fields[1])
+            except (IndexError, ValueError):
+                raise DatasetError(f"{path}:{number}: expected '<image> <class_id> <species> "
+                                   f"<breed_id>', got {line!r}") from None
+            if class_id < 1:
+                raise DatasetError(f"{path}:{number}: class_id {class_id} must be 1 or more")
+            entries.append(Annotation(fields[0], class_id - 1))
+    return entries
+
+
+def breed_name(image_name):
+    """``Abyssinian_100`` -> ``Abyssinian``; ``american_bulldog_12`` -> ``american_bulldog``."""
+    return image_name.rsplit("_", 1)[0]
+
+
+def class_names_from(annotations):
+    names = {}
+    for entry in annotations:
+        names.setdefault(entry.label, breed_name(entry.image))
+    missing = [i for i in range(max(names) + 1) if i not in names]
+    if missing:
+        raise DatasetError(f"no image for class_id(s) {[i + 1 for i in missing]} in the annotations")
+    return [names[i] for i in range(len(names))]
+
+
+def load_image_bytes(path):
+    """Return ``(jpeg_bytes, reencoded_reason)``; raise OSError for what PIL cannot read."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    with Image.open(io.BytesIO(raw)) as img:
+        img.load()  # decodes fully: truncated or corrupt files raise here
+        if img.format == "JPEG" and img.mode in DECODABLE_JPEG_MODES:
+            return raw, None
+        reason = f"{img.format} {img.mode}"
+        out = io.BytesIO()
+        img.convert("RGB").save(out, "JPEG", quality=95)
+        return out.getvalue(), reason
+
+
+def _write_split(annotations, images_dir, path, shard_num, summary, progress):
+    from mindspore.mindrecord import FileWriter
+
+    writer = FileWriter(path, shard_num=shard_num, overwrite=True)
+    writer.add_schema(SCHEMA, "oxford_iiit_pet")
+    batch = []
+    for entry in annotations:
+        file = os.path.join(images_dir, entry.image + ".jpg")
+        if not os.path.isfile(file):
+            summary.skipped.append((file, "listed in the annotations but not found"))
+        else:
+            try:
+                data, reason = load_image_bytes(file)
+            except (OSError, SyntaxError, ValueError) as err:
+                summary.skipped.append((file, f"unreadable: {err}"))
+            else:
+                if reason:
+                    summary.reencoded.append((file, reason))
+                batch.append({"image": data, "label": entry.label})
+        progress()
+        if len(batch) >= 256:
+            writer.write_raw_data(batch)
+            summary.written += len(batch)
+            batch = []
+    if batch:
+        writer.write_raw_data(batch)
+        summary.written += len(batch)
+    writer.commit()
+
+
+def output_files(output_dir, shard_num):
+    names = [CLASS_NAMES_FILE]
+    for split in SPLITS:
+        stems = [f"{split}.mindrecord"] if shard_num == 1 else \
+            [f"{split}.mindrecord{i}" for i in range(shard_num)]
+        names += [n for stem in stems for n in (stem, stem + ".db")]
+    return [os.path.join(output_dir, n) for n in names]
+
+
+def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skipped=10):
+    """Write the MindRecord files and class names; return ``{split: SplitSummary}``.
+
+    Everything is written in a staging folder inside ``output_dir`` and moved into place
+    (same file names, as a MindRecord must keep its name) only when both splits succeed.
+    """
+    images_dir = os.path.join(data_root, "images")
+    if not os.path.isdir(images_dir):
+        raise DatasetError(f"image folder not found: {images_dir} (download and extract "
+                           "images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet into --data_root)")
+    if shard_num < 1:
+        raise DatasetError(f"--shard_num must be 1 or more, got {shard_num}")
+    annotations = {split: read_annotations(os.path.join(data_root, "annotations", name))
+                   for split, name in SPLITS.items()}
+    names = class_names_from(annotations["train"] + annotations["test"])
+    targets = output_files(output_dir, shard_num)
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing and not overwrite:
+        raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
+
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
+    try:
+        total = sum(len(a) for a in annotations.values())
+        done, start = [0], time.time()
+
+        def progress():
+            done[0] += 1
+            if done[0] % 500 == 0 or done[0] == total:
+                logger.info("converted %d/%d images (%.0f/s)", done[0], total,
+                            done[0] / max(time.time() - start, 1e-9))
+
+        summaries = {}
+        for split, entries in annotations.items():
+            summaries[split] = SplitSummary()
+            _write_split(entries, images_dir, os.path.join(staging, f"{split}.mindrecord"),
+                         shard_num, summaries[split], progress)
+        skipped = [s for summary in summaries.values() for s in summary.skipped]
+        if len(skipped) > max_skipped:
+            raise DatasetError(
+                f"{len(skipped)} images skipped, more than --max_skipped {max_skipped}; first: "
+                + "; ".join(f"{f}: {why}" for f, why in skipped[:5])
+                + ". Check the download, or raise --max_skipped.")
+        with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
+            f.write("\n".join(names) + "\n")
+        for target in existing:
+            os.remove(target)
+        for target in targets:
+            os.replace(os.path.join(staging, os.path.basename(target)), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    for split, summary in summaries.items():
+        logger.info("%s: %d images written to %s", split, summary.written,
+                    os.path.join(output_dir, f"{split}.mindrecord"))
+        for file, reason in summary.reencoded:
+            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
+        for file, reason in summary.skipped:
+            logger.warning("  skipped %s: %s", file, reason)
+    logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
+    return summaries
+
+
+def read_class_names(dataset_path):
+    """Class names written beside a MindRecord file by the conversion, or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(dataset_path)), CLASS_NAMES_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+# --- input pipelines -------------------------------------------------------------------
+
+def label_column(dataset_path):
+    """Check ``dataset_path`` is a MindRecord with an image and a label column; return the label's name."""
+    from mindspore.mindrecord import FileReader
+
+    if not os.path.isfile(dataset_path):
+        raise DatasetError(f"dataset not found: {dataset_path} "
+                           "(make it with `python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR`)")
+    try:
+        reader = FileReader(dataset_path)
+        columns = set(reader.schema())
+        reader.close()
+    except Exception as err:  # MindSpore raises several types for a non-MindRecord file
+        raise DatasetError(f"{dataset_path} is not a readable MindRecord file: "
+                           f"{str(err).splitlines()[0]}") from err
+    if "image" not in columns:
+        raise DatasetError(f"{dataset_path} has no 'image' column (columns: {sorted(columns)})")
+    for name in LABEL_COLUMNS:
+        if name in columns:
+            return name
+    raise DatasetError(f"{dataset_path} has no 'label' or 'label_list' column "
+                       f"(columns: {sorted(columns)})")
+
+
+def shard_of_this_process(num_shards=None, shard_id=None):
+    """Explicit arguments, else the initialised communication group, else no sharding."""
+    if num_shards is not None:
+        if shard_id is None or not 0 <= shard_id < num_shards:
+            raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
+        return num_shards, shard_id
+    from mindspore.communication import GlobalComm, get_group_size, get_rank
+    if GlobalComm.INITED and get_group_size() > 1:
+        return get_group_size(), get_rank()
+    return None, None
+
+
+def transforms(train, image_size):
+    import mindspore.dataset.vision as vision
+    from mindspore.dataset.vision import Inter
+
+    normalize = vision.Normalize(mean=[255 * m for m in IMAGENET_MEAN],
+                                 std=[255 * s for s in IMAGENET_STD])
+    if train:
+        return [vision.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                vision.RandomHorizontalFlip(),
+                vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),
+                normalize, vision.HWC2CHW()]
+    return [vision.Decode(),
+            vision.Resize(int(image_size * EVAL_RESIZE_RATIO), Inter.BICUBIC),
+            vision.CenterCrop(image_size),
+            normalize, vision.HWC2CHW()]
+
+
+def create_dataset(dataset_path, train, image_size=224, batch_size=32, num_workers=2,
+                   num_shards=None, shard_id=None, seed=None):
+    """Batches of ``(image float32 NCHW, label int32)``.
+
+    Train: shuffled, augmented, last partial batch dropped, sharded across the group.
+    Eval: every sample exactly once, the last batch possibly smaller.
+    """
+    import mindspore as ms
+    import mindspore.dataset as ds
+    import mindspore.dataset.transforms as T
+
+    label = label_column(dataset_path)
+    if seed is not None:
+        ds.config.set_seed(seed)
+    num_shards, shard_id = shard_of_this_process(num_shards, shard_id) if train else (num_shards, shard_id)
+    data = ds.MindDataset(dataset_path, columns_list=["image", label], shuffle=train,
+                          num_shards=num_shards, shard_id=shard_id,
+                          num_parallel_workers=num_workers)
+    if label != "label":
+        data = data.rename(label, "label")
+    data = data.map(transforms(train, image_size), input_columns="image",
+                    num_parallel_workers=num_workers)
+    data = data.map(T.TypeCast(ms.int32), input_columns="label")
+    return data.batch(batch_size, drop_remainder=train)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description="Convert Oxford-IIIT Pet to MindRecord.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data_root", required=True,
+                        help="Pets folder holding images/ and annotations/")
+    parser.add_argument("--output_dir", required=True,
+                        help="folder for train.mindrecord, test.mindrecord and class_names.txt")
+    parser.add_argument("--shard_num", type=int, default=1, help="MindRecord files per split")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    parser.add_argument("--max_skipped", type=int, default=10,
+                        help="fail when more images than this are missing or unreadable")
+    return parser
+
+
+def main(args):
+    convert_pets(args.data_root, args.output_dir, args.shard_num, args.overwrite, args.max_skipped)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        main(get_args_parser().parse_args())
+    except DatasetError as err:
+        logger.error("%s", err)
+        sys.exit(2)

@@ -1,0 +1,63 @@
+"""Top-1 / top-5 accuracy over a whole eval dataset, every sample counted once."""
+import logging
+import time
+
+import mindspore as ms
+import numpy as np
+
+from src.dataset import DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+def _pad_to(array, size):
+    """Pad the batch axis so the last, smaller batch reuses the compiled graph."""
+    if array.shape[0] == size:
+        return array
+    pad = np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)
+    return np.concatenate([array, pad])
+
+
+def predict_logits(net, dataset, dataset_path="dataset", log_every=None):
+    """Yield ``(logits, labels)`` per batch of ``dataset`` (images, labels)."""
+    net.set_train(False)
+    num_batches = dataset.get_dataset_size()
+    log_every = log_every or max(1, num_batches // 10)
+    batch_size, seen, start = None, 0, time.time()
+    iterator = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
+    step = 0
+    while True:
+        try:
+            images, labels = next(iterator)
+        except StopIteration:
+            break
+        except RuntimeError as err:
+            if "Decode" in str(err) or "decode" in str(err):
+                raise DatasetError(
+                    f"an image inside {dataset_path} cannot be decoded. Rebuild the file with "
+                    "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`, "
+                    "which re-encodes or skips such images.") from None
+            raise
+        batch_size = batch_size or images.shape[0]
+        count = images.shape[0]
+        logits = net(ms.Tensor(_pad_to(images, batch_size))).asnumpy()[:count]
+        seen += count
+        step += 1
+        if step % log_every == 0 or step == num_batches:
+            logger.info("eval %d/%d batches, %d images (%.1f images/s)", step, num_batches,
+                        seen, seen / max(time.time() - start, 1e-9))
+        yield logits, labels
+
+
+def evaluate(net, dataset, dataset_path="dataset"):
+    """Return ``{"top1": float, "top5": float, "samples": int}``."""
+    top1 = top5 = total = 0
+    for logits, labels in predict_logits(net, dataset, dataset_path):
+        k = min(5, logits.shape[1])
+        best = np.argsort(-logits, axis=1)[:, :k]
+        top1 += int((best[:, 0] == labels).sum())
+        top5 += int((best == labels[:, None]).any(axis=1).sum())
+        total += len(labels)
+    if total == 0:
+        raise DatasetError(f"{dataset_path} holds no samples")
+    return {"top1": top1 / total, "top5": top5 / total, "samples": total}

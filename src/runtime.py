@@ -1,0 +1,26 @@
+"""Process set-up shared by the entry scripts: logging and the MindSpore device."""
+import logging
+import sys
+
+DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
+
+
+def setup_logging(rank=0):
+    prefix = f"[rank {rank}] " if rank else ""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {prefix}%(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def set_device(device_target, graph_mode=True):
+    import mindspore as ms
+
+    if device_target not in DEVICE_TARGETS:
+        raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
+    ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
+    ms.set_device(device_target)
+
+
+def add_device_argument(parser):
+    parser.add_argument("--device_target", "--platform", dest="device_target", default="CPU",
+                        choices=DEVICE_TARGETS,
+                        help="where to run (--platform is the original package's name for it)")

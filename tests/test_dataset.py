@@ -1,0 +1,136 @@
+import os
+
+import numpy as np
+import pytest
+from mindspore.mindrecord import FileWriter
+
+from src.dataset import (DatasetError, breed_name, convert_pets, create_dataset, read_annotations,
+                         read_class_names)
+from src.sample_data import make_sample_pets
+
+
+def labels_of(dataset):
+    return np.concatenate([labels for _, labels in dataset.create_tuple_iterator(output_numpy=True)])
+
+
+def test_conversion_counts_reencodes_and_skips(sample_pets, caplog):
+    root, out, made = sample_pets
+    assert made["train"] == 48 and made["test"] == 23
+    summaries = convert_pets(str(root), str(out / "again"), overwrite=True)
+    assert summaries["train"].written == 48
+    assert summaries["test"].written == 23
+    assert sorted(f for f, _ in summaries["test"].reencoded) == sorted(made["reencoded"])
+    skipped = dict(summaries["test"].skipped)
+    assert set(skipped) == set(made["unreadable"] + made["absent"])
+    assert "not found" in skipped[made["absent"][0]]
+    assert "unreadable" in skipped[made["unreadable"][0]]
+
+
+def test_class_names_come_from_file_names(sample_pets):
+    _, out, _ = sample_pets
+    assert read_class_names(str(out / "test.mindrecord")) == [
+        "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound"]
+    assert breed_name("great_pyrenees_103") == "great_pyrenees"
+
+
+def test_annotations_skip_comments_and_reject_bad_lines(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("#Image CLASS-ID SPECIES BREED ID\nAbyssinian_1 1 1 1\n\nbeagle_2 5 2 3\n")
+    assert [(a.image, a.label) for a in read_annotations(str(good))] == [("Abyssinian_1", 0), ("beagle_2", 4)]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Abyssinian_1 one 1 1\n")
+    with pytest.raises(DatasetError, match=r"bad.txt:1"):
+        read_annotations(str(bad))
+
+
+def test_eval_pipeline_counts_every_sample_once(sample_pets):
+    _, out, _ = sample_pets
+    data = create_dataset(str(out / "test.mindrecord"), train=False, image_size=48, batch_size=7)
+    batches = list(data.create_tuple_iterator(output_numpy=True))
+    assert [b[0].shape[0] for b in batches] == [7, 7, 7, 2]
+    images = batches[0][0]
+    assert images.shape == (7, 3, 48, 48) and images.dtype == np.float32
+    labels = np.concatenate([b[1] for b in batches])
+    assert labels.dtype == np.int32
+    # 5 each, plus the readable PNG, CMYK and grayscale files of classes 0, 1 and 2
+    assert np.bincount(labels).tolist() == [6, 6, 6, 5]
+    # ImageNet normalisation: values centred near 0, not in [0, 255]
+    assert -3 < images.mean() < 3 and images.std() < 3
+
+
+def test_train_pipeline_drops_the_partial_batch_and_augments(sample_pets):
+    _, out, _ = sample_pets
+    path = str(out / "train.mindrecord")
+    data = create_dataset(path, train=True, image_size=32, batch_size=10, seed=1)
+    shapes = [images.shape for images, _ in data.create_tuple_iterator(output_numpy=True)]
+    assert shapes == [(10, 3, 32, 32)] * 4
+    first = next(create_dataset(path, train=True, image_size=32, batch_size=48, seed=1)
+                 .create_tuple_iterator(output_numpy=True))
+    second = next(create_dataset(path, train=True, image_size=32, batch_size=48, seed=2)
+                  .create_tuple_iterator(output_numpy=True))
+    assert not np.allclose(first[0], second[0])
+    assert sorted(first[1].tolist()) == sorted(second[1].tolist())
+
+
+def test_shards_are_disjoint_and_cover_everything(tmp_path):
+    # one training image per class, so a label identifies a sample
+    make_sample_pets(str(tmp_path / "pets"), num_classes=30, train_per_class=1, test_per_class=1,
+                     size=(40, 40), awkward_files=False)
+    convert_pets(str(tmp_path / "pets"), str(tmp_path / "mr"))
+    path = str(tmp_path / "mr" / "train.mindrecord")
+    shards = [set(labels_of(create_dataset(path, train=True, image_size=32, batch_size=1,
+                                           num_shards=3, shard_id=k, seed=5)).tolist())
+              for k in range(3)]
+    assert all(len(s) == 10 for s in shards)
+    assert set.union(*shards) == set(range(30))
+
+
+def test_original_label_list_column_loads(tmp_path, sample_pets):
+    _, out, _ = sample_pets
+    from mindspore.mindrecord import FileReader
+    reader = FileReader(str(out / "test.mindrecord"))
+    rows = [{"image": r["image"], "label_list": r["label"]} for r in reader.get_next()]
+    reader.close()
+    path = str(tmp_path / "zoo.mindrecord")
+    writer = FileWriter(path, 1)
+    writer.add_schema({"image": {"type": "bytes"}, "label_list": {"type": "int32"}}, "zoo")
+    writer.write_raw_data(rows)
+    writer.commit()
+    labels = labels_of(create_dataset(path, train=False, image_size=32, batch_size=5))
+    assert labels.tolist() == [r["label_list"] for r in rows]
+
+
+def test_a_mindrecord_without_labels_is_refused(tmp_path):
+    path = str(tmp_path / "nolabel.mindrecord")
+    writer = FileWriter(path, 1)
+    writer.add_schema({"image": {"type": "bytes"}, "target": {"type": "int32"}}, "x")
+    writer.write_raw_data([{"image": b"\xff\xd8", "target": 0}])
+    writer.commit()
+    with pytest.raises(DatasetError, match=r"no 'label' or 'label_list' column"):
+        create_dataset(path, train=False)
+    with pytest.raises(DatasetError, match="dataset not found"):
+        create_dataset(str(tmp_path / "absent.mindrecord"), train=False)
+
+
+def test_existing_output_needs_overwrite(sample_pets, tmp_path):
+    root, _, _ = sample_pets
+    convert_pets(str(root), str(tmp_path))
+    with pytest.raises(DatasetError, match="--overwrite"):
+        convert_pets(str(root), str(tmp_path))
+    convert_pets(str(root), str(tmp_path), overwrite=True)
+
+
+def test_too_many_skipped_fails_and_leaves_nothing(sample_pets, tmp_path):
+    root, _, _ = sample_pets
+    out = tmp_path / "out"
+    with pytest.raises(DatasetError, match=r"2 images skipped, more than --max_skipped 1"):
+        convert_pets(str(root), str(out), max_skipped=1)
+    assert os.listdir(out) == []
+
+
+def test_sharded_mindrecord_files(sample_pets, tmp_path):
+    root, _, _ = sample_pets
+    convert_pets(str(root), str(tmp_path), shard_num=2)
+    assert {"train.mindrecord0", "train.mindrecord1", "test.mindrecord0.db"} <= set(os.listdir(tmp_path))
+    data = create_dataset(str(tmp_path / "test.mindrecord0"), train=False, image_size=32, batch_size=4)
+    assert len(labels_of(data)) == 23
