@@ -18,11 +18,11 @@ def _pad_to(array, size):
     return np.concatenate([array, pad])
 
 
-def predict_logits(net, dataset, dataset_path="dataset", log_every=None):
+def predict_logits(net, dataset, dataset_path="dataset", log_progress=True):
     """Yield ``(logits, labels)`` per batch of ``dataset`` (images, labels)."""
     net.set_train(False)
     num_batches = dataset.get_dataset_size()
-    log_every = log_every or max(1, num_batches // 10)
+    log_every = max(1, num_batches // 10)
     batch_size, seen, start = None, 0, time.time()
     iterator = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
     step = 0
@@ -43,16 +43,16 @@ def predict_logits(net, dataset, dataset_path="dataset", log_every=None):
         logits = net(ms.Tensor(_pad_to(images, batch_size))).asnumpy()[:count]
         seen += count
         step += 1
-        if step % log_every == 0 or step == num_batches:
+        if log_progress and (step % log_every == 0 or step == num_batches):
             logger.info("eval %d/%d batches, %d images (%.1f images/s)", step, num_batches,
                         seen, seen / max(time.time() - start, 1e-9))
         yield logits, labels
 
 
-def evaluate(net, dataset, dataset_path="dataset"):
+def evaluate(net, dataset, dataset_path="dataset", log_progress=True):
     """Return ``{"top1": float, "top5": float, "samples": int}``."""
     top1 = top5 = total = 0
-    for logits, labels in predict_logits(net, dataset, dataset_path):
+    for logits, labels in predict_logits(net, dataset, dataset_path, log_progress):
         k = min(5, logits.shape[1])
         best = np.argsort(-logits, axis=1)[:, :k]
         top1 += int((best[:, 0] == labels).sum())

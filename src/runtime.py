@@ -7,7 +7,7 @@ DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 def setup_logging(rank=0):
     prefix = f"[rank {rank}] " if rank else ""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format=f"%(asctime)s {prefix}%(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 

@@ -1,0 +1,70 @@
+"""Training configuration: one dataclass, every key a command-line flag, saved beside checkpoints."""
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+
+REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
+
+
+@dataclass
+class TrainConfig:
+    num_classes: int = field(default=37, metadata={"help": "classes of the classifier"})
+    width: float = field(default=1.0, metadata={"help": "GhostNet width multiplier (0.5, 1.0, 1.3)"})
+    image_size: int = field(default=224, metadata={"help": "side of the training crop"})
+    batch_size: int = field(default=128, metadata={"help": "images per batch on each worker"})
+    epoch_size: int = field(default=200, metadata={"help": "epochs to train"})
+    warmup_epochs: float = field(default=4, metadata={"help": "epochs of linear warm-up"})
+    lr: float = field(default=0.4, metadata={
+        "help": f"peak learning rate for a global batch of {REFERENCE_BATCH}; the rate used is "
+                f"lr * batch_size * workers / {REFERENCE_BATCH}"})
+    lr_end: float = field(default=0.0, metadata={"help": "learning rate at the end of the schedule"})
+    lr_schedule: str = field(default="cosine", metadata={
+        "help": "cosine, step or constant, after the warm-up", "choices": ("cosine", "step", "constant")})
+    lr_step_epochs: int = field(default=30, metadata={"help": "step schedule: epochs between decays"})
+    lr_step_gamma: float = field(default=0.1, metadata={"help": "step schedule: decay factor"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=4e-5, metadata={
+        "help": "L2 weight decay (not applied to BatchNorm parameters and biases)"})
+    label_smooth: float = field(default=0.1, metadata={"help": "label smoothing factor"})
+    loss_scale: float = field(default=1024.0, metadata={"help": "static loss scale"})
+    keep_checkpoint_max: int = field(default=5, metadata={"help": "epoch checkpoints to keep"})
+    num_workers: int = field(default=2, metadata={"help": "data loading workers"})
+    seed: int = field(default=1, metadata={"help": "random seed (same on every worker)"})
+    log_every: int = field(default=20, metadata={"help": "log progress every N steps"})
+
+    def scaled_lr(self, group_size):
+        return self.lr * self.batch_size * group_size / REFERENCE_BATCH
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+def add_config_arguments(parser, config_class=TrainConfig):
+    group = parser.add_argument_group("training configuration")
+    for f in fields(config_class):
+        kwargs = {"default": f.default, "help": f.metadata.get("help", "")}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(f"--{f.name}", type=f.type if callable(f.type) else eval(f.type), **kwargs)
+    return parser
+
+
+def config_from_args(args, config_class=TrainConfig):
+    return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+
+
+def positive(config):
+    """Reject values that cannot train, naming the flag."""
+    problems = []
+    for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max"):
+        if getattr(config, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(config, name)}")
+    for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale"):
+        if getattr(config, name) < 0:
+            problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
+    if config.width not in (0.5, 1.0, 1.3):
+        problems.append(f"--width must be 0.5, 1.0 or 1.3, got {config.width}")
+    if problems:
+        raise argparse.ArgumentTypeError("; ".join(problems))
+    return config

@@ -1,0 +1,126 @@
+"""Pieces of the training loop: optimizer, distributed set-up and checkpoint files."""
+import glob
+import hashlib
+import logging
+import os
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+
+from src.checkpoint import load_strict, read_checkpoint
+
+logger = logging.getLogger(__name__)
+
+EPOCH_CHECKPOINT = "ghostnet-epoch{epoch:04d}.ckpt"
+BEST_CHECKPOINT = "ghostnet-best.ckpt"
+FINAL_CHECKPOINT = "ghostnet-final.ckpt"
+CONFIG_FILE = "config.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def init_distributed(run_distribute):
+    """Return ``(rank, group_size)``; with ``run_distribute`` join the group msrun started."""
+    if not run_distribute:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+
+    init()
+    rank, group_size = get_rank(), get_group_size()
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 parameter_broadcast=True, device_num=group_size)
+    return rank, group_size
+
+
+def no_decay(name):
+    """BatchNorm parameters and biases are not weight-decayed."""
+    return name.endswith(("gamma", "beta", "bias"))
+
+
+def build_optimizer(net, learning_rates, momentum, weight_decay, loss_scale):
+    params = net.trainable_params()
+    groups = [{"params": [p for p in params if not no_decay(p.name)], "weight_decay": weight_decay},
+              {"params": [p for p in params if no_decay(p.name)], "weight_decay": 0.0},
+              {"order_params": params}]
+    return nn.Momentum(groups, ms.Tensor(learning_rates), momentum, loss_scale=loss_scale)
+
+
+def training_state(net, optimizer, epoch, global_step, best_top1):
+    params = {name: p for name, p in net.parameters_and_names()}
+    params.update({p.name: p for p in optimizer.moments})
+    params["train_state.epoch"] = ms.Tensor(np.array([epoch], np.int32))
+    params["train_state.global_step"] = ms.Tensor(np.array([global_step], np.int32))
+    params["train_state.best_top1"] = ms.Tensor(np.array([best_top1], np.float32))
+    return params
+
+
+def save_atomically(params, path):
+    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint."""
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointKeeper:
+    """Epoch checkpoints (the last ``keep``), the best by eval top-1, and the final one."""
+
+    def __init__(self, output_dir, keep):
+        self.output_dir = output_dir
+        self.keep = keep
+
+    def epoch_checkpoints(self):
+        return sorted(glob.glob(os.path.join(self.output_dir, "ghostnet-epoch*.ckpt")))
+
+    def save_epoch(self, params, epoch):
+        path = os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=epoch))
+        save_atomically(params, path)
+        for old in self.epoch_checkpoints()[:-self.keep]:
+            os.remove(old)
+        return path
+
+    def save_named(self, params, name):
+        path = os.path.join(self.output_dir, name)
+        save_atomically(params, path)
+        return path
+
+    def newest(self):
+        """The epoch checkpoint with the highest global step stored inside it, or None."""
+        best, best_step = None, -1
+        for path in self.epoch_checkpoints():
+            state = read_checkpoint(path)
+            if "train_state.global_step" not in state:
+                logger.warning("%s holds no training state; it cannot be resumed from", path)
+                continue
+            step = int(state["train_state.global_step"].asnumpy()[0])
+            if step > best_step:
+                best, best_step = path, step
+        return best
+
+
+def resume_from(path, net, optimizer):
+    """Load network, momentum and position; return ``(epoch, global_step, best_top1)``."""
+    report = load_strict(net, path)
+    state = report.training_state
+    moments = {p.name: p for p in optimizer.moments}
+    missing = [name for name in moments if name not in state]
+    if missing:
+        raise ValueError(f"{path} has no optimizer state for {missing[:3]}...; it cannot be resumed")
+    for name, moment in moments.items():
+        moment.set_data(ms.Tensor(state[name].asnumpy()))
+    global_step = int(state["train_state.global_step"].asnumpy()[0])
+    optimizer.global_step.set_data(ms.Tensor(np.array([global_step], np.int32)))
+    return (int(state["train_state.epoch"].asnumpy()[0]), global_step,
+            float(state["train_state.best_top1"].asnumpy()[0]))
+
+
+def parameter_fingerprint(net):
+    """A short hash of every parameter's bytes: equal on all workers of a healthy data-parallel run."""
+    digest = hashlib.sha256()
+    for name, param in net.parameters_and_names():
+        digest.update(name.encode())
+        digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()[:16]

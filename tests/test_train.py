@@ -1,0 +1,207 @@
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from conftest import REPO
+from src.checkpoint import read_checkpoint
+from src.launch import build_command, get_args_parser
+
+TINY = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "8",
+        "--warmup_epochs", "1", "--lr", "0.8", "--num_workers", "1", "--log_every", "100"]
+
+
+def train(env, *args, wait=True):
+    cmd = [sys.executable, str(REPO / "train.py"), *map(str, args)]
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+
+
+def state(path, key):
+    return read_checkpoint(str(path))[f"train_state.{key}"].asnumpy()[0]
+
+
+@pytest.mark.slow
+def test_a_few_epochs_learn_the_sample_set(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord",
+                   "--eval_dataset_path", data / "test.mindrecord", "--output_dir", tmp_path,
+                   "--epoch_size", 6, *TINY)
+    assert result.returncode == 0, result.stderr
+    accuracies = [float(a) for a in re.findall(r"epoch \d/6: .*, eval top-1 (\d\.\d+)", result.stderr)]
+    assert len(accuracies) == 6
+    assert max(accuracies) >= 0.6  # chance is 0.25
+    assert state(tmp_path / "ghostnet-best.ckpt", "best_top1") == pytest.approx(max(accuracies), abs=1e-4)
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "ghostnet-best.ckpt", "ghostnet-epoch0002.ckpt",
+                                            "ghostnet-epoch0003.ckpt", "ghostnet-epoch0004.ckpt",
+                                            "ghostnet-epoch0005.ckpt", "ghostnet-epoch0006.ckpt",
+                                            "ghostnet-final.ckpt"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["epoch_size"] == 6 and config["lr"] == 0.8 and config["label_smooth"] == 0.1
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    common = ["--dataset_path", data / "train.mindrecord", "--epoch_size", 8, *TINY]
+    full = train(subprocess_env, *common, "--output_dir", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+
+    killed_dir = tmp_path / "killed"
+    process = train(subprocess_env, *common, "--output_dir", killed_dir, wait=False)
+    deadline = time.time() + 300
+    while not (killed_dir / "ghostnet-epoch0002.ckpt").exists():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "ghostnet-final.ckpt").exists()
+
+    resumed = train(subprocess_env, *common, "--output_dir", killed_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    start = int(re.search(r"resumed from .*: epoch (\d+), step (\d+)", resumed.stderr).group(1))
+    assert 2 <= start < 8
+    assert f"epoch {start + 1}/8:" in resumed.stderr and f"epoch {start}/8:" not in resumed.stderr
+    for key in ("epoch", "global_step"):
+        assert state(killed_dir / "ghostnet-final.ckpt", key) == state(tmp_path / "full" / "ghostnet-final.ckpt", key)
+    last_lr = re.compile(r"epoch 8/8: .* lr ([\d.]+)")
+    assert last_lr.search(resumed.stderr).group(1) == last_lr.search(full.stderr).group(1)
+
+
+def test_resume_restores_weights_momentum_and_position(tmp_path):
+    from src.ghostnet import GhostNet
+    from src.train_utils import build_optimizer, resume_from, save_atomically, training_state
+
+    def fresh():
+        net = GhostNet(width=0.5, num_classes=4)
+        return net, build_optimizer(net, np.full(10, 0.1, np.float32), 0.9, 4e-5, 1.0)
+
+    net, optimizer = fresh()
+    for i, moment in enumerate(optimizer.moments):
+        moment.set_data(ms.Tensor(np.full(moment.shape, i + 1.0, np.float32)))
+    path = str(tmp_path / "state.ckpt")
+    save_atomically(training_state(net, optimizer, epoch=3, global_step=6, best_top1=0.5), path)
+
+    net2, optimizer2 = fresh()
+    assert resume_from(path, net2, optimizer2) == (3, 6, 0.5)
+    assert int(optimizer2.global_step.asnumpy()[0]) == 6
+    for i, moment in enumerate(optimizer2.moments):
+        assert np.all(moment.asnumpy() == i + 1.0), moment.name
+    for (name, a), (_, b) in zip(net.parameters_and_names(), net2.parameters_and_names()):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy(), err_msg=name)
+    assert os.listdir(tmp_path) == ["state.ckpt"]
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(sample_pets, tmp_path, subprocess_env,
+                                                           checkpoint_4_classes):
+    _, data, _ = sample_pets
+    (tmp_path / "ghostnet-epoch0001.ckpt").write_bytes(checkpoint_4_classes.read_bytes())
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
+                   "--epoch_size", 1, *TINY)
+    assert result.returncode == 2
+    assert "pass --resume" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_without_writing_checkpoints(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    args = TINY[:TINY.index("--lr")] + TINY[TINY.index("--lr") + 2:]
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
+                   "--epoch_size", 2, "--lr", 1e10, *args)
+    assert result.returncode == 2
+    assert re.search(r"loss became (nan|inf) at epoch 1", result.stderr)
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".ckpt")]
+
+
+@pytest.mark.slow
+def test_pretrained_reinitialises_a_classifier_of_another_size(sample_pets, tmp_path, subprocess_env,
+                                                               checkpoint_4_classes):
+    _, data, _ = sample_pets
+    args = [a if a != "4" else "3" for a in TINY]  # 3 classes: checkpoint has 4
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
+                   "--epoch_size", 0, "--pretrained", checkpoint_4_classes, *args)
+    assert "classifier re-initialised for 3 classes" in result.stderr
+    wrong_width = [a if a != "0.5" else "1.0" for a in TINY]
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir",
+                   tmp_path / "w", "--epoch_size", 1, "--pretrained", checkpoint_4_classes, *wrong_width)
+    assert result.returncode == 2
+    assert "with another shape: blocks" in result.stderr
+
+
+def test_bad_configuration_is_refused_by_name(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
+                   "--batch_size", 0)
+    assert result.returncode == 2 and "--batch_size must be at least 1" in result.stderr
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--no_such_key", 1)
+    assert result.returncode == 2 and "unrecognized arguments: --no_such_key" in result.stderr
+
+
+# --- launcher ---------------------------------------------------------------------------
+
+def launcher(argv):
+    args, rest = get_args_parser().parse_known_args(argv)
+    return build_command(args, rest)
+
+
+def test_launcher_builds_the_msrun_command(sample_pets):
+    _, data, _ = sample_pets
+    path = str(data / "train.mindrecord")
+    command = launcher(["4", path, "--epoch_size", "3", "--output_dir", "/tmp/run"])
+    assert command[1:8] == ["--worker_num=4", "--local_worker_num=4", "--master_addr=127.0.0.1",
+                            "--master_port=8118", "--node_rank=0", "--log_dir=/tmp/run/logs", "--join=True"]
+    assert command[8].endswith("train.py")
+    assert command[9:] == ["--run_distribute", "--dataset_path", path, "--epoch_size", "3",
+                           "--output_dir", "/tmp/run"]
+    multi = launcher(["8", path, "--worker_num", "16", "--master_addr", "10.0.0.5", "--node_rank", "1"])
+    assert "--worker_num=16" in multi and "--local_worker_num=8" in multi and "--node_rank=1" in multi
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["2", "absent.mindrecord"], "dataset not found: absent.mindrecord"),
+    (["4", "{data}", "--worker_num", "2"], "--worker_num 2 is smaller than DEVICE_NUM 4"),
+    (["4", "{data}", "--worker_num", "8"], "need --master_addr"),
+])
+def test_launcher_checks_its_arguments(sample_pets, argv, message):
+    _, data, _ = sample_pets
+    with pytest.raises(ValueError, match=re.escape(message)):
+        launcher([a.format(data=data / "train.mindrecord") for a in argv])
+
+
+def test_launcher_rejects_a_bad_device_num(subprocess_env):
+    result = subprocess.run(["bash", str(REPO / "scripts" / "run_distribute_train.sh"), "0", "x"],
+                            capture_output=True, text=True, env=subprocess_env)
+    assert result.returncode == 2 and "must be at least 1, got 0" in result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_end_with_identical_parameters(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "run_distribute_train.sh"), "2", str(data / "train.mindrecord"),
+         "--master_port", str(free_port()), "--output_dir", str(tmp_path), "--epoch_size", "2", *TINY],
+        capture_output=True, text=True, env=subprocess_env, timeout=600)
+    logs = {rank: (tmp_path / "logs" / f"worker_{rank}.log").read_text() for rank in (0, 1)}
+    assert result.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
+    prints = [re.search(r"parameter fingerprint .*: ([0-9a-f]{16})", logs[r]).group(1) for r in (0, 1)]
+    assert prints[0] == prints[1]
+    # each worker reads its own half: 48 images / 2 workers / batch 8 = 3 steps
+    assert "3 steps per epoch" in logs[1]
+    assert (tmp_path / "ghostnet-final.ckpt").exists()
+    assert "final checkpoint" in logs[0] and "final checkpoint" not in logs[1]

@@ -1,0 +1,170 @@
+"""Train or fine-tune GhostNet on an Oxford-IIIT Pet MindRecord.
+
+    python train.py --dataset_path OUT_DIR/train.mindrecord [--eval_dataset_path OUT_DIR/test.mindrecord]
+                    [--pretrained CKPT] [--output_dir DIR] [--resume] [--run_distribute] [--KEY VALUE ...]
+
+Every key of the training configuration (src/config.py) is a flag; the effective
+configuration is logged and saved as config.json beside the checkpoints.
+"""
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+
+from src.checkpoint import CheckpointError, load_strict
+from src.config import add_config_arguments, config_from_args, positive
+from src.dataset import DatasetError, create_dataset
+from src.evaluation import evaluate
+from src.ghostnet import GhostNet
+from src.lr_generator import get_lr
+from src.runtime import add_device_argument, set_device, setup_logging
+from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
+                             TrainingDiverged, build_optimizer, init_distributed,
+                             parameter_fingerprint, resume_from, training_state)
+
+logger = logging.getLogger("train")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--dataset_path", required=True, help="train.mindrecord written by src.dataset")
+    parser.add_argument("--eval_dataset_path", default=None,
+                        help="test.mindrecord: evaluate after every epoch and keep the best checkpoint")
+    add_device_argument(parser)
+    parser.add_argument("--pretrained", default=None,
+                        help="checkpoint to start from (src.convert_weights output or ours); a "
+                             "classifier of another size is re-initialised")
+    parser.add_argument("--output_dir", default="output", help="folder for checkpoints and config.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in --output_dir")
+    parser.add_argument("--run_distribute", action="store_true",
+                        help="data-parallel training in a group started by msrun "
+                             "(scripts/run_distribute_train.sh)")
+    add_config_arguments(parser)
+    return parser
+
+
+def train_one_epoch(train_net, dataset, epoch, config, global_step, learning_rates):
+    """Run one epoch; return (mean loss, images/s, steps). Stops at a NaN or infinite loss."""
+    train_net.set_train(True)
+    steps = dataset.get_dataset_size()
+    losses, start = [], time.time()
+    for step, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
+        loss = float(train_net(images, labels).asnumpy())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at epoch {epoch + 1}, step {step} (learning rate "
+                f"{learning_rates[min(global_step + step - 1, len(learning_rates) - 1)]:.5f}); no "
+                "checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume "
+                "from the last good checkpoint.")
+        losses.append(loss)
+        if step % config.log_every == 0 or step == steps:
+            logger.info("epoch %d step %d/%d loss %.4f", epoch + 1, step, steps, np.mean(losses[-config.log_every:]))
+    elapsed = time.time() - start
+    return float(np.mean(losses)), steps * images.shape[0] / elapsed, steps
+
+
+def main(args):
+    config = positive(config_from_args(args))
+    set_device(args.device_target)  # before init(): MindSpore refuses it afterwards
+    rank, group_size = init_distributed(args.run_distribute)
+    setup_logging(rank)
+    ms.set_seed(config.seed)  # identical initial weights on every worker
+    logger.info("configuration:\n%s", config.to_json())
+
+    # data
+    def train_data(epoch):
+        return create_dataset(args.dataset_path, train=True, image_size=config.image_size,
+                              batch_size=config.batch_size, num_workers=config.num_workers,
+                              seed=config.seed + epoch)
+    steps_per_epoch = train_data(0).get_dataset_size()
+    if steps_per_epoch == 0:
+        raise DatasetError(f"{args.dataset_path} has fewer images per worker than --batch_size "
+                           f"{config.batch_size}; lower --batch_size")
+    eval_data = None
+    if args.eval_dataset_path and rank == 0:
+        eval_data = create_dataset(args.eval_dataset_path, train=False, image_size=config.image_size,
+                                   batch_size=config.batch_size, num_workers=config.num_workers)
+
+    # model
+    net = GhostNet(width=config.width, num_classes=config.num_classes)
+    if args.pretrained:
+        report = load_strict(net, args.pretrained, allow_new_classifier=True)
+        logger.info("loaded %d parameters from %s", report.loaded, args.pretrained)
+
+    # optimizer
+    peak_lr = config.scaled_lr(group_size)
+    learning_rates = get_lr(peak_lr, config.epoch_size, steps_per_epoch, config.warmup_epochs,
+                            config.lr_end, config.lr_schedule, config.lr_step_epochs, config.lr_step_gamma)
+    logger.info("peak learning rate %.5f (--lr %g x global batch %d / 256), %d steps per epoch",
+                peak_lr, config.lr, config.batch_size * group_size, steps_per_epoch)
+    optimizer = build_optimizer(net, learning_rates, config.momentum, config.weight_decay,
+                                config.loss_scale)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
+    train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
+
+    # resume
+    os.makedirs(args.output_dir, exist_ok=True)
+    keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
+    start_epoch, global_step, best_top1 = 0, 0, -1.0
+    newest = keeper.newest() if args.resume else None
+    if newest:
+        start_epoch, global_step, best_top1 = resume_from(newest, net, optimizer)
+        logger.info("resumed from %s: epoch %d, step %d", newest, start_epoch, global_step)
+    elif args.resume:
+        logger.info("no checkpoint in %s yet: starting from the beginning", args.output_dir)
+    elif keeper.epoch_checkpoints():
+        raise CheckpointError(f"{args.output_dir} already holds checkpoints "
+                              f"({keeper.epoch_checkpoints()[-1]}); pass "
+                              "--resume to continue that run or choose another --output_dir")
+    if rank == 0:
+        with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
+                           dataset_path=args.dataset_path), f, indent=2)
+
+    # loop
+    for epoch in range(start_epoch, config.epoch_size):
+        loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
+                                             global_step, learning_rates)
+        global_step += steps
+        message = (f"epoch {epoch + 1}/{config.epoch_size}: loss {loss:.4f}, "
+                   f"lr {learning_rates[global_step - 1]:.5f}, {speed * group_size:.1f} images/s")
+        if rank != 0:
+            logger.info(message)
+            continue
+        top1 = None
+        if eval_data is not None:
+            top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
+            message += f", eval top-1 {top1:.4f}"
+        logger.info(message)
+        state = training_state(net, optimizer, epoch + 1, global_step, max(best_top1, top1 or -1.0))
+        keeper.save_epoch(state, epoch + 1)
+        if top1 is not None and top1 > best_top1:
+            best_top1 = top1
+            keeper.save_named(state, BEST_CHECKPOINT)
+    logger.info("parameter fingerprint (equal on every worker): %s", parameter_fingerprint(net))
+    if rank == 0 and config.epoch_size > 0:
+        path = keeper.save_named(training_state(net, optimizer, config.epoch_size, global_step,
+                                                best_top1), FINAL_CHECKPOINT)
+        logger.info("final checkpoint %s%s", path,
+                    f" (best eval top-1 {best_top1:.4f})" if best_top1 >= 0 else "")
+    return net
+
+
+if __name__ == "__main__":
+    parsed = get_args_parser().parse_args()
+    setup_logging()
+    try:
+        main(parsed)
+    except (CheckpointError, DatasetError, TrainingDiverged, argparse.ArgumentTypeError) as err:
+        logger.error("%s", err)
+        sys.exit(2)
