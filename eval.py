@@ -9,10 +9,10 @@ import argparse
 import logging
 import sys
 
-from src.checkpoint import CheckpointError, load_strict
+from src.checkpoint import CheckpointError
 from src.dataset import DatasetError, create_dataset
 from src.evaluation import evaluate
-from src.ghostnet import GhostNet
+from src.models import load_network
 from src.runtime import add_device_argument, set_device, setup_logging
 
 logger = logging.getLogger("eval")
@@ -30,6 +30,8 @@ def get_args_parser():
     parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
                         help="GhostNet width multiplier")
     parser.add_argument("--num_workers", type=int, default=2, help="data loading workers")
+    parser.add_argument("--quant", action="store_true",
+                        help="require an int8 checkpoint (int8 ones are recognised without it)")
     return parser
 
 
@@ -37,8 +39,8 @@ def main(args):
     set_device(args.device_target)
     dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
                              batch_size=args.batch_size, num_workers=args.num_workers)
-    net = GhostNet(width=args.width, num_classes=args.num_classes)
-    load_strict(net, args.checkpoint_path)
+    net, kind = load_network(args.checkpoint_path, args.width, args.num_classes, args.quant)
+    logger.info("evaluating %s (%s network)", args.checkpoint_path, kind)
     result = evaluate(net, dataset, args.dataset_path)
     print(f"result: {{'acc': {result['top1']:.4f}}} ckpt= {args.checkpoint_path}")
     print(f"top5: {result['top5']:.4f} samples: {result['samples']}")

@@ -1,7 +1,11 @@
-"""Train or fine-tune GhostNet on an Oxford-IIIT Pet MindRecord.
+"""Train or fine-tune GhostNet on an Oxford-IIIT Pet MindRecord, in float or int8.
 
     python train.py --dataset_path OUT_DIR/train.mindrecord [--eval_dataset_path OUT_DIR/test.mindrecord]
                     [--pretrained CKPT] [--output_dir DIR] [--resume] [--run_distribute] [--KEY VALUE ...]
+
+int8: ``--quant --pretrained FLOAT.ckpt --epoch_size 0`` calibrates on ``--calib_batches``
+training batches and writes ghostnet-int8.ckpt ("without finetune"); with ``--epoch_size E``
+it then fine-tunes E epochs ("with finetune") at ``--quant_lr``.
 
 Every key of the training configuration (src/config.py) is a flag; the effective
 configuration is logged and saved as config.json beside the checkpoints.
@@ -19,18 +23,22 @@ import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 
-from src.checkpoint import CheckpointError, load_strict
+from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.config import add_config_arguments, config_from_args, positive
 from src.dataset import DatasetError, create_dataset
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
+from src.models import require_kind
+from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
 from src.runtime import add_device_argument, set_device, setup_logging
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingDiverged, build_optimizer, init_distributed,
                              parameter_fingerprint, resume_from, training_state)
 
 logger = logging.getLogger("train")
+INT8_CHECKPOINT = "ghostnet-int8.ckpt"
+INT8_CALIBRATED_CHECKPOINT = "ghostnet-int8-calibrated.ckpt"
 
 
 def get_args_parser():
@@ -42,15 +50,37 @@ def get_args_parser():
     add_device_argument(parser)
     parser.add_argument("--pretrained", default=None,
                         help="checkpoint to start from (src.convert_weights output or ours); a "
-                             "classifier of another size is re-initialised")
+                             "classifier of another size is re-initialised (float only)")
     parser.add_argument("--output_dir", default="output", help="folder for checkpoints and config.json")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in --output_dir")
     parser.add_argument("--run_distribute", action="store_true",
                         help="data-parallel training in a group started by msrun "
                              "(scripts/run_distribute_train.sh)")
+    parser.add_argument("--quant", action="store_true",
+                        help="int8: calibrate --pretrained, then fine-tune --epoch_size epochs")
     add_config_arguments(parser)
     return parser
+
+
+def load_pretrained(net, path, quant):
+    """Float training takes a float checkpoint (any classifier size); int8 a float or fake-quant one."""
+    params = read_checkpoint(path)
+    if not quant:
+        require_kind(path, params, ("float",), "--pretrained takes a float checkpoint "
+                     "(to fine-tune int8 weights add --quant; eval.py evaluates int8 checkpoints)")
+        report = load_strict(net, params, allow_new_classifier=True, source=path)
+        logger.info("loaded %d parameters from %s", report.loaded, path)
+        return net, False
+    kind = require_kind(path, params, ("float", "qat"),
+                        "--quant --pretrained takes a float checkpoint to quantize, or a fake-quant "
+                        "one (ghostnet-epoch*.ckpt of an earlier --quant run)")
+    if kind == "float":
+        load_strict(net, params, source=path)
+        return quantize_network(net), False
+    net = quantize_network(net)
+    load_strict(net, params, source=path)
+    return net, True
 
 
 def train_one_epoch(train_net, dataset, epoch, config, global_step, learning_rates):
@@ -68,7 +98,8 @@ def train_one_epoch(train_net, dataset, epoch, config, global_step, learning_rat
                 "from the last good checkpoint.")
         losses.append(loss)
         if step % config.log_every == 0 or step == steps:
-            logger.info("epoch %d step %d/%d loss %.4f", epoch + 1, step, steps, np.mean(losses[-config.log_every:]))
+            logger.info("epoch %d step %d/%d loss %.4f", epoch + 1, step, steps,
+                        np.mean(losses[-config.log_every:]))
     elapsed = time.time() - start
     return float(np.mean(losses)), steps * images.shape[0] / elapsed, steps
 
@@ -80,6 +111,10 @@ def main(args):
     setup_logging(rank)
     ms.set_seed(config.seed)  # identical initial weights on every worker
     logger.info("configuration:\n%s", config.to_json())
+    if args.quant and not args.pretrained:
+        raise CheckpointError("--quant needs --pretrained: the float checkpoint to quantize")
+    if config.epoch_size == 0 and not args.quant:
+        raise argparse.ArgumentTypeError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
 
     # data
     def train_data(epoch):
@@ -97,18 +132,20 @@ def main(args):
 
     # model
     net = GhostNet(width=config.width, num_classes=config.num_classes)
+    calibrated = False
     if args.pretrained:
-        report = load_strict(net, args.pretrained, allow_new_classifier=True)
-        logger.info("loaded %d parameters from %s", report.loaded, args.pretrained)
+        net, calibrated = load_pretrained(net, args.pretrained, args.quant)
 
     # optimizer
-    peak_lr = config.scaled_lr(group_size)
-    learning_rates = get_lr(peak_lr, config.epoch_size, steps_per_epoch, config.warmup_epochs,
-                            config.lr_end, config.lr_schedule, config.lr_step_epochs, config.lr_step_gamma)
-    logger.info("peak learning rate %.5f (--lr %g x global batch %d / 256), %d steps per epoch",
-                peak_lr, config.lr, config.batch_size * group_size, steps_per_epoch)
-    optimizer = build_optimizer(net, learning_rates, config.momentum, config.weight_decay,
-                                config.loss_scale)
+    peak_lr = config.scaled_lr(group_size, args.quant)
+    warmup = 0 if args.quant else config.warmup_epochs
+    learning_rates = get_lr(peak_lr, config.epoch_size, steps_per_epoch, warmup, config.lr_end,
+                            config.lr_schedule, config.lr_step_epochs, config.lr_step_gamma)
+    logger.info("peak learning rate %.5f (--%s %g x global batch %d / 256), %d steps per epoch",
+                peak_lr, "quant_lr" if args.quant else "lr", config.quant_lr if args.quant else config.lr,
+                config.batch_size * group_size, steps_per_epoch)
+    optimizer = build_optimizer(net, learning_rates if len(learning_rates) else np.zeros(1, np.float32),
+                                config.momentum, config.weight_decay, config.loss_scale)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
     train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
 
@@ -118,7 +155,11 @@ def main(args):
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     newest = keeper.newest() if args.resume else None
     if newest:
+        if args.quant != (checkpoint_kind(read_checkpoint(newest)) == "qat"):
+            raise CheckpointError(f"{newest} was written by a {'float' if args.quant else '--quant'} "
+                                  f"run; resume it with{'out' if args.quant else ''} --quant")
         start_epoch, global_step, best_top1 = resume_from(newest, net, optimizer)
+        calibrated = args.quant
         logger.info("resumed from %s: epoch %d, step %d", newest, start_epoch, global_step)
     elif args.resume:
         logger.info("no checkpoint in %s yet: starting from the beginning", args.output_dir)
@@ -129,10 +170,25 @@ def main(args):
     if rank == 0:
         with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
-                           dataset_path=args.dataset_path), f, indent=2)
+                           quant=args.quant, dataset_path=args.dataset_path), f, indent=2)
+
+    # int8 calibration ("without finetune")
+    if args.quant and not calibrated:
+        calibration_data = create_dataset(args.dataset_path, train=False, image_size=config.image_size,
+                                          batch_size=config.batch_size, num_workers=config.num_workers)
+        calibrate(net, calibration_data, config.calib_batches)
+        if rank == 0:
+            name = INT8_CHECKPOINT if config.epoch_size == 0 else INT8_CALIBRATED_CHECKPOINT
+            save_params(export_int8_params(net), os.path.join(args.output_dir, name))
+            message = f"int8 calibrated on {config.calib_batches} batches: {name}"
+            if eval_data is not None:
+                message += f", eval top-1 {evaluate(net, eval_data, log_progress=False)['top1']:.4f}"
+            logger.info(message)
 
     # loop
     for epoch in range(start_epoch, config.epoch_size):
+        if args.quant:
+            set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch)
         loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
                                              global_step, learning_rates)
         global_step += steps
@@ -155,6 +211,10 @@ def main(args):
     if rank == 0 and config.epoch_size > 0:
         path = keeper.save_named(training_state(net, optimizer, config.epoch_size, global_step,
                                                 best_top1), FINAL_CHECKPOINT)
+        if args.quant:
+            net.set_train(False)
+            path = os.path.join(args.output_dir, INT8_CHECKPOINT)
+            save_params(export_int8_params(net), path)
         logger.info("final checkpoint %s%s", path,
                     f" (best eval top-1 {best_top1:.4f})" if best_top1 >= 0 else "")
     return net

@@ -32,9 +32,16 @@ class TrainConfig:
     num_workers: int = field(default=2, metadata={"help": "data loading workers"})
     seed: int = field(default=1, metadata={"help": "random seed (same on every worker)"})
     log_every: int = field(default=20, metadata={"help": "log progress every N steps"})
+    calib_batches: int = field(default=10, metadata={
+        "help": "--quant: training batches (without augmentation) that set the activation ranges"})
+    quant_lr: float = field(default=0.004, metadata={
+        "help": f"--quant: peak learning rate of int8 fine-tuning for a global batch of "
+                f"{REFERENCE_BATCH}, cosine to lr_end without warm-up"})
+    quant_bn_freeze_epoch: int = field(default=2, metadata={
+        "help": "--quant: BatchNorm statistics update for this many fine-tuning epochs, then freeze"})
 
-    def scaled_lr(self, group_size):
-        return self.lr * self.batch_size * group_size / REFERENCE_BATCH
+    def scaled_lr(self, group_size, quant=False):
+        return (self.quant_lr if quant else self.lr) * self.batch_size * group_size / REFERENCE_BATCH
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -57,10 +64,11 @@ def config_from_args(args, config_class=TrainConfig):
 def positive(config):
     """Reject values that cannot train, naming the flag."""
     problems = []
-    for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max"):
+    for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches"):
         if getattr(config, name) < 1:
             problems.append(f"--{name} must be at least 1, got {getattr(config, name)}")
-    for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale"):
+    for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale",
+                 "quant_lr", "quant_bn_freeze_epoch"):
         if getattr(config, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
     if config.width not in (0.5, 1.0, 1.3):

@@ -61,7 +61,10 @@ class HardSigmoid(nn.Cell):
 
 
 class ConvBNAct(nn.Cell):
-    """Convolution, BatchNorm and an optional ReLU; children are named ``conv`` and ``bn``."""
+    """Convolution, BatchNorm and an optional ReLU; children are named ``conv`` and ``bn``.
+
+    ``bn`` becomes None where the BatchNorm is folded into the convolution (src/quant.py).
+    """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, relu=True):
         super().__init__()
@@ -70,7 +73,9 @@ class ConvBNAct(nn.Cell):
         self.relu = nn.ReLU() if relu else None
 
     def construct(self, x):
-        x = self.bn(self.conv(x))
+        x = self.conv(x)
+        if self.bn is not None:
+            x = self.bn(x)
         if self.relu is not None:
             x = self.relu(x)
         return x
@@ -187,8 +192,10 @@ class GhostNet(nn.Cell):
         self.classifier.update_parameters_name("classifier.")
 
     def forward_features(self, x):
-        x = self.relu(self.bn1(self.conv_stem(x)))
-        return self.blocks(x)
+        x = self.conv_stem(x)
+        if self.bn1 is not None:  # None once folded into conv_stem
+            x = self.bn1(x)
+        return self.blocks(self.relu(x))
 
     def forward_head(self, x):
         # A mean over H and W rather than AdaptiveAvgPool2D, which ONNX export lacks.

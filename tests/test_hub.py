@@ -26,4 +26,4 @@ def test_hub_entry_works_from_another_directory(tmp_path):
     lines = result.stdout.splitlines()
     assert "classes 37 width 1.0" in lines
     assert "classes 10 width 0.5" in lines
-    assert any(line.startswith("error unknown network 'resnet50'; known: ghostnet") for line in lines)
+    assert any(line.startswith("error unknown network 'resnet50'; known: ghostnet, ghostnet_int8") for line in lines)

@@ -1,0 +1,49 @@
+"""Networks by name, and the right network for a checkpoint (float, fake-quant or int8)."""
+from src.checkpoint import CheckpointError, load_strict, read_checkpoint
+from src.ghostnet import GhostNet
+from src.quant import build_int8_network, checkpoint_kind, quantize_network
+
+KIND_DESCRIPTIONS = {
+    "float": "a float checkpoint",
+    "qat": "an int8 fine-tuning (fake-quant) checkpoint",
+    "int8": "an int8 checkpoint",
+}
+
+
+def create_network(name, width=1.0, num_classes=37, **kwargs):
+    """``ghostnet`` (float) or ``ghostnet_int8`` (loads int8 checkpoints)."""
+    if name == "ghostnet":
+        return GhostNet(width=width, num_classes=num_classes, **kwargs)
+    if name == "ghostnet_int8":
+        return build_int8_network(width=width, num_classes=num_classes)
+    raise ValueError(f"unknown network {name!r}; known: ghostnet, ghostnet_int8")
+
+
+def network_for_kind(kind, width, num_classes):
+    if kind == "float":
+        return GhostNet(width=width, num_classes=num_classes)
+    if kind == "qat":
+        return quantize_network(GhostNet(width=width, num_classes=num_classes))
+    return build_int8_network(width=width, num_classes=num_classes)
+
+
+def require_kind(path, params, allowed, hint):
+    kind = checkpoint_kind(params)
+    if kind not in allowed:
+        raise CheckpointError(f"{path} is {KIND_DESCRIPTIONS[kind]}; {hint}")
+    return kind
+
+
+def load_network(path, width=1.0, num_classes=37, quant=False):
+    """Build the network ``path`` holds and load it strictly; ``quant`` requires an int8 one.
+
+    Returns ``(net, kind)``.
+    """
+    params = read_checkpoint(path)
+    if quant:
+        require_kind(path, params, ("int8", "qat"),
+                     "--quant expects an int8 checkpoint written by `train.py --quant`")
+    kind = checkpoint_kind(params)
+    net = network_for_kind(kind, width, num_classes)
+    load_strict(net, params, source=path)
+    return net, kind

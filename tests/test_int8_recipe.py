@@ -1,0 +1,104 @@
+"""The int8 recipe end to end on a small learnable set of real JPEGs through the real pipeline."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from src.checkpoint import load_strict, read_checkpoint
+from src.dataset import convert_pets
+from src.sample_data import make_sample_pets
+
+SMALL = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "16",
+         "--num_workers", "1", "--log_every", "100"]
+
+
+def run(env, script, *args):
+    result = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
+                            text=True, env=env, cwd=REPO)
+    return result
+
+
+def accuracy(result):
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"^result: \{'acc': (\d\.\d{4})\} ckpt= ", result.stdout, re.M)
+    samples = int(re.search(r"samples: (\d+)", result.stdout).group(1))
+    assert samples == 100
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """Float training, int8 calibration, int8 fine-tuning: ``(folder, data, env)``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), GLOG_v="3")
+    root = tmp_path_factory.mktemp("int8")
+    make_sample_pets(str(root / "pets"), num_classes=4, train_per_class=40, test_per_class=25,
+                     size=(48, 64), awkward_files=False)
+    convert_pets(str(root / "pets"), str(root / "data"))
+    data = ["--dataset_path", root / "data" / "train.mindrecord",
+            "--eval_dataset_path", root / "data" / "test.mindrecord"]
+    result = run(env, "train.py", *data, *SMALL, "--output_dir", root / "float", "--epoch_size", 10,
+                 "--warmup_epochs", 1, "--lr", 0.8)
+    assert result.returncode == 0, result.stderr
+    for folder, epochs in (("ptq", 0), ("qat", 2)):
+        result = run(env, "train.py", *data, *SMALL, "--output_dir", root / folder, "--quant",
+                     "--pretrained", root / "float" / "ghostnet-final.ckpt", "--epoch_size", epochs,
+                     "--calib_batches", 4, "--quant_bn_freeze_epoch", 1)
+        assert result.returncode == 0, result.stderr
+    return root, env
+
+
+def evaluate(recipe, checkpoint, *extra):
+    root, env = recipe
+    return run(env, "eval.py", "--dataset_path", root / "data" / "test.mindrecord", "--checkpoint_path",
+               root / checkpoint, "--width", 0.5, "--num_classes", 4, "--image_size", 32, *extra)
+
+
+@pytest.mark.slow
+def test_int8_accuracy_stays_close_to_float(recipe):
+    float_top1 = accuracy(evaluate(recipe, "float/ghostnet-final.ckpt"))
+    assert float_top1 >= 0.8  # the float model learned the set (chance is 0.25)
+    without_finetune = accuracy(evaluate(recipe, "ptq/ghostnet-int8.ckpt", "--quant"))
+    with_finetune = accuracy(evaluate(recipe, "qat/ghostnet-int8.ckpt"))
+    assert without_finetune >= float_top1 - 0.02
+    assert with_finetune >= float_top1 - 0.01
+
+
+@pytest.mark.slow
+def test_int8_checkpoint_holds_integers_at_a_quarter_of_the_size(recipe):
+    root, _ = recipe
+    params = read_checkpoint(str(root / "qat" / "ghostnet-int8.ckpt"))
+    weights = [p for name, p in params.items() if name.endswith(".weight")]
+    assert len(weights) == 96 and all(str(w.dtype) == "Int8" for w in weights)
+    # the float file also carries momentum: compare with the network's float parameters alone
+    float_net_bytes = sum(p.asnumpy().nbytes for n, p in read_checkpoint(str(root / "float" / "ghostnet-final.ckpt")).items()
+                          if not n.startswith(("moments.", "train_state.")))
+    assert os.path.getsize(root / "qat" / "ghostnet-int8.ckpt") < 0.3 * float_net_bytes
+
+
+@pytest.mark.slow
+def test_float_and_int8_checkpoints_are_not_mixed_up(recipe):
+    result = evaluate(recipe, "float/ghostnet-final.ckpt", "--quant")
+    assert result.returncode == 2
+    assert "is a float checkpoint; --quant expects an int8 checkpoint" in result.stderr
+    root, env = recipe
+    result = run(env, "train.py", "--dataset_path", root / "data" / "train.mindrecord", *SMALL,
+                 "--output_dir", root / "mixup", "--epoch_size", 1, "--pretrained", root / "qat" / "ghostnet-int8.ckpt")
+    assert result.returncode == 2
+    assert "is an int8 checkpoint; --pretrained takes a float checkpoint" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_hub_builds_networks_that_load_train_py_checkpoints(recipe, tmp_path, monkeypatch):
+    root, _ = recipe
+    monkeypatch.chdir(tmp_path)  # the hub imports the file by path from elsewhere
+    spec = importlib.util.spec_from_file_location("hub_conf", REPO / "mindspore_hub_conf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    float_net = hub.create_network("ghostnet", width=0.5, num_classes=4)
+    assert load_strict(float_net, str(root / "float" / "ghostnet-final.ckpt")).loaded == 432
+    int8_net = hub.create_network("ghostnet_int8", width=0.5, num_classes=4)
+    assert load_strict(int8_net, str(root / "qat" / "ghostnet-int8.ckpt")).loaded == 96 * 5

@@ -1,0 +1,209 @@
+import numpy as np
+import mindspore as ms
+import mindspore.nn as nn
+import pytest
+from mindspore import Tensor
+
+from src.ghostnet import GhostNet, conv2d
+from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, QuantConv2d,
+                       QuantDense, build_int8_network, checkpoint_kind, export_int8_params,
+                       fake_quant_activation, fake_quant_weight, quantize_network, set_bn_frozen)
+from src.checkpoint import load_strict
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape, scale=1.0):
+    return Tensor((RNG.standard_normal(shape) * scale).astype(np.float32))
+
+
+def calibrate_layer(layer, *batches):
+    layer.set_train(False)
+    layer.input_quant.calibrating.set_data(Tensor(np.ones(1, np.float32)))
+    for batch in batches:
+        layer(batch)
+    layer.input_quant.calibrating.set_data(Tensor(np.zeros(1, np.float32)))
+
+
+def calibrate_network(net, x):
+    net.set_train(False)
+    quantizers = [q for _, q in net.cells_and_names() if isinstance(q, ActivationQuantizer)]
+    for q in quantizers:
+        q.calibrating.set_data(Tensor(np.ones(1, np.float32)))
+    net(x)
+    for q in quantizers:
+        q.calibrating.set_data(Tensor(np.zeros(1, np.float32)))
+
+
+def integer_conv(x, w, stride, pad, groups):
+    """Exact integer convolution: int values summed in float64 (exact below 2**53)."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, h, width = x.shape
+    out_ch, in_per_group, k, _ = w.shape
+    oh, ow = (h - k) // stride + 1, (width - k) // stride + 1
+    out = np.zeros((n, out_ch, oh, ow))
+    per_group_out = out_ch // groups
+    for g in range(groups):
+        xs = x[:, g * in_per_group:(g + 1) * in_per_group]
+        ws = w[g * per_group_out:(g + 1) * per_group_out].astype(np.float64)
+        for i in range(k):
+            for j in range(k):
+                patch = xs[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                out[:, g * per_group_out:(g + 1) * per_group_out] += np.einsum("nchw,oc->nohw", patch, ws[:, :, i, j])
+    return out
+
+
+def integer_reference(params, prefix, x, stride=1, pad=0, groups=1, dense=False):
+    """int8 weights x uint8 activations summed in int32, int32 bias added, then rescaled."""
+    scale = params[f"{prefix}.act_scale"][0]
+    zero_point = params[f"{prefix}.act_zero_point"][0]
+    x_q = np.clip(np.round(x / scale) + zero_point, ACT_QMIN, ACT_QMAX).astype(np.int64)
+    weight = params[f"{prefix}.weight"].astype(np.int64)
+    if dense:
+        acc = (x_q - zero_point) @ weight.T
+        bias_shape = (1, -1)
+    else:
+        acc = integer_conv(x_q - zero_point, weight, stride, pad, groups)
+        bias_shape = (1, -1, 1, 1)
+    acc = acc + params[f"{prefix}.bias"].reshape(bias_shape)
+    assert np.abs(acc).max() < 2 ** 31  # fits the int32 accumulator
+    return acc * (scale * params[f"{prefix}.weight_scale"]).reshape(bias_shape)
+
+
+class Wrap(nn.Cell):
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def construct(self, x):
+        return self.layer(x)
+
+
+def bn_with_statistics(channels):
+    bn = nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9)
+    bn.gamma.set_data(Tensor(RNG.uniform(0.5, 1.5, channels).astype(np.float32)))
+    bn.beta.set_data(Tensor(RNG.normal(0, 0.1, channels).astype(np.float32)))
+    bn.moving_mean.set_data(Tensor(RNG.normal(0, 0.1, channels).astype(np.float32)))
+    bn.moving_variance.set_data(Tensor(RNG.uniform(0.5, 1.5, channels).astype(np.float32)))
+    return bn
+
+
+@pytest.mark.parametrize("in_ch, out_ch, kernel, stride, groups, with_bn", [
+    (3, 16, 3, 2, 1, True),      # stem
+    (24, 24, 5, 2, 24, True),    # stride-2 depthwise
+    (16, 8, 1, 1, 1, True),      # ghost primary 1x1
+    (72, 20, 1, 1, 1, False),    # squeeze-excite reduce, with bias
+])
+def test_fake_quant_conv_equals_the_integer_reference(in_ch, out_ch, kernel, stride, groups, with_bn):
+    conv = conv2d(in_ch, out_ch, kernel, stride, groups, has_bias=not with_bn)
+    if not with_bn:
+        conv.bias.set_data(randn(out_ch, scale=0.1))
+    layer = Wrap(QuantConv2d(conv, bn_with_statistics(out_ch) if with_bn else None))
+    x = randn(2, in_ch, 11, 13, scale=2.0)
+    calibrate_layer(layer.layer, x, randn(2, in_ch, 11, 13))
+    fake = layer(x).asnumpy()
+    params = export_int8_params(layer)
+    reference = integer_reference(params, "layer", x.asnumpy(), stride, kernel // 2, groups)
+    assert fake.shape == reference.shape
+    np.testing.assert_allclose(fake, reference, atol=1e-5 * np.abs(reference).max(), rtol=0)
+
+
+def test_fake_quant_classifier_equals_the_integer_reference():
+    layer = Wrap(QuantDense(nn.Dense(64, 10)))
+    x = Tensor(np.maximum(randn(5, 64).asnumpy(), 0))  # post-ReLU features
+    calibrate_layer(layer.layer, x)
+    params = export_int8_params(layer)
+    reference = integer_reference(params, "layer", x.asnumpy(), dense=True)
+    np.testing.assert_allclose(layer(x).asnumpy(), reference, atol=1e-5 * np.abs(reference).max(), rtol=0)
+
+
+def test_stored_integers_lie_in_their_ranges():
+    net = quantize_network(GhostNet(width=0.5, num_classes=4))
+    calibrate_network(net, randn(2, 3, 32, 32, scale=3.0))
+    params = export_int8_params(net)
+    weights = [v for k, v in params.items() if k.endswith(".weight")]
+    assert len(weights) == 96
+    assert all(w.dtype == np.int8 for w in weights)
+    # symmetric: the largest magnitude of each channel maps to 127, never to -129 or 128
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == WEIGHT_QMAX
+    assert min(int(w.min()) for w in weights) >= WEIGHT_QMIN
+    zero_points = np.concatenate([v for k, v in params.items() if k.endswith("act_zero_point")])
+    assert zero_points.dtype == np.int32 and zero_points.min() >= ACT_QMIN and zero_points.max() <= ACT_QMAX
+    assert all(v.dtype == np.int32 for k, v in params.items() if k.endswith(".bias"))
+    assert all(v.min() > 0 for k, v in params.items() if k.endswith(("act_scale", "weight_scale")))
+
+
+def test_weight_quantization_clips_to_int8_not_129():
+    weight = Tensor(np.array([[-10.0, -6.4, 0.03, 6.35, 10.0]], np.float32))
+    out = fake_quant_weight(weight, Tensor(np.array([0.05], np.float32))).asnumpy() / 0.05
+    np.testing.assert_allclose(out, [[-128, -128, 1, 127, 127]], atol=1e-4)
+
+
+def test_activation_fake_quant_is_on_the_uint8_grid_and_clipped():
+    scale, zero_point = Tensor(np.float32(0.1)), Tensor(np.float32(20.0))
+    x = Tensor(np.array([-5.0, -2.0, -0.04, 0.0, 0.26, 23.5, 30.0], np.float32))
+    q = fake_quant_activation(x, scale, zero_point).asnumpy() / 0.1 + 20
+    np.testing.assert_allclose(q, [0, 0, 20, 20, 23, 255, 255], atol=1e-4)
+
+
+def test_straight_through_gradient_is_clipped_to_the_range():
+    scale, zero_point = Tensor(np.float32(0.1)), Tensor(np.float32(20.0))
+    x = Tensor(np.array([-5.0, -1.0, 0.33, 23.0, 30.0], np.float32))
+    grad = ms.grad(lambda v: fake_quant_activation(v, scale, zero_point).sum())(x).asnumpy()
+    np.testing.assert_array_equal(grad, [0, 1, 1, 1, 0])
+    w = Tensor(np.array([[0.123, -0.5, 0.26]], np.float32))
+    grad_w = ms.grad(lambda v: (fake_quant_weight(v, Tensor(np.array([0.01], np.float32))) * 2).sum())(w)
+    np.testing.assert_array_equal(grad_w.asnumpy(), [[2, 2, 2]])
+
+
+def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network():
+    net = quantize_network(GhostNet(width=0.5, num_classes=4, dropout=0.0))
+    x = randn(2, 3, 32, 32)
+    calibrate_network(net, x)  # zero-initialised ranges would clip every input
+    net.set_train(True)
+    params = net.trainable_params()
+    grads = ms.grad(lambda images: (net(images) ** 2).sum(), grad_position=0, weights=params)(x)
+    input_grad, weight_grads = grads
+    assert np.abs(input_grad.asnumpy()).sum() > 0
+    missing = [p.name for p, g in zip(params, weight_grads) if not np.abs(g.asnumpy()).sum() > 0]
+    assert not missing
+
+
+def test_bn_statistics_update_until_frozen():
+    layer = QuantConv2d(conv2d(4, 6, 3), bn_with_statistics(6))
+    calibrate_layer(layer, randn(2, 4, 8, 8))
+    layer.set_train(True)
+    before = layer.bn.moving_mean.asnumpy().copy()
+    layer(randn(2, 4, 8, 8) + 3.0)
+    updated = layer.bn.moving_mean.asnumpy().copy()
+    assert not np.allclose(before, updated)
+    layer.bn_frozen.set_data(Tensor(np.ones(1, np.float32)))
+    layer(randn(2, 4, 8, 8) + 3.0)
+    np.testing.assert_array_equal(layer.bn.moving_mean.asnumpy(), updated)
+
+
+def test_int8_network_reproduces_the_fake_quant_network():
+    ms.set_seed(7)
+    float_net = GhostNet(width=0.5, num_classes=4)
+    net = quantize_network(float_net)
+    x = randn(3, 3, 40, 40)
+    calibrate_network(net, x)
+    params = export_int8_params(net)
+    int8 = build_int8_network(width=0.5, num_classes=4)
+    load_strict(int8, params)
+    int8.set_train(False)
+    np.testing.assert_allclose(int8(x).asnumpy(), net(x).asnumpy(), atol=1e-5)
+    assert checkpoint_kind(params) == "int8"
+    assert checkpoint_kind({n: p for n, p in net.parameters_and_names()}) == "qat"
+    assert checkpoint_kind({n: p for n, p in GhostNet(width=0.5).parameters_and_names()}) == "float"
+
+
+def test_freezing_reaches_every_folded_layer():
+    float_net = GhostNet(width=0.5, num_classes=4)
+    batch_norms = sum(isinstance(c, nn.BatchNorm2d) for _, c in float_net.cells_and_names())
+    net = quantize_network(float_net)
+    set_bn_frozen(net, True)
+    flags = [p.asnumpy()[0] for n, p in net.parameters_and_names() if n.endswith("bn_frozen")]
+    assert len(flags) == batch_norms == 80 and all(f == 1.0 for f in flags)
+    folded = {id(layer.bn) for _, layer in net.cells_and_names() if isinstance(layer, QuantConv2d)}
+    assert all(id(c) in folded for _, c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d))
