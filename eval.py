@@ -10,7 +10,7 @@ import logging
 import sys
 
 from src.checkpoint import CheckpointError
-from src.dataset import DatasetError, create_dataset
+from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.models import load_network
 from src.runtime import add_device_argument, set_device, setup_logging
@@ -37,6 +37,7 @@ def get_args_parser():
 
 def main(args):
     set_device(args.device_target)
+    check_num_classes(args.dataset_path, args.num_classes)
     dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
                              batch_size=args.batch_size, num_workers=args.num_workers)
     net, kind = load_network(args.checkpoint_path, args.width, args.num_classes, args.quant)

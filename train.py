@@ -25,7 +25,7 @@ import numpy as np
 
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.config import add_config_arguments, config_from_args, positive
-from src.dataset import DatasetError, create_dataset
+from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
@@ -117,6 +117,8 @@ def main(args):
         raise argparse.ArgumentTypeError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
 
     # data
+    check_num_classes(args.dataset_path, config.num_classes)
+
     def train_data(epoch):
         return create_dataset(args.dataset_path, train=True, image_size=config.image_size,
                               batch_size=config.batch_size, num_workers=config.num_workers,
@@ -207,7 +209,7 @@ def main(args):
         if top1 is not None and top1 > best_top1:
             best_top1 = top1
             keeper.save_named(state, BEST_CHECKPOINT)
-    logger.info("parameter fingerprint (equal on every worker): %s", parameter_fingerprint(net))
+    logger.info("trainable parameter fingerprint (equal on every worker): %s", parameter_fingerprint(net))
     if rank == 0 and config.epoch_size > 0:
         path = keeper.save_named(training_state(net, optimizer, config.epoch_size, global_step,
                                                 best_top1), FINAL_CHECKPOINT)

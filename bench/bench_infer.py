@@ -1,8 +1,11 @@
 """Eval-mode inference speed of GhostNet in GRAPH_MODE: images/s, compile time, peak memory.
 
     python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16 64] [--image_size 224]
+                                [--networks float fakequant int8]
 
-Each batch size runs in its own process so that its peak memory is its own.
+float is the network eval.py runs for float checkpoints, fakequant the int8 fine-tuning
+form (train.py --quant) and int8 the network int8 checkpoints load into. Each network and
+batch size runs in its own process so that its peak memory is its own.
 """
 import argparse
 import json
@@ -20,10 +23,13 @@ def measure(args):
     import mindspore as ms
     import numpy as np
     sys.path.insert(0, REPO)
-    from src.ghostnet import create_model
+    from src.ghostnet import WIDTHS
+    from src.models import network_for_kind
 
-    ms.set_context(mode=ms.GRAPH_MODE, device_target=args.device_target)
-    net = create_model(args.model, num_classes=args.num_classes)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(args.device_target)
+    kind = {"float": "float", "fakequant": "qat", "int8": "int8"}[args.network]
+    net = network_for_kind(kind, WIDTHS[args.model], args.num_classes)
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(0).standard_normal(
         (args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
@@ -44,7 +50,7 @@ def measure(args):
             peak_mb = ms.runtime.max_memory_allocated() / 2**20
         except Exception:  # device memory statistics are not on every backend
             pass
-    print(json.dumps({"batch": args.batch_size, "images_per_s": args.batch_size / median,
+    print(json.dumps({"network": args.network, "batch": args.batch_size, "images_per_s": args.batch_size / median,
                       "median_ms": median * 1e3, "compile_s": compile_s, "peak_mb": peak_mb}))
 
 
@@ -56,9 +62,12 @@ def main():
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--networks", nargs="+", default=["float", "fakequant", "int8"],
+                        choices=("float", "fakequant", "int8"))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--network", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.batch_size is not None:
         measure(args)
@@ -66,16 +75,17 @@ def main():
 
     print(f"GhostNet {args.model} eval, GRAPH_MODE, {args.device_target}, {args.image_size}px, "
           f"median of {args.repeats} after {args.warmup} warm-up")
-    print(f"{'batch':>5} {'images/s':>9} {'median ms':>10} {'compile s':>10} {'peak MB':>8}")
+    print(f"{'network':>9} {'batch':>5} {'images/s':>9} {'median ms':>10} {'compile s':>10} {'peak MB':>8}")
     for batch in args.batch_sizes:
-        cmd = [sys.executable, __file__, "--batch_size", str(batch)] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
-        if out.returncode != 0:
-            print(f"{batch:>5} failed: {out.stderr.strip().splitlines()[-1:]}")
-            continue
-        row = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{row['batch']:>5} {row['images_per_s']:>9.1f} {row['median_ms']:>10.1f} "
-              f"{row['compile_s']:>10.1f} {row['peak_mb']:>8.0f}")
+        for network in args.networks:
+            cmd = [sys.executable, __file__, "--batch_size", str(batch), "--network", network] + sys.argv[1:]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
+            if out.returncode != 0:
+                print(f"{network:>9} {batch:>5} failed: {out.stderr.strip().splitlines()[-1:]}")
+                continue
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{network:>9} {row['batch']:>5} {row['images_per_s']:>9.1f} {row['median_ms']:>10.1f} "
+                  f"{row['compile_s']:>10.1f} {row['peak_mb']:>8.0f}")
 
 
 if __name__ == "__main__":

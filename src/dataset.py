@@ -214,6 +214,14 @@ def read_class_names(dataset_path):
         return [line.strip() for line in f if line.strip()]
 
 
+def check_num_classes(dataset_path, num_classes):
+    """Refuse a classifier smaller than the labels of the dataset (known from class_names.txt)."""
+    names = read_class_names(dataset_path)
+    if names is not None and len(names) > num_classes:
+        raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
+                           f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
+
+
 # --- input pipelines -------------------------------------------------------------------
 
 def label_column(dataset_path):

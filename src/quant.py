@@ -35,19 +35,24 @@ _TINY = 1e-12
 
 # --- quantization arithmetic (one place for the ranges and the rounding) -----------------
 
+def round_half_up(x):
+    """Rounding used everywhere here; MindSpore's Round exports to ONNX with an input ONNX lacks."""
+    return ops.floor(x + 0.5)
+
+
 def activation_qparams(act_min, act_max):
     """Scale and zero point of a uint8 range covering [act_min, act_max] and 0."""
     low = ops.minimum(act_min, 0.0)
     high = ops.maximum(act_max, 0.0)
     scale = ops.maximum((high - low) / (ACT_QMAX - ACT_QMIN), _TINY)
-    zero_point = ops.clamp(ops.round(ACT_QMIN - low / scale), ACT_QMIN, ACT_QMAX)
+    zero_point = ops.clamp(round_half_up(ACT_QMIN - low / scale), ACT_QMIN, ACT_QMAX)
     return scale, zero_point
 
 
 def fake_quant_activation(x, scale, zero_point):
     """Quantize-dequantize to uint8; gradient 1 inside the representable range, 0 outside."""
     clipped = ops.clamp(x, (ACT_QMIN - zero_point) * scale, (ACT_QMAX - zero_point) * scale)
-    quantized = (ops.round(clipped / scale) + zero_point - zero_point) * scale
+    quantized = round_half_up(clipped / scale) * scale  # (q - zero_point) * scale, q = round + zp
     return clipped + ops.stop_gradient(quantized - clipped)
 
 
@@ -63,13 +68,13 @@ def _per_channel(scales, ndim):
 
 def fake_quant_weight(weight, scales):
     s = _per_channel(scales, weight.ndim)
-    quantized = ops.clamp(ops.round(weight / s), WEIGHT_QMIN, WEIGHT_QMAX) * s
+    quantized = ops.clamp(round_half_up(weight / s), WEIGHT_QMIN, WEIGHT_QMAX) * s
     return weight + ops.stop_gradient(quantized - weight)
 
 
 def fake_quant_bias(bias, scales):
     """int32 bias at the accumulator's scale (activation scale x weight scale)."""
-    return bias + ops.stop_gradient(ops.round(bias / scales) * scales - bias)
+    return bias + ops.stop_gradient(round_half_up(bias / scales) * scales - bias)
 
 
 # --- the fake-quant form ------------------------------------------------------------------
@@ -287,9 +292,9 @@ def export_int8_params(net):
         act_scale, zero_point = activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max)
         scales = weight_scales(weight)
         shape = _per_channel(scales, weight.ndim)
-        q_weight = ops.clamp(ops.round(weight / shape), WEIGHT_QMIN, WEIGHT_QMAX)
+        q_weight = ops.clamp(round_half_up(weight / shape), WEIGHT_QMIN, WEIGHT_QMAX)
         bias = bias if bias is not None else ops.zeros(weight.shape[0], ms.float32)
-        q_bias = ops.round(bias / (act_scale * scales))
+        q_bias = round_half_up(bias / (act_scale * scales))
         params[f"{name}.weight"] = q_weight.asnumpy().astype(np.int8)
         params[f"{name}.weight_scale"] = scales.asnumpy().astype(np.float32)
         params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)

@@ -118,9 +118,15 @@ def resume_from(path, net, optimizer):
 
 
 def parameter_fingerprint(net):
-    """A short hash of every parameter's bytes: equal on all workers of a healthy data-parallel run."""
+    """A short hash of the trainable parameters: equal on all workers of a healthy data-parallel run.
+
+    BatchNorm running statistics are left out: each worker computes them on its own shard
+    (rank 0's are the ones saved).
+    """
     digest = hashlib.sha256()
     for name, param in net.parameters_and_names():
+        if not param.requires_grad:
+            continue
         digest.update(name.encode())
         digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()[:16]

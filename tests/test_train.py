@@ -127,10 +127,11 @@ def test_a_diverging_run_stops_without_writing_checkpoints(sample_pets, tmp_path
 def test_pretrained_reinitialises_a_classifier_of_another_size(sample_pets, tmp_path, subprocess_env,
                                                                checkpoint_4_classes):
     _, data, _ = sample_pets
-    args = [a if a != "4" else "3" for a in TINY]  # 3 classes: checkpoint has 4
+    args = [a if a != "4" else "5" for a in TINY]  # 5 classes: checkpoint has 4
     result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
-                   "--epoch_size", 0, "--pretrained", checkpoint_4_classes, *args)
-    assert "classifier re-initialised for 3 classes" in result.stderr
+                   "--epoch_size", 1, "--pretrained", checkpoint_4_classes, *args)
+    assert result.returncode == 0, result.stderr
+    assert "classifier re-initialised for 5 classes" in result.stderr
     wrong_width = [a if a != "0.5" else "1.0" for a in TINY]
     result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir",
                    tmp_path / "w", "--epoch_size", 1, "--pretrained", checkpoint_4_classes, *wrong_width)
@@ -140,6 +141,11 @@ def test_pretrained_reinitialises_a_classifier_of_another_size(sample_pets, tmp_
 
 def test_bad_configuration_is_refused_by_name(sample_pets, tmp_path, subprocess_env):
     _, data, _ = sample_pets
+    too_few = [a if a != "4" else "3" for a in TINY]
+    result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
+                   *too_few)
+    assert result.returncode == 2
+    assert "has 4 classes (class_names.txt beside it) but --num_classes is 3" in result.stderr
     result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
                    "--batch_size", 0)
     assert result.returncode == 2 and "--batch_size must be at least 1" in result.stderr
@@ -199,7 +205,7 @@ def test_two_cpu_workers_end_with_identical_parameters(sample_pets, tmp_path, su
         capture_output=True, text=True, env=subprocess_env, timeout=600)
     logs = {rank: (tmp_path / "logs" / f"worker_{rank}.log").read_text() for rank in (0, 1)}
     assert result.returncode == 0, logs[0][-3000:] + logs[1][-3000:]
-    prints = [re.search(r"parameter fingerprint .*: ([0-9a-f]{16})", logs[r]).group(1) for r in (0, 1)]
+    prints = [re.search(r"trainable parameter fingerprint .*: ([0-9a-f]{16})", logs[r]).group(1) for r in (0, 1)]
     assert prints[0] == prints[1]
     # each worker reads its own half: 48 images / 2 workers / batch 8 = 3 steps
     assert "3 steps per epoch" in logs[1]

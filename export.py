@@ -1,0 +1,71 @@
+"""Export a float or int8 GhostNet checkpoint to MINDIR, ONNX or AIR.
+
+    python export.py --checkpoint_path CKPT --file_format MINDIR [--file_name NAME]
+
+The network is built for the checkpoint it is given (float, or int8 from train.py --quant)
+and exported in eval mode with a fixed input of batch_size x 3 x image_size x image_size.
+"""
+import argparse
+import logging
+import os
+import sys
+
+import mindspore as ms
+import numpy as np
+
+from src.checkpoint import CheckpointError
+from src.models import load_network
+from src.runtime import add_device_argument, set_device, setup_logging
+
+logger = logging.getLogger("export")
+SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint_path", required=True, help="float or int8 checkpoint (.ckpt)")
+    parser.add_argument("--file_format", required=True, choices=tuple(SUFFIXES),
+                        help="MINDIR (MindSpore Lite, mindspore.load), ONNX (onnxruntime), AIR (Ascend only)")
+    parser.add_argument("--file_name", default="ghostnet",
+                        help="output file; the format's suffix is added when missing")
+    parser.add_argument("--batch_size", type=int, default=1, help="batch size of the exported input")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the exported input")
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
+                        help="GhostNet width multiplier")
+    add_device_argument(parser)
+    return parser
+
+
+def output_path(file_name, file_format):
+    suffix = SUFFIXES[file_format]
+    return file_name if file_name.endswith(suffix) else file_name + suffix
+
+
+def main(args):
+    if args.file_format == "AIR" and args.device_target != "Ascend":
+        raise ValueError("AIR export needs an Ascend device (--device_target Ascend); "
+                         "on CPU and GPU export MINDIR or ONNX instead")
+    set_device(args.device_target)
+    net, kind = load_network(args.checkpoint_path, args.width, args.num_classes)
+    net.set_train(False)
+    sample = ms.Tensor(np.zeros((args.batch_size, 3, args.image_size, args.image_size), np.float32))
+    path = output_path(args.file_name, args.file_format)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    # MindSpore appends the suffix itself; hand it the name without one
+    ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])], file_format=args.file_format)
+    logger.info("exported %s network %s -> %s (%.1f MB)", kind, args.checkpoint_path, path,
+                os.path.getsize(path) / 2**20)
+    return path
+
+
+if __name__ == "__main__":
+    parsed = get_args_parser().parse_args()
+    setup_logging()
+    try:
+        main(parsed)
+    except (CheckpointError, ValueError) as err:
+        logger.error("%s", err)
+        sys.exit(2)
