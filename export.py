@@ -55,7 +55,12 @@ def main(args):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     # MindSpore appends the suffix itself; hand it the name without one
-    ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])], file_format=args.file_format)
+    try:
+        ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])],
+                  file_format=args.file_format)
+    except RuntimeError as err:
+        raise ValueError(f"MindSpore could not export the {kind} network to {args.file_format}: "
+                         f"{str(err).splitlines()[0]}") from err
     logger.info("exported %s network %s -> %s (%.1f MB)", kind, args.checkpoint_path, path,
                 os.path.getsize(path) / 2**20)
     return path

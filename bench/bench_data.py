@@ -15,9 +15,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--images", type=int, default=400, help="synthetic 375x500 JPEGs to read")
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--image_size", type=int, default=224, help="side of the pipeline's output")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to time")
     parser.add_argument("--epochs", type=int, default=2, help="passes timed after one warm-up pass")
     args = parser.parse_args()
 

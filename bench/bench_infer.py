@@ -57,15 +57,16 @@ def measure(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
-    parser.add_argument("--model", default="ghostnet_100")
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
+                        help="where to run")
+    parser.add_argument("--model", default="ghostnet_100", help="ghostnet_050, ghostnet_100 or ghostnet_130")
+    parser.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64], help="batch sizes to time")
     parser.add_argument("--networks", nargs="+", default=["float", "fakequant", "int8"],
-                        choices=("float", "fakequant", "int8"))
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+                        choices=("float", "fakequant", "int8"), help="network forms to time")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (compiling) one")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
     parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)  # child process
     parser.add_argument("--network", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()

@@ -15,9 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
-    parser.add_argument("--image_sizes", type=int, nargs="+", default=[224, 64])
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
+                        help="where to run")
+    parser.add_argument("--image_sizes", type=int, nargs="+", default=[224, 64], help="input sides to time")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per training step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
     parser.add_argument("--quant", action="store_true", help="time int8 fake-quant fine-tuning steps")
     args = parser.parse_args()

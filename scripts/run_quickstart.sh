@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     --data_root) data_root=$2; shift 2 ;;
     --output_dir) output_dir=$2; shift 2 ;;
     --device_target) device_target=$2; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -41,9 +41,10 @@ def round_half_up(x):
 
 
 def activation_qparams(act_min, act_max):
-    """Scale and zero point of a uint8 range covering [act_min, act_max] and 0."""
-    low = ops.minimum(act_min, 0.0)
-    high = ops.maximum(act_max, 0.0)
+    """Scale and zero point (0-d tensors) of a uint8 range covering [act_min, act_max] and 0."""
+    # 0-d: MindSpore's CPU kernels broadcast a shape-(1,) operand ~50x slower
+    low = ops.minimum(act_min.squeeze(), 0.0)
+    high = ops.maximum(act_max.squeeze(), 0.0)
     scale = ops.maximum((high - low) / (ACT_QMAX - ACT_QMIN), _TINY)
     zero_point = ops.clamp(round_half_up(ACT_QMIN - low / scale), ACT_QMIN, ACT_QMAX)
     return scale, zero_point
@@ -210,8 +211,8 @@ class _Int8Params(nn.Cell):
 
     def dequantized(self, x):
         """(dequantized input, dequantized weight, dequantized bias)."""
-        scale = self.act_scale
-        x = fake_quant_activation(x, scale, self.act_zero_point.astype(ms.float32))
+        scale = self.act_scale.squeeze()  # 0-d: see activation_qparams
+        x = fake_quant_activation(x, scale, self.act_zero_point.squeeze().astype(ms.float32))
         weight = self.weight.astype(ms.float32) * _per_channel(self.weight_scale, len(self.weight.shape))
         bias = self.bias.astype(ms.float32) * (scale * self.weight_scale)
         return x, weight, bias
@@ -298,8 +299,8 @@ def export_int8_params(net):
         params[f"{name}.weight"] = q_weight.asnumpy().astype(np.int8)
         params[f"{name}.weight_scale"] = scales.asnumpy().astype(np.float32)
         params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)
-        params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32)
-        params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32)
+        params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32).reshape(1)
+        params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32).reshape(1)
     return params
 
 

@@ -1,0 +1,56 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["-m", "src.dataset"], ["-m", "src.convert_weights"],
+                ["-m", "src.launch"], ["-m", "src.sample_data"], ["bench/bench_infer.py"],
+                ["bench/bench_train.py"], ["bench/bench_data.py"]]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1])
+def test_every_option_in_help_says_what_it_does_and_its_default(entry, subprocess_env):
+    result = subprocess.run([sys.executable, *entry, "--help"], capture_output=True, text=True,
+                            env=subprocess_env, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    # argparse help: an option line, its description, then "(default: ...)"
+    blocks = re.split(r"\n(?=  -)", result.stdout.split("options:", 1)[1])
+    options = [b for b in blocks if b.strip().startswith("--") and not b.strip().startswith("-h")]
+    assert options
+    for block in options:
+        text = " ".join(block.split())
+        name = text.split()[0]
+        assert "(default:" in text, f"{entry}: {name} shows no default"
+        description = text.split("(default:")[0]
+        assert len(description.split()) >= 3, f"{entry}: {name} has no description"
+
+
+@pytest.mark.parametrize("script", ["run_quickstart.sh", "run_standalone_train.sh", "run_eval.sh",
+                                    "run_distribute_train.sh"])
+def test_shell_scripts_explain_their_usage(script, subprocess_env):
+    args = ["--help"] if script == "run_quickstart.sh" else []
+    result = subprocess.run(["bash", str(REPO / "scripts" / script), *args], capture_output=True,
+                            text=True, env=subprocess_env)
+    text = result.stdout + result.stderr
+    assert "usage: bash" in text
+    assert result.returncode == (0 if args else 2)
+
+
+@pytest.mark.slow
+def test_the_quick_start_runs_end_to_end(tmp_path, subprocess_env):
+    """The README's first command (after the install): the whole flow on the synthetic set."""
+    result = subprocess.run(["bash", str(REPO / "scripts" / "run_quickstart.sh"), "--output_dir",
+                             str(tmp_path / "qs")], capture_output=True, text=True, env=subprocess_env,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "SYNTHETIC" in out
+    accuracies = re.findall(r"^result: \{'acc': (\d\.\d{4})\} ckpt= .*(ghostnet-final|ghostnet-int8)\.ckpt$",
+                            out, re.M)
+    assert [name for _, name in accuracies] == ["ghostnet-final", "ghostnet-int8"]
+    assert all(float(acc) > 0.5 for acc, _ in accuracies)  # six classes: chance is 0.17
+    assert sorted(p.name for p in (tmp_path / "qs" / "export").iterdir()) == ["ghostnet-final.mindir",
+                                                                              "ghostnet-int8.mindir"]
