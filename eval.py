@@ -13,7 +13,7 @@ from src.checkpoint import CheckpointError
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.models import load_network
-from src.runtime import add_device_argument, set_device, setup_logging
+from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
 
 logger = logging.getLogger("eval")
 
@@ -52,6 +52,6 @@ if __name__ == "__main__":
     setup_logging()
     try:
         main(get_args_parser().parse_args())
-    except (CheckpointError, DatasetError) as err:
+    except (CheckpointError, DatasetError, DeviceError) as err:
         logger.error("%s", err)
         sys.exit(2)

@@ -24,14 +24,14 @@ import mindspore.nn as nn
 import numpy as np
 
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
-from src.config import add_config_arguments, config_from_args, positive
+from src.config import add_config_arguments, config_from_args, validate
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
 from src.models import require_kind
 from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
-from src.runtime import add_device_argument, set_device, setup_logging
+from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingDiverged, build_optimizer, init_distributed,
                              parameter_fingerprint, resume_from, training_state)
@@ -105,7 +105,7 @@ def train_one_epoch(train_net, dataset, epoch, config, global_step, learning_rat
 
 
 def main(args):
-    config = positive(config_from_args(args))
+    config = validate(config_from_args(args))
     set_device(args.device_target)  # before init(): MindSpore refuses it afterwards
     rank, group_size = init_distributed(args.run_distribute)
     setup_logging(rank)
@@ -184,7 +184,8 @@ def main(args):
             save_params(export_int8_params(net), os.path.join(args.output_dir, name))
             message = f"int8 calibrated on {config.calib_batches} batches: {name}"
             if eval_data is not None:
-                message += f", eval top-1 {evaluate(net, eval_data, log_progress=False)['top1']:.4f}"
+                top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
+                message += f", eval top-1 {top1:.4f}"
             logger.info(message)
 
     # loop
@@ -227,6 +228,6 @@ if __name__ == "__main__":
     setup_logging()
     try:
         main(parsed)
-    except (CheckpointError, DatasetError, TrainingDiverged, argparse.ArgumentTypeError) as err:
+    except (CheckpointError, DatasetError, DeviceError, TrainingDiverged, argparse.ArgumentTypeError) as err:
         logger.error("%s", err)
         sys.exit(2)

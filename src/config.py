@@ -53,7 +53,7 @@ def add_config_arguments(parser, config_class=TrainConfig):
         kwargs = {"default": f.default, "help": f.metadata.get("help", "")}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        group.add_argument(f"--{f.name}", type=f.type if callable(f.type) else eval(f.type), **kwargs)
+        group.add_argument(f"--{f.name}", type=f.type, **kwargs)
     return parser
 
 
@@ -61,7 +61,7 @@ def config_from_args(args, config_class=TrainConfig):
     return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
 
 
-def positive(config):
+def validate(config):
     """Reject values that cannot train, naming the flag."""
     problems = []
     for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches"):

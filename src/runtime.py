@@ -5,6 +5,10 @@ import sys
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 
 
+class DeviceError(ValueError):
+    """The requested device cannot be used in this process."""
+
+
 def setup_logging(rank=0):
     prefix = f"[rank {rank}] " if rank else ""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
@@ -17,7 +21,13 @@ def set_device(device_target, graph_mode=True):
     if device_target not in DEVICE_TARGETS:
         raise ValueError(f"device_target must be one of {DEVICE_TARGETS}, got {device_target!r}")
     ms.set_context(mode=ms.GRAPH_MODE if graph_mode else ms.PYNATIVE_MODE)
-    ms.set_device(device_target)
+    try:
+        ms.set_device(device_target)
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise DeviceError(f"MindSpore cannot run on {device_target} here ({first_line[:200]}). "
+                          f"Install MindSpore's {device_target} support (drivers and libraries), or "
+                          "pass --device_target CPU.") from None
 
 
 def add_device_argument(parser):

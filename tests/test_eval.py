@@ -65,3 +65,15 @@ def test_eval_names_a_corrupt_image_inside_the_mindrecord(tmp_path, checkpoint_4
     assert result.returncode == 2
     assert f"an image inside {path} cannot be decoded" in result.stderr
     assert "--overwrite" in result.stderr
+
+
+def test_an_unusable_device_gets_a_message_not_a_traceback(sample_pets, checkpoint_4_classes, subprocess_env):
+    _, out, _ = sample_pets
+    result = run_eval(subprocess_env, "--dataset_path", out / "test.mindrecord", "--checkpoint_path",
+                      checkpoint_4_classes, "--num_classes", 4, "--width", 0.5, "--image_size", 32,
+                      "--device_target", "Ascend")
+    if result.returncode == 0:
+        pytest.skip("this machine has an Ascend device")
+    assert result.returncode == 2
+    assert "MindSpore cannot run on Ascend here" in result.stderr
+    assert "--device_target CPU" in result.stderr and "Traceback" not in result.stderr
