@@ -89,12 +89,22 @@ def test_converter_cli_exits_non_zero_and_writes_nothing(tmp_path, fixtures_dir)
     assert not out.exists()
 
 
-def test_converter_reports_a_missing_torch_or_a_missing_file(tmp_path):
+def test_converter_names_a_missing_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "src.convert_weights", "--input",
                              str(tmp_path / "none.safetensors"), "--output", str(tmp_path / "o")],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert "input not found" in result.stderr
+
+
+def test_a_pth_file_without_torch_gets_a_clear_message(tmp_path, monkeypatch):
+    from src.convert_weights import read_state_dict
+
+    path = tmp_path / "ghostnet_100.pth"
+    path.write_bytes(b"\x80\x02}q\x00.")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if not installed
+    with pytest.raises(RuntimeError, match=r"torch is not installed.*\.safetensors"):
+        read_state_dict(str(path))
 
 
 # --- strict loading -------------------------------------------------------------------
