@@ -67,18 +67,37 @@ def _per_channel(scales, ndim):
     return scales.reshape((-1,) + (1,) * (ndim - 1))
 
 
+def weight_integers(weight, scales):
+    """The int8 values of ``weight`` (as floats) for per-output-channel ``scales``."""
+    return ops.clamp(round_half_up(weight / _per_channel(scales, weight.ndim)), WEIGHT_QMIN, WEIGHT_QMAX)
+
+
+def bias_integers(bias, scales):
+    """The int32 values of ``bias`` at the accumulator's scale (activation x weight scale)."""
+    return round_half_up(bias / scales)
+
+
 def fake_quant_weight(weight, scales):
-    s = _per_channel(scales, weight.ndim)
-    quantized = ops.clamp(round_half_up(weight / s), WEIGHT_QMIN, WEIGHT_QMAX) * s
+    quantized = weight_integers(weight, scales) * _per_channel(scales, weight.ndim)
     return weight + ops.stop_gradient(quantized - weight)
 
 
 def fake_quant_bias(bias, scales):
-    """int32 bias at the accumulator's scale (activation scale x weight scale)."""
-    return bias + ops.stop_gradient(round_half_up(bias / scales) * scales - bias)
+    return bias + ops.stop_gradient(bias_integers(bias, scales) * scales - bias)
 
 
 # --- the fake-quant form ------------------------------------------------------------------
+
+def conv_geometry(conv):
+    """(stride, padding, groups) of an ``nn.Conv2d``, as ``ops.conv2d`` takes them."""
+    stride = conv.stride[2:] if len(conv.stride) == 4 else conv.stride
+    return stride, conv.padding, conv.group
+
+
+def apply_conv(x, weight, geometry):
+    stride, padding, groups = geometry
+    return ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
+
 
 class ActivationQuantizer(nn.Cell):
     """Observes min/max of its input and fake-quantizes it to uint8.
@@ -118,18 +137,13 @@ class QuantConv2d(nn.Cell):
 
     def __init__(self, conv, bn=None):
         super().__init__()
+        self.geometry = conv_geometry(conv)
         self.weight = conv.weight
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
-        self.stride = conv.stride[2:] if len(conv.stride) == 4 else conv.stride
-        self.padding = conv.padding
-        self.groups = conv.group
         self.input_quant = ActivationQuantizer()
         self.bn_frozen = None if bn is None else Parameter(
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
-
-    def _conv(self, x, weight):
-        return ops.conv2d(x, weight, None, self.stride, "pad", self.padding, 1, self.groups)
 
     def folded(self, batch_mean=None, batch_std=None):
         """(folded weight, folded bias, output correction) for the current statistics."""
@@ -147,7 +161,7 @@ class QuantConv2d(nn.Cell):
         return weight, bn.beta - bn.gamma * mean / std, correction
 
     def _batch_statistics(self, x):
-        out = self._conv(x, self.weight)
+        out = apply_conv(x, self.weight, self.geometry)
         mean = out.mean(axis=(0, 2, 3))
         var = ((out - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
         bn, frozen = self.bn, self.bn_frozen
@@ -168,7 +182,7 @@ class QuantConv2d(nn.Cell):
         else:
             weight, bias, correction = self.folded()
         scales = weight_scales(weight)
-        out = self._conv(x, fake_quant_weight(weight, scales))
+        out = apply_conv(x, fake_quant_weight(weight, scales), self.geometry)
         if correction is not None:
             out = out * correction.reshape(1, -1, 1, 1)
         if bias is not None:
@@ -223,14 +237,11 @@ class Int8Conv2d(_Int8Params):
 
     def __init__(self, conv):
         super().__init__(conv.weight.shape)
-        self.stride = conv.stride[2:] if len(conv.stride) == 4 else conv.stride
-        self.padding = conv.padding
-        self.groups = conv.group
+        self.geometry = conv_geometry(conv)
 
     def construct(self, x):
         x, weight, bias = self.dequantized(x)
-        out = ops.conv2d(x, weight, None, self.stride, "pad", self.padding, 1, self.groups)
-        return out + bias.reshape(1, -1, 1, 1)
+        return apply_conv(x, weight, self.geometry) + bias.reshape(1, -1, 1, 1)
 
 
 class Int8Dense(_Int8Params):
@@ -292,10 +303,9 @@ def export_int8_params(net):
         weight, bias, _ = layer.folded()
         act_scale, zero_point = activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max)
         scales = weight_scales(weight)
-        shape = _per_channel(scales, weight.ndim)
-        q_weight = ops.clamp(round_half_up(weight / shape), WEIGHT_QMIN, WEIGHT_QMAX)
+        q_weight = weight_integers(weight, scales)
         bias = bias if bias is not None else ops.zeros(weight.shape[0], ms.float32)
-        q_bias = round_half_up(bias / (act_scale * scales))
+        q_bias = bias_integers(bias, act_scale * scales)
         params[f"{name}.weight"] = q_weight.asnumpy().astype(np.int8)
         params[f"{name}.weight_scale"] = scales.asnumpy().astype(np.float32)
         params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)
