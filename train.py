@@ -157,10 +157,11 @@ def main(args):
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     newest = keeper.newest() if args.resume else None
     if newest:
-        if args.quant != (checkpoint_kind(read_checkpoint(newest)) == "qat"):
+        state = read_checkpoint(newest)
+        if args.quant != (checkpoint_kind(state) == "qat"):
             raise CheckpointError(f"{newest} was written by a {'float' if args.quant else '--quant'} "
                                   f"run; resume it with{'out' if args.quant else ''} --quant")
-        start_epoch, global_step, best_top1 = resume_from(newest, net, optimizer)
+        start_epoch, global_step, best_top1 = resume_from(state, net, optimizer, source=newest)
         calibrated = args.quant
         logger.info("resumed from %s: epoch %d, step %d", newest, start_epoch, global_step)
     elif args.resume:

@@ -101,14 +101,19 @@ class CheckpointKeeper:
         return best
 
 
-def resume_from(path, net, optimizer):
-    """Load network, momentum and position; return ``(epoch, global_step, best_top1)``."""
-    report = load_strict(net, path)
+def resume_from(checkpoint, net, optimizer, source="checkpoint"):
+    """Load network, momentum and position from a path or a read checkpoint.
+
+    Returns ``(epoch, global_step, best_top1)``.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = str(checkpoint)
+    report = load_strict(net, checkpoint, source=source)
     state = report.training_state
     moments = {p.name: p for p in optimizer.moments}
     missing = [name for name in moments if name not in state]
     if missing:
-        raise ValueError(f"{path} has no optimizer state for {missing[:3]}...; it cannot be resumed")
+        raise ValueError(f"{source} has no optimizer state for {missing[:3]}...; it cannot be resumed")
     for name, moment in moments.items():
         moment.set_data(ms.Tensor(state[name].asnumpy()))
     global_step = int(state["train_state.global_step"].asnumpy()[0])
