@@ -1,9 +1,11 @@
 """Evaluate a GhostNet checkpoint on an Oxford-IIIT Pet MindRecord.
 
     python eval.py --dataset_path OUT_DIR/test.mindrecord --checkpoint_path CKPT
+    python eval.py --dataset_path OUT_DIR/test.mindrecord --checkpoint_path CKPT_OR_ONNX --backend onnxruntime
 
 prints the original package's line ``result: {'acc': 0.xxxx} ckpt= PATH`` and then the
-top-5 accuracy and sample count.
+top-5 accuracy and sample count. With ``--backend onnxruntime`` a checkpoint is turned into
+ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
 """
 import argparse
 import logging
@@ -12,7 +14,7 @@ import sys
 from src.checkpoint import CheckpointError
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
-from src.models import load_network
+from src.inference import BACKENDS, BackendError, create_predictor
 from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
 
 logger = logging.getLogger("eval")
@@ -22,7 +24,10 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset_path", required=True, help="test.mindrecord written by src.dataset")
-    parser.add_argument("--checkpoint_path", required=True, help="checkpoint to evaluate (.ckpt)")
+    parser.add_argument("--checkpoint_path", required=True,
+                        help="checkpoint to evaluate (.ckpt), or an .onnx model with --backend onnxruntime")
+    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
+                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
     add_device_argument(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
     parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
@@ -36,13 +41,15 @@ def get_args_parser():
 
 
 def main(args):
-    set_device(args.device_target)
+    if args.backend == "mindspore":
+        set_device(args.device_target)
     check_num_classes(args.dataset_path, args.num_classes)
     dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
                              batch_size=args.batch_size, num_workers=args.num_workers)
-    net, kind = load_network(args.checkpoint_path, args.width, args.num_classes, args.quant)
-    logger.info("evaluating %s (%s network)", args.checkpoint_path, kind)
-    result = evaluate(net, dataset, args.dataset_path)
+    predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,
+                                 args.image_size, args.quant)
+    logger.info("evaluating %s", predictor.description)
+    result = evaluate(predictor, dataset, args.dataset_path)
     print(f"result: {{'acc': {result['top1']:.4f}}} ckpt= {args.checkpoint_path}")
     print(f"top5: {result['top5']:.4f} samples: {result['samples']}")
     return result
@@ -52,6 +59,6 @@ if __name__ == "__main__":
     setup_logging()
     try:
         main(get_args_parser().parse_args())
-    except (CheckpointError, DatasetError, DeviceError) as err:
+    except (BackendError, CheckpointError, DatasetError, DeviceError) as err:
         logger.error("%s", err)
         sys.exit(2)

@@ -3,7 +3,11 @@
     python export.py --checkpoint_path CKPT --file_format MINDIR [--file_name NAME]
 
 The network is built for the checkpoint it is given (float, or int8 from train.py --quant)
-and exported in eval mode with a fixed input of batch_size x 3 x image_size x image_size.
+and exported in eval mode for an input of batch_size x 3 x image_size x image_size. ONNX is
+written from the weights (src/onnx_export.py): a float model with BatchNorm folded, or, from
+an int8 checkpoint, a QDQ model with int8 weights that runs onnxruntime's int8 kernels; its
+batch axis stays dynamic unless --batch_size is given. The class_names.txt beside the
+checkpoint is copied beside the model.
 """
 import argparse
 import logging
@@ -14,6 +18,8 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import CheckpointError
+from src.dataset import copy_class_names
+from src.inference import require_module
 from src.models import load_network
 from src.runtime import add_device_argument, set_device, setup_logging
 
@@ -29,7 +35,8 @@ def get_args_parser():
                         help="MINDIR (MindSpore Lite, mindspore.load), ONNX (onnxruntime), AIR (Ascend only)")
     parser.add_argument("--file_name", default="ghostnet",
                         help="output file; the format's suffix is added when missing")
-    parser.add_argument("--batch_size", type=int, default=1, help="batch size of the exported input")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="batch size of the exported input (default: 1; ONNX: dynamic)")
     parser.add_argument("--image_size", type=int, default=224, help="side of the exported input")
     parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
     parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
@@ -43,17 +50,23 @@ def output_path(file_name, file_format):
     return file_name if file_name.endswith(suffix) else file_name + suffix
 
 
-def main(args):
-    if args.file_format == "AIR" and args.device_target != "Ascend":
-        raise ValueError("AIR export needs an Ascend device (--device_target Ascend); "
-                         "on CPU and GPU export MINDIR or ONNX instead")
-    set_device(args.device_target)
+def export_onnx(args, path):
+    require_module("onnx", "ONNX export")
+    from src.onnx_export import onnx_model_from_checkpoint
+
+    model, kind = onnx_model_from_checkpoint(args.checkpoint_path, args.width, args.num_classes,
+                                             args.image_size, args.batch_size)
+    partial = path + ".partial"
+    with open(partial, "wb") as f:
+        f.write(model.SerializeToString())
+    os.replace(partial, path)
+    return kind
+
+
+def export_with_mindspore(args, path):
     net, kind = load_network(args.checkpoint_path, args.width, args.num_classes)
     net.set_train(False)
-    sample = ms.Tensor(np.zeros((args.batch_size, 3, args.image_size, args.image_size), np.float32))
-    path = output_path(args.file_name, args.file_format)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    sample = ms.Tensor(np.zeros((args.batch_size or 1, 3, args.image_size, args.image_size), np.float32))
     # MindSpore appends the suffix itself; hand it the name without one
     try:
         ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])],
@@ -61,6 +74,22 @@ def main(args):
     except RuntimeError as err:
         raise ValueError(f"MindSpore could not export the {kind} network to {args.file_format}: "
                          f"{str(err).splitlines()[0]}") from err
+    return kind
+
+
+def main(args):
+    if args.file_format == "AIR" and args.device_target != "Ascend":
+        raise ValueError("AIR export needs an Ascend device (--device_target Ascend); "
+                         "on CPU and GPU export MINDIR or ONNX instead")
+    set_device(args.device_target)
+    path = output_path(args.file_name, args.file_format)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if args.file_format == "ONNX":
+        kind = export_onnx(args, path)
+    else:
+        kind = export_with_mindspore(args, path)
+    copy_class_names(args.checkpoint_path, folder)
     logger.info("exported %s network %s -> %s (%.1f MB)", kind, args.checkpoint_path, path,
                 os.path.getsize(path) / 2**20)
     return path

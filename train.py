@@ -25,7 +25,7 @@ import numpy as np
 
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.config import add_config_arguments, config_from_args, validate
-from src.dataset import DatasetError, check_num_classes, create_dataset
+from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
@@ -174,6 +174,7 @@ def main(args):
         with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
                            quant=args.quant, dataset_path=args.dataset_path), f, indent=2)
+        copy_class_names(args.dataset_path, args.output_dir)  # classify.py names breeds from it
 
     # int8 calibration ("without finetune")
     if args.quant and not calibrated:

@@ -206,12 +206,27 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
 
 
 def read_class_names(dataset_path):
-    """Class names written beside a MindRecord file by the conversion, or None."""
+    """Class names written beside a MindRecord file by the conversion (or copied beside a
+    checkpoint or model), or None."""
     path = os.path.join(os.path.dirname(os.path.abspath(dataset_path)), CLASS_NAMES_FILE)
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
+
+
+def copy_class_names(source_file, destination_folder):
+    """Copy the class_names.txt beside ``source_file`` (a dataset, checkpoint or model) into
+    ``destination_folder`` so that what is written there names its classes; returns the copy or None."""
+    names = read_class_names(source_file)
+    if names is None:
+        return None
+    path = os.path.join(destination_folder, CLASS_NAMES_FILE)
+    if os.path.abspath(path) != os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(source_file)),
+                                                             CLASS_NAMES_FILE)):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(name + "\n" for name in names))
+    return path
 
 
 def check_num_classes(dataset_path, num_classes):
@@ -261,19 +276,41 @@ def shard_of_this_process(num_shards=None, shard_id=None):
 
 def transforms(train, image_size):
     import mindspore.dataset.vision as vision
-    from mindspore.dataset.vision import Inter
 
-    normalize = vision.Normalize(mean=[255 * m for m in IMAGENET_MEAN],
-                                 std=[255 * s for s in IMAGENET_STD])
     if train:
+        normalize, to_chw = eval_transforms(image_size)[-2:]
         return [vision.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
                 vision.RandomHorizontalFlip(),
                 vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),
-                normalize, vision.HWC2CHW()]
-    return [vision.Decode(),
-            vision.Resize(int(image_size * EVAL_RESIZE_RATIO), Inter.BICUBIC),
+                normalize, to_chw]
+    return [vision.Decode()] + eval_transforms(image_size)
+
+
+def eval_transforms(image_size):
+    """Resize, centre crop and normalise a decoded RGB image (HWC uint8) to CHW float32."""
+    import mindspore.dataset.vision as vision
+    from mindspore.dataset.vision import Inter
+
+    return [vision.Resize(int(image_size * EVAL_RESIZE_RATIO), Inter.BICUBIC),
             vision.CenterCrop(image_size),
-            normalize, vision.HWC2CHW()]
+            vision.Normalize(mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD]),
+            vision.HWC2CHW()]
+
+
+def load_image(path, image_size):
+    """One image file (any format PIL reads) as the eval pipeline's CHW float32 array."""
+    from PIL import UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise DatasetError(f"{path} is not an image file PIL can read ({err})") from None
+    for transform in eval_transforms(image_size):
+        pixels = transform(pixels)
+    return pixels.astype(np.float32)
 
 
 def create_dataset(dataset_path, train, image_size=224, batch_size=32, num_workers=2,

@@ -6,24 +6,20 @@ import mindspore as ms
 import numpy as np
 
 from src.dataset import DatasetError
+from src.inference import MindSporePredictor
 
 logger = logging.getLogger(__name__)
 
 
-def _pad_to(array, size):
-    """Pad the batch axis so the last, smaller batch reuses the compiled graph."""
-    if array.shape[0] == size:
-        return array
-    pad = np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)
-    return np.concatenate([array, pad])
+def predict_logits(model, dataset, dataset_path="dataset", log_progress=True):
+    """Yield ``(logits, labels)`` per batch of ``dataset`` (images, labels).
 
-
-def predict_logits(net, dataset, dataset_path="dataset", log_progress=True):
-    """Yield ``(logits, labels)`` per batch of ``dataset`` (images, labels)."""
-    net.set_train(False)
+    ``model``: a MindSpore cell, or any ``predict(images) -> logits`` of src/inference.py.
+    """
+    predict = MindSporePredictor(model) if isinstance(model, ms.nn.Cell) else model
     num_batches = dataset.get_dataset_size()
     log_every = max(1, num_batches // 10)
-    batch_size, seen, start = None, 0, time.time()
+    seen, start = 0, time.time()
     iterator = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
     step = 0
     while True:
@@ -38,10 +34,8 @@ def predict_logits(net, dataset, dataset_path="dataset", log_progress=True):
                     "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`, "
                     "which re-encodes or skips such images.") from None
             raise
-        batch_size = batch_size or images.shape[0]
-        count = images.shape[0]
-        logits = net(ms.Tensor(_pad_to(images, batch_size))).asnumpy()[:count]
-        seen += count
+        logits = predict(images)
+        seen += images.shape[0]
         step += 1
         if log_progress and (step % log_every == 0 or step == num_batches):
             logger.info("eval %d/%d batches, %d images (%.1f images/s)", step, num_batches,
@@ -49,10 +43,10 @@ def predict_logits(net, dataset, dataset_path="dataset", log_progress=True):
         yield logits, labels
 
 
-def evaluate(net, dataset, dataset_path="dataset", log_progress=True):
-    """Return ``{"top1": float, "top5": float, "samples": int}``."""
+def evaluate(model, dataset, dataset_path="dataset", log_progress=True):
+    """Return ``{"top1": float, "top5": float, "samples": int}`` (``model`` as for predict_logits)."""
     top1 = top5 = total = 0
-    for logits, labels in predict_logits(net, dataset, dataset_path, log_progress):
+    for logits, labels in predict_logits(model, dataset, dataset_path, log_progress):
         k = min(5, logits.shape[1])
         best = np.argsort(-logits, axis=1)[:, :k]
         top1 += int((best[:, 0] == labels).sum())

@@ -1,7 +1,7 @@
 """Networks by name, and the right network for a checkpoint (float, fake-quant or int8)."""
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint
 from src.ghostnet import GhostNet
-from src.quant import build_int8_network, checkpoint_kind, quantize_network
+from src.quant import build_int8_network, checkpoint_kind, export_int8_params, quantize_network
 
 KIND_DESCRIPTIONS = {
     "float": "a float checkpoint",
@@ -47,3 +47,11 @@ def load_network(path, width=1.0, num_classes=37, quant=False):
     net = network_for_kind(kind, width, num_classes)
     load_strict(net, params, source=path)
     return net, kind
+
+
+def load_int8_network(fake_quant_net, width=1.0, num_classes=37):
+    """The int8 network holding what a fake-quant network (eval mode) would export."""
+    fake_quant_net.set_train(False)
+    net = build_int8_network(width=width, num_classes=num_classes)
+    load_strict(net, export_int8_params(fake_quant_net), source="the fake-quant network")
+    return net

@@ -99,8 +99,8 @@ def apply_conv(x, weight, geometry):
     return ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
 
 
-class ActivationQuantizer(nn.Cell):
-    """Observes min/max of its input and fake-quantizes it to uint8.
+class RangeObserver(nn.Cell):
+    """Tracks the min/max of a tensor; returns it unchanged.
 
     In training the range follows an EMA; in eval it is fixed, unless ``calibrating`` is
     set (by :func:`calibrate`), when it widens to every value seen. The switch is a
@@ -113,7 +113,7 @@ class ActivationQuantizer(nn.Cell):
         self.act_max = Parameter(Tensor(np.zeros(1, np.float32)), name="act_max", requires_grad=False)
         self.calibrating = Parameter(Tensor(np.zeros(1, np.float32)), name="calibrating", requires_grad=False)
 
-    def construct(self, x):
+    def observe(self, x):
         seen_min = ops.stop_gradient(x.min()).reshape(1)
         seen_max = ops.stop_gradient(x.max()).reshape(1)
         if self.training:
@@ -123,6 +123,17 @@ class ActivationQuantizer(nn.Cell):
             keep = 1 - self.calibrating
             ops.assign(self.act_min, keep * self.act_min + self.calibrating * ops.minimum(self.act_min, seen_min))
             ops.assign(self.act_max, keep * self.act_max + self.calibrating * ops.maximum(self.act_max, seen_max))
+
+    def construct(self, x):
+        self.observe(x)
+        return x
+
+
+class ActivationQuantizer(RangeObserver):
+    """Observes its input like :class:`RangeObserver` and fake-quantizes it to uint8."""
+
+    def construct(self, x):
+        self.observe(x)
         scale, zero_point = activation_qparams(self.act_min, self.act_max)
         return fake_quant_activation(x, scale, zero_point), scale
 
@@ -132,7 +143,9 @@ class QuantConv2d(nn.Cell):
 
     Training before BN is frozen uses batch statistics with the correction of Krishnamoorthi
     (2018, section 3.2); frozen and in eval, weights and bias are folded with the moving
-    statistics: exactly what :class:`Int8Conv2d` computes with integers.
+    statistics: exactly what :class:`Int8Conv2d` computes with integers. The output's range
+    is observed, not quantized: a deployment that requantizes between layers (a QDQ ONNX
+    model, src/onnx_export.py) takes its scales from there.
     """
 
     def __init__(self, conv, bn=None):
@@ -142,6 +155,7 @@ class QuantConv2d(nn.Cell):
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
         self.input_quant = ActivationQuantizer()
+        self.output_range = RangeObserver()
         self.bn_frozen = None if bn is None else Parameter(
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
 
@@ -187,7 +201,7 @@ class QuantConv2d(nn.Cell):
             out = out * correction.reshape(1, -1, 1, 1)
         if bias is not None:
             out = out + fake_quant_bias(bias, act_scale * scales).reshape(1, -1, 1, 1)
-        return out
+        return self.output_range(out)
 
 
 class QuantDense(nn.Cell):
@@ -233,11 +247,16 @@ class _Int8Params(nn.Cell):
 
 
 class Int8Conv2d(_Int8Params):
-    """Convolution with int8 weights, int32 bias and a uint8 input, as a deployment runs it."""
+    """Convolution with int8 weights, int32 bias and a uint8 input, as a deployment runs it.
+
+    ``output_min`` / ``output_max`` hold the observed output range, for exporters.
+    """
 
     def __init__(self, conv):
         super().__init__(conv.weight.shape)
         self.geometry = conv_geometry(conv)
+        self.output_min = Parameter(Tensor(np.zeros(1, np.float32)), name="output_min", requires_grad=False)
+        self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
 
     def construct(self, x):
         x, weight, bias = self.dequantized(x)
@@ -311,6 +330,9 @@ def export_int8_params(net):
         params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)
         params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32).reshape(1)
         params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32).reshape(1)
+        if isinstance(layer, QuantConv2d):
+            params[f"{name}.output_min"] = layer.output_range.act_min.asnumpy().astype(np.float32)
+            params[f"{name}.output_max"] = layer.output_range.act_max.asnumpy().astype(np.float32)
     return params
 
 
@@ -332,7 +354,7 @@ def set_bn_frozen(net, frozen):
 
 def calibrate(net, dataset, num_batches):
     """Set every activation range from ``num_batches`` batches (eval mode, BN statistics fixed)."""
-    quantizers = [cell for _, cell in net.cells_and_names() if isinstance(cell, ActivationQuantizer)]
+    quantizers = [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
 
     def set_all(calibrating):
         for q in quantizers:

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mindspore as ms
@@ -6,6 +8,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures"
+
+# the shape every int8 recipe run here uses
+SMALL = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "16",
+         "--num_workers", "1", "--log_every", "100"]
 
 ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 ms.set_seed(0)
@@ -50,3 +56,34 @@ def checkpoint_4_classes(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "random_4.ckpt"
     save_params({n: p.asnumpy() for n, p in net.parameters_and_names()}, str(path))
     return path
+
+
+def run(env, script, *args):
+    """Run one of the repository's scripts; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def int8_recipe(tmp_path_factory):
+    """Float training, int8 calibration, int8 fine-tuning on 4 learnable classes (100 test
+    images): ``(folder, env)``; folders float/, ptq/, qat/ and data/."""
+    from src.dataset import convert_pets
+    from src.sample_data import make_sample_pets
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), GLOG_v="3")
+    root = tmp_path_factory.mktemp("int8")
+    make_sample_pets(str(root / "pets"), num_classes=4, train_per_class=40, test_per_class=25,
+                     size=(48, 64), awkward_files=False)
+    convert_pets(str(root / "pets"), str(root / "data"))
+    data = ["--dataset_path", root / "data" / "train.mindrecord",
+            "--eval_dataset_path", root / "data" / "test.mindrecord"]
+    result = run(env, "train.py", *data, *SMALL, "--output_dir", root / "float", "--epoch_size", 10,
+                 "--warmup_epochs", 1, "--lr", 0.8)
+    assert result.returncode == 0, result.stderr
+    for folder, epochs in (("ptq", 0), ("qat", 2)):
+        result = run(env, "train.py", *data, *SMALL, "--output_dir", root / folder, "--quant",
+                     "--pretrained", root / "float" / "ghostnet-final.ckpt", "--epoch_size", epochs,
+                     "--calib_batches", 4, "--quant_bn_freeze_epoch", 1)
+        assert result.returncode == 0, result.stderr
+    return root, env

@@ -5,7 +5,7 @@ import pytest
 from mindspore import Tensor
 
 from src.ghostnet import GhostNet, conv2d
-from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, ActivationQuantizer, QuantConv2d,
+from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, RangeObserver, QuantConv2d,
                        QuantDense, build_int8_network, checkpoint_kind, export_int8_params,
                        fake_quant_activation, fake_quant_weight, quantize_network, set_bn_frozen)
 from src.checkpoint import load_strict
@@ -27,7 +27,7 @@ def calibrate_layer(layer, *batches):
 
 def calibrate_network(net, x):
     net.set_train(False)
-    quantizers = [q for _, q in net.cells_and_names() if isinstance(q, ActivationQuantizer)]
+    quantizers = [q for _, q in net.cells_and_names() if isinstance(q, RangeObserver)]
     for q in quantizers:
         q.calibrating.set_data(Tensor(np.ones(1, np.float32)))
     net(x)
@@ -162,7 +162,7 @@ def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network():
     # ranges that hold nearly every batch-normalised activation at a fine step, so the test
     # sees the straight-through path rather than clipping
     for _, q in net.cells_and_names():
-        if isinstance(q, ActivationQuantizer):
+        if isinstance(q, RangeObserver):
             q.act_min.set_data(Tensor(np.full(1, -8.0, np.float32)))
             q.act_max.set_data(Tensor(np.full(1, 8.0, np.float32)))
     net.set_train(True)

@@ -1,0 +1,95 @@
+"""Classify image files with a GhostNet checkpoint or ONNX model: top-5 breeds with probabilities.
+
+    python classify.py --checkpoint_path CKPT_OR_ONNX cat.jpg dog.png [--backend onnxruntime]
+
+Images go through the eval pipeline's resize, centre crop and normalisation; any format PIL
+reads works (JPEG, PNG, ...). Breed names come from --class_names, else from the
+class_names.txt that train.py and export.py put beside their checkpoints and models.
+"""
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+
+from src.checkpoint import CheckpointError
+from src.dataset import CLASS_NAMES_FILE, DatasetError, load_image, read_class_names
+from src.inference import BACKENDS, BackendError, create_predictor
+from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
+
+logger = logging.getLogger("classify")
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files to classify")
+    parser.add_argument("--checkpoint_path", required=True,
+                        help="checkpoint (.ckpt: float or int8), or an .onnx model with --backend onnxruntime")
+    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
+                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
+    parser.add_argument("--class_names", default=None,
+                        help=f"one class name a line (default: the {CLASS_NAMES_FILE} beside --checkpoint_path)")
+    parser.add_argument("--top_k", type=int, default=5, help="how many classes to print per image")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
+                        help="GhostNet width multiplier")
+    parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
+    add_device_argument(parser)
+    return parser
+
+
+def class_names(args, num_classes):
+    if args.class_names:
+        if not os.path.isfile(args.class_names):
+            raise DatasetError(f"class names file not found: {args.class_names}")
+        with open(args.class_names, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = read_class_names(args.checkpoint_path)
+        if names is None:
+            logger.warning("no %s beside %s (pass --class_names OUT_DIR/%s): printing class numbers",
+                           CLASS_NAMES_FILE, args.checkpoint_path, CLASS_NAMES_FILE)
+            return [f"class {i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise DatasetError(f"{args.class_names or CLASS_NAMES_FILE} names {len(names)} classes but the "
+                           f"model has {num_classes}; pass the file written with this model's data")
+    return names
+
+
+def softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def main(args):
+    images = np.stack([load_image(path, args.image_size) for path in args.images])
+    if args.backend == "mindspore":
+        set_device(args.device_target, graph_mode=False)  # a few images: no graph compilation
+    predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,
+                                 args.image_size)
+    logits = np.concatenate([predictor(images[i:i + args.batch_size])
+                             for i in range(0, len(images), args.batch_size)])
+    names = class_names(args, logits.shape[1])
+    probabilities = softmax(logits.astype(np.float64))
+    top_k = min(args.top_k, logits.shape[1])
+    results = []
+    for path, row in zip(args.images, probabilities):
+        best = np.argsort(-row)[:top_k]
+        print(path)
+        for index in best:
+            print(f"  {row[index]:.4f}  {names[index]}")
+        results.append([(names[index], float(row[index])) for index in best])
+    return results
+
+
+if __name__ == "__main__":
+    parsed = get_args_parser().parse_args()
+    setup_logging()
+    try:
+        main(parsed)
+    except (BackendError, CheckpointError, DatasetError, DeviceError) as err:
+        logger.error("%s", err)
+        sys.exit(2)

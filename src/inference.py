@@ -1,0 +1,111 @@
+"""Inference backends behind one call, ``predict(images) -> logits`` (numpy, NCHW float32).
+
+* ``mindspore``: the network a checkpoint holds (float, fake-quant or int8), through MindSpore;
+* ``onnxruntime``: an ``.onnx`` file, or a checkpoint turned into ONNX in memory (a float
+  model, or the int8 QDQ model of src/onnx_export.py), through onnxruntime on the CPU.
+
+onnxruntime and onnx are optional: ``pip install -r requirements-onnx.txt``.
+"""
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("mindspore", "onnxruntime")
+ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
+
+
+class BackendError(ValueError):
+    """A backend cannot be used for this input; the message says why and what to do."""
+
+
+def require_module(name, purpose):
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise BackendError(f"{purpose} needs the Python package {name!r}, which is not installed: "
+                           f"{ONNX_INSTALL_HINT}") from None
+
+
+class MindSporePredictor:
+    """A MindSpore cell in eval mode; batches are padded to the first batch's size so that a
+    smaller last batch reuses the compiled graph."""
+
+    def __init__(self, net, description="network"):
+        import mindspore as ms
+        self._tensor = ms.Tensor
+        self.net = net
+        self.net.set_train(False)
+        self.description = description
+        self.batch_size = None
+
+    def __call__(self, images):
+        count = images.shape[0]
+        self.batch_size = self.batch_size or count
+        if count < self.batch_size:
+            pad = np.zeros((self.batch_size - count,) + images.shape[1:], images.dtype)
+            images = np.concatenate([images, pad])
+        return self.net(self._tensor(images)).asnumpy()[:count]
+
+
+class OnnxRuntimePredictor:
+    """An ONNX model in an onnxruntime CPU session (a fixed batch axis is padded to)."""
+
+    def __init__(self, model, description="ONNX model", threads=0):
+        ort = require_module("onnxruntime", "the onnxruntime backend")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as err:  # onnxruntime raises its own types for unreadable models
+            raise BackendError(f"onnxruntime cannot load {description}: {str(err).splitlines()[0]}") from None
+        self.description = description
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        batch, _, height, _ = model_input.shape
+        self.batch_size = batch if isinstance(batch, int) else None
+        self.image_size = height if isinstance(height, int) else None
+        self.num_classes = self.session.get_outputs()[0].shape[-1]
+
+    def __call__(self, images):
+        if self.batch_size is None:
+            return self.session.run(None, {self.input_name: images})[0]
+        outputs = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            count = chunk.shape[0]
+            if count < self.batch_size:
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - count,) + chunk.shape[1:], chunk.dtype)])
+            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:count])
+        return np.concatenate(outputs)
+
+
+def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=224, quant=False):
+    """A predictor (see the module docstring) for a checkpoint (``.ckpt``) or, with onnxruntime,
+    an ``.onnx`` file; its ``description`` says what runs."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if model_path.endswith(".onnx"):
+        if backend != "onnxruntime":
+            raise BackendError(f"{model_path} is an ONNX model; evaluate it with --backend onnxruntime")
+        predictor = OnnxRuntimePredictor(model_path, model_path)
+        if predictor.image_size not in (None, image_size):
+            raise BackendError(f"{model_path} takes {predictor.image_size}x{predictor.image_size} images but "
+                               f"--image_size is {image_size}; pass --image_size {predictor.image_size}")
+        return predictor
+    from src.models import load_network
+    if backend == "mindspore":
+        net, kind = load_network(model_path, width, num_classes, quant)
+        return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
+    require_module("onnx", "turning a checkpoint into an ONNX model")
+    from src.onnx_export import onnx_model_from_checkpoint
+    if quant:
+        from src.checkpoint import read_checkpoint
+        from src.models import require_kind
+        require_kind(model_path, read_checkpoint(model_path), ("int8", "qat"),
+                     "--quant expects an int8 checkpoint written by `train.py --quant`")
+    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size)
+    return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)")

@@ -1,0 +1,197 @@
+"""ONNX from our checkpoints (float, and int8 as a QDQ model), onnxruntime as a backend, classify.py."""
+import re
+import sys
+
+import mindspore as ms
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run
+from src.checkpoint import load_strict
+from src.dataset import create_dataset
+from src.evaluation import predict_logits
+from src.ghostnet import GhostNet
+from src.inference import BackendError, create_predictor
+from src.models import load_int8_network
+from src.onnx_export import ghostnet_to_onnx
+from src.quant import build_int8_network, calibrate, quantize_network
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+SMALL_NET = ["--width", "0.5", "--num_classes", "4", "--image_size", "32"]
+
+
+def randn(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+class _Batches:
+    """The two methods of a dataset calibrate() uses, over fixed arrays."""
+
+    def __init__(self, *batches):
+        self.batches = batches
+
+    def create_tuple_iterator(self, num_epochs=1):
+        return iter([(ms.Tensor(b), None) for b in self.batches])
+
+
+@pytest.fixture(scope="module")
+def int8_net():
+    """A calibrated width-0.5 int8 network with BatchNorm statistics that are not the identity."""
+    ms.set_seed(21)
+    net = GhostNet(width=0.5, num_classes=4)
+    rng = np.random.default_rng(4)
+    for name, param in net.parameters_and_names():
+        if name.endswith(("moving_variance", "gamma")):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 2.0, param.shape).astype(np.float32)))
+        elif name.endswith(("moving_mean", "beta")):
+            param.set_data(ms.Tensor(rng.normal(0, 0.2, param.shape).astype(np.float32)))
+    fake_quant = quantize_network(net)
+    calibrate(fake_quant, _Batches(randn(4, 3, 32, 32, seed=1), randn(4, 3, 32, 32, seed=2)), 2)
+    return load_int8_network(fake_quant, width=0.5, num_classes=4)
+
+
+def session(model):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_int8_weights_scales_and_biases_reach_onnx_exactly(int8_net):
+    # quantized at each layer's input only, the ONNX model is the int8 network's arithmetic
+    x = randn(3, 3, 32, 32, seed=3)
+    (logits,) = session(ghostnet_to_onnx(int8_net, 32, requantize=False)).run(None, {"image": x})
+    expected = int8_net(ms.Tensor(x)).asnumpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp_path):
+    model = ghostnet_to_onnx(int8_net, 32)
+    initializers = {init.name: init for init in model.graph.initializer}
+    ops = [node.op_type for node in model.graph.node]
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 95 and "BatchNormalization" not in ops
+    assert ops.count("QuantizeLinear") >= 95
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for conv in convs:
+        weight = producers[conv.input[1]]
+        assert weight.op_type == "DequantizeLinear"
+        assert initializers[weight.input[0]].data_type == onnx.TensorProto.INT8
+        assert initializers[producers[conv.input[2]].input[0]].data_type == onnx.TensorProto.INT32
+    # what onnxruntime makes of it: every convolution on its int8 kernel
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert optimized.count("QLinearConv") == 95
+    assert "Conv" not in optimized and "FusedConv" not in optimized
+
+
+def test_an_int8_checkpoint_without_output_ranges_still_exports(int8_net, caplog):
+    params = {name: param.asnumpy() for name, param in int8_net.parameters_and_names()}
+    for name in params:
+        if name.endswith(("output_min", "output_max")):
+            params[name] = np.zeros(1, np.float32)
+    net = build_int8_network(width=0.5, num_classes=4)
+    load_strict(net, params)
+    x = randn(2, 3, 32, 32, seed=8)
+    with caplog.at_level("WARNING"):
+        model = ghostnet_to_onnx(net, 32)
+    assert "95 convolutions have no observed output range" in caplog.text
+    (logits,) = session(model).run(None, {"image": x})
+    np.testing.assert_allclose(logits, net(ms.Tensor(x)).asnumpy(), atol=1e-4)
+
+
+def test_a_missing_onnxruntime_is_named_with_the_install_command(monkeypatch, checkpoint_4_classes):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendError, match=r"'onnxruntime'.*pip install -r requirements-onnx.txt"):
+        create_predictor("onnxruntime", str(checkpoint_4_classes), width=0.5, num_classes=4, image_size=32)
+
+
+def test_an_onnx_file_for_another_image_size_is_refused(checkpoint_4_classes, tmp_path, subprocess_env):
+    result = run(subprocess_env, "export.py", "--checkpoint_path", checkpoint_4_classes, "--file_format", "ONNX",
+                 "--file_name", tmp_path / "net.onnx", *SMALL_NET)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(BackendError, match=r"takes 32x32 images but --image_size is 64; pass --image_size 32"):
+        create_predictor("onnxruntime", str(tmp_path / "net.onnx"), image_size=64)
+    with pytest.raises(BackendError, match="evaluate it with --backend onnxruntime"):
+        create_predictor("mindspore", str(tmp_path / "net.onnx"), image_size=32)
+
+
+# --- on the trained int8 recipe (tests/conftest.py: int8_recipe) ----------------------------
+
+def test_int8_onnxruntime_agrees_with_the_fake_quant_network(int8_recipe):
+    root, _ = int8_recipe
+    checkpoint = str(root / "qat" / "ghostnet-final.ckpt")  # the fake-quant fine-tuning state
+
+    def logits_of(backend):
+        dataset = create_dataset(str(root / "data" / "test.mindrecord"), train=False, image_size=32,
+                                 batch_size=16, num_workers=1)
+        predictor = create_predictor(backend, checkpoint, width=0.5, num_classes=4, image_size=32)
+        return np.concatenate([logits for logits, _ in predict_logits(predictor, dataset, log_progress=False)])
+
+    fake_quant, onnx_int8 = logits_of("mindspore"), logits_of("onnxruntime")
+    assert len(fake_quant) == 100
+    agreement = (fake_quant.argmax(1) == onnx_int8.argmax(1)).mean()
+    assert agreement >= 0.99
+    spread = fake_quant.max() - fake_quant.min()
+    assert np.abs(fake_quant - onnx_int8).max() < 0.1 * spread
+
+
+@pytest.mark.slow
+def test_eval_py_runs_onnxruntime_on_checkpoints_and_onnx_files(int8_recipe, tmp_path):
+    root, env = int8_recipe
+    int8 = root / "qat" / "ghostnet-int8.ckpt"
+    result = run(env, "export.py", "--checkpoint_path", int8, "--file_format", "ONNX",
+                 "--file_name", tmp_path / "int8.onnx", *SMALL_NET)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "class_names.txt").read_text().split() == (root / "data" / "class_names.txt").read_text().split()
+    accuracies = {}
+    for name, model, backend in (("mindspore", int8, "mindspore"), ("ort_ckpt", int8, "onnxruntime"),
+                                 ("ort_file", tmp_path / "int8.onnx", "onnxruntime")):
+        result = run(env, "eval.py", "--dataset_path", root / "data" / "test.mindrecord", "--checkpoint_path",
+                     model, "--backend", backend, *SMALL_NET, "--num_workers", 1)
+        assert result.returncode == 0, result.stderr
+        line = re.search(r"^result: \{'acc': (\d\.\d{4})\} ckpt= (.+)$", result.stdout, re.M)
+        assert line and line.group(2) == str(model)
+        assert re.search(r"^top5: 1\.0000 samples: 100$", result.stdout, re.M)
+        accuracies[name] = float(line.group(1))
+    assert accuracies["ort_ckpt"] == accuracies["ort_file"]
+    assert abs(accuracies["ort_ckpt"] - accuracies["mindspore"]) <= 0.01
+
+
+@pytest.mark.parametrize("backend", ["mindspore", "onnxruntime"])
+def test_classify_prints_breed_names_for_jpeg_and_png(int8_recipe, tmp_path, backend):
+    root, env = int8_recipe
+    names = (root / "data" / "class_names.txt").read_text().split()
+    test_images = sorted((root / "pets" / "images").glob("*.jpg"))
+    jpeg = test_images[0]
+    png = tmp_path / "picture.png"
+    Image.open(jpeg).save(png)
+    result = run(env, "classify.py", "--checkpoint_path", root / "qat" / "ghostnet-int8.ckpt",
+                 "--backend", backend, "--top_k", 3, *SMALL_NET, jpeg, png)
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split(str(png) + "\n")
+    assert blocks[0].startswith(str(jpeg) + "\n")
+    for block in blocks:
+        rows = re.findall(r"^  (\d\.\d{4})  (\S+)$", block, re.M)
+        assert len(rows) == 3
+        probabilities = [float(p) for p, _ in rows]
+        assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+        assert all(name in names for _, name in rows)
+    # the JPEG's breed, from the file name as in the official layout, comes first
+    breed = jpeg.stem.rsplit("_", 1)[0]
+    assert re.search(rf"^  \d\.\d{{4}}  {breed}$", blocks[0], re.M).start() == blocks[0].index("\n") + 1
+
+
+def test_classify_names_a_file_that_is_not_an_image(int8_recipe, tmp_path):
+    root, env = int8_recipe
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a picture")
+    result = run(env, "classify.py", "--checkpoint_path", root / "qat" / "ghostnet-int8.ckpt", *SMALL_NET, text)
+    assert result.returncode == 2
+    assert f"{text} is not an image file PIL can read" in result.stderr
+    assert "Traceback" not in result.stderr
