@@ -14,12 +14,13 @@ import logging
 import os
 import sys
 
+import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
 import mindspore as ms
 import numpy as np
 
 from src.checkpoint import CheckpointError
 from src.dataset import copy_class_names
-from src.inference import require_module
+from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
 from src.runtime import add_device_argument, set_device, setup_logging
 
@@ -64,7 +65,10 @@ def export_onnx(args, path):
 
 
 def export_with_mindspore(args, path):
-    net, kind = load_network(args.checkpoint_path, args.width, args.num_classes)
+    # the framework's convolutions: the graph must not reference this machine's compiled kernels
+    net, kind = load_network(args.checkpoint_path, args.width, args.num_classes, fast_cpu=False)
+    if kind == "float":
+        fold_batchnorm_for_inference(net)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch_size or 1, 3, args.image_size, args.image_size), np.float32))
     # MindSpore appends the suffix itself; hand it the name without one

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
@@ -27,6 +28,7 @@ from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_p
 from src.config import add_config_arguments, config_from_args, validate
 from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
 from src.evaluation import evaluate
+from src.fast_cpu import enable_fast_cpu_path
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
 from src.models import require_kind
@@ -137,6 +139,7 @@ def main(args):
     calibrated = False
     if args.pretrained:
         net, calibrated = load_pretrained(net, args.pretrained, args.quant)
+    enable_fast_cpu_path(net)  # on CPU: depthwise and stem convolutions on compiled kernels
 
     # optimizer
     peak_lr = config.scaled_lr(group_size, args.quant)

@@ -1,92 +1,97 @@
-"""Eval-mode inference speed of GhostNet in GRAPH_MODE: images/s, compile time, peak memory.
+"""Eval-mode inference speed of GhostNet through MindSpore: fast CPU path, framework convolution, PyTorch.
 
-    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16 64] [--image_size 224]
-                                [--networks float fakequant int8]
+    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16] [--networks float int8 fakequant]
 
-float is the network eval.py runs for float checkpoints, fakequant the int8 fine-tuning
-form (train.py --quant) and int8 the network int8 checkpoints load into. Each network and
-batch size runs in its own process so that its peak memory is its own.
+For each network form (float: BatchNorm folded, as eval.py runs float checkpoints; int8:
+the network int8 checkpoints load into; fakequant: the int8 fine-tuning form) it times
+the fast CPU path (src/fast_cpu.py) and MindSpore's own convolution, plus timm's
+ghostnet in PyTorch eager where torch and timm are installed, in alternating rounds in one
+process, GRAPH_MODE. Reports the median images/s and the ratios to PyTorch and to the
+framework convolution. Weights are random: speed does not depend on them.
 """
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
-import time
+
+import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
+from bench.timing import alternating_medians, print_table  # noqa: E402
+
+KINDS = {"float": "float", "int8": "int8", "fakequant": "qat"}
 
 
-def measure(args):
+def mindspore_runners(args, network, batch):
     import mindspore as ms
-    import numpy as np
-    sys.path.insert(0, REPO)
-    from src.ghostnet import WIDTHS
+    from src.inference import fold_batchnorm_for_inference
     from src.models import network_for_kind
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device(args.device_target)
-    kind = {"float": "float", "fakequant": "qat", "int8": "int8"}[args.network]
-    net = network_for_kind(kind, WIDTHS[args.model], args.num_classes)
-    net.set_train(False)
-    x = ms.Tensor(np.random.default_rng(0).standard_normal(
-        (args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
-    start = time.perf_counter()
-    net(x).asnumpy()
-    compile_s = time.perf_counter() - start
-    for _ in range(args.warmup):
-        net(x).asnumpy()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        net(x).asnumpy()
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.device_target != "CPU":
-        try:
-            peak_mb = ms.runtime.max_memory_allocated() / 2**20
-        except Exception:  # device memory statistics are not on every backend
-            pass
-    print(json.dumps({"network": args.network, "batch": args.batch_size, "images_per_s": args.batch_size / median,
-                      "median_ms": median * 1e3, "compile_s": compile_s, "peak_mb": peak_mb}))
+    images = ms.Tensor(np.random.default_rng(batch).standard_normal(
+        (batch, 3, args.image_size, args.image_size)).astype(np.float32))
+    runners = {}
+    for fast in (True, False):
+        ms.set_seed(0)
+        net = network_for_kind(KINDS[network], args.width, args.num_classes, fast_cpu=fast)
+        net.set_train(False)
+        if network == "float":
+            fold_batchnorm_for_inference(net)
+        label = f"{network} {'fast' if fast else 'framework'}"
+        runners[label] = lambda n=net: n(images).asnumpy()
+    return runners
+
+
+def torch_runner(args, batch):
+    try:
+        import timm
+        import torch
+    except ImportError:
+        return None
+    model = timm.create_model({1.0: "ghostnet_100", 0.5: "ghostnet_050", 1.3: "ghostnet_130"}[args.width],
+                              num_classes=args.num_classes).eval()
+    images = torch.from_numpy(np.random.default_rng(batch).standard_normal(
+        (batch, 3, args.image_size, args.image_size)).astype(np.float32))
+
+    def run():
+        with torch.inference_mode():
+            model(images)
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
-                        help="where to run")
-    parser.add_argument("--model", default="ghostnet_100", help="ghostnet_050, ghostnet_100 or ghostnet_130")
+                        help="where MindSpore runs (the fast path exists on CPU only)")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3), help="GhostNet width")
     parser.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
     parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64], help="batch sizes to time")
-    parser.add_argument("--networks", nargs="+", default=["float", "fakequant", "int8"],
-                        choices=("float", "fakequant", "int8"), help="network forms to time")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs after the first (compiling) one")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported")
-    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)  # child process
-    parser.add_argument("--network", help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to time")
+    parser.add_argument("--networks", nargs="+", default=["float"], choices=tuple(KINDS),
+                        help="network forms to time")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one runner's turn in a round")
     args = parser.parse_args()
-    if args.batch_size is not None:
-        measure(args)
-        return
 
-    print(f"GhostNet {args.model} eval, GRAPH_MODE, {args.device_target}, {args.image_size}px, "
-          f"median of {args.repeats} after {args.warmup} warm-up")
-    print(f"{'network':>9} {'batch':>5} {'images/s':>9} {'median ms':>10} {'compile s':>10} {'peak MB':>8}")
+    import mindspore as ms
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device(args.device_target)
+    print(f"GhostNet width {args.width}, {args.num_classes} classes, {args.image_size}px eval, "
+          f"{args.device_target} ({os.cpu_count()} cores), GRAPH_MODE; median of {args.rounds} "
+          f"alternating rounds of {args.seconds:g} s")
     for batch in args.batch_sizes:
+        runners = {}
         for network in args.networks:
-            cmd = [sys.executable, __file__, "--batch_size", str(batch), "--network", network] + sys.argv[1:]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, GLOG_v="3"))
-            if out.returncode != 0:
-                print(f"{network:>9} {batch:>5} failed: {out.stderr.strip().splitlines()[-1:]}")
-                continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{network:>9} {row['batch']:>5} {row['images_per_s']:>9.1f} {row['median_ms']:>10.1f} "
-                  f"{row['compile_s']:>10.1f} {row['peak_mb']:>8.0f}")
+            runners.update(mindspore_runners(args, network, batch))
+        torch_run = torch_runner(args, batch)
+        if torch_run is not None:
+            runners["pytorch eager"] = torch_run
+        medians = alternating_medians(runners, batch, args.rounds, args.seconds)
+        print(f"\nbatch {batch}")
+        print_table(medians, ("pytorch eager", f"{args.networks[0]} framework"))
+    if torch_runner(args, 1) is None:
+        print("\n(PyTorch eager: torch and timm are not installed here; skipped)")
 
 
 if __name__ == "__main__":

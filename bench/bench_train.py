@@ -1,63 +1,97 @@
-"""Training speed of GhostNet in GRAPH_MODE: images/s of full training steps (forward,
-backward, momentum update) at 224 px and at a smaller size, on the chosen device.
+"""Training speed of GhostNet through MindSpore: fast CPU path, framework convolution, PyTorch.
 
-    python bench/bench_train.py [--device_target CPU] [--image_sizes 224 64] [--batch_size 16] [--quant]
+    python bench/bench_train.py [--device_target CPU] [--image_sizes 64 224] [--batch_size 16] [--quant]
+
+Full training steps (forward, backward, momentum update) in GRAPH_MODE with the fast CPU
+path (src/fast_cpu.py) and with MindSpore's own convolution, plus timm's ghostnet in
+PyTorch eager (SGD with momentum) where torch and timm are installed, in alternating
+rounds in one process. Reports the median images/s and the ratios.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
+from bench.timing import alternating_medians, print_table  # noqa: E402
+
+
+def mindspore_step(args, size, fast):
+    import mindspore as ms
+    import mindspore.nn as nn
+
+    from src.fast_cpu import enable_fast_cpu_path
+    from src.ghostnet import GhostNet
+    from src.quant import quantize_network
+    from src.train_utils import build_optimizer
+
+    ms.set_seed(0)
+    net = GhostNet(num_classes=args.num_classes)
+    if args.quant:
+        net = quantize_network(net)
+    if fast:
+        enable_fast_cpu_path(net)
+    optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0)
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=0.1)),
+                               optimizer, sens=1024.0)
+    step.set_train(True)
+    rng = np.random.default_rng(size)
+    images = ms.Tensor(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32))
+    labels = ms.Tensor(rng.integers(0, args.num_classes, args.batch_size).astype(np.int32))
+    return lambda: step(images, labels).asnumpy()
+
+
+def torch_step(args, size):
+    try:
+        import timm
+        import torch
+    except ImportError:
+        return None
+    model = timm.create_model("ghostnet_100", num_classes=args.num_classes).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    rng = np.random.default_rng(size)
+    images = torch.from_numpy(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_size))
+
+    def run():
+        optimizer.zero_grad()
+        loss_fn(model(images), labels).backward()
+        optimizer.step()
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
-                        help="where to run")
-    parser.add_argument("--image_sizes", type=int, nargs="+", default=[224, 64], help="input sides to time")
+                        help="where MindSpore runs (the fast path exists on CPU only)")
+    parser.add_argument("--image_sizes", type=int, nargs="+", default=[64, 224], help="input sides to time")
     parser.add_argument("--batch_size", type=int, default=16, help="images per training step")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
     parser.add_argument("--quant", action="store_true", help="time int8 fake-quant fine-tuning steps")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one runner's turn in a round")
     args = parser.parse_args()
 
     import mindspore as ms
-    import mindspore.nn as nn
-    import numpy as np
-
-    from src.ghostnet import GhostNet
-    from src.quant import quantize_network
-    from src.train_utils import build_optimizer
-
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device(args.device_target)
-    print(f"GhostNet 1.0x training step, {'fake-quant int8' if args.quant else 'float'}, "
-          f"{args.device_target}, batch {args.batch_size}, median of {args.steps}")
-    print(f"{'size':>5} {'images/s':>9} {'median ms':>10} {'compile s':>10}")
-    rng = np.random.default_rng(0)
+    form = "fake-quant int8" if args.quant else "float"
+    print(f"GhostNet 1.0x training steps ({form}), batch {args.batch_size}, {args.device_target} "
+          f"({os.cpu_count()} cores), GRAPH_MODE; median of {args.rounds} alternating rounds of {args.seconds:g} s")
     for size in args.image_sizes:
-        net = GhostNet(num_classes=37)
-        if args.quant:
-            net = quantize_network(net)
-        optimizer = build_optimizer(net, np.full(100, 0.01, np.float32), 0.9, 4e-5, 1024.0)
-        step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=0.1)),
-                                   optimizer, sens=1024.0)
-        step.set_train(True)
-        images = ms.Tensor(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32))
-        labels = ms.Tensor(rng.integers(0, 37, args.batch_size).astype(np.int32))
-        start = time.perf_counter()
-        step(images, labels).asnumpy()
-        compile_s = time.perf_counter() - start
-        step(images, labels).asnumpy()
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            step(images, labels).asnumpy()
-            times.append(time.perf_counter() - start)
-        median = statistics.median(times)
-        print(f"{size:>5} {args.batch_size / median:>9.1f} {median * 1e3:>10.1f} {compile_s:>10.1f}")
+        runners = {"mindspore fast": mindspore_step(args, size, True),
+                   "mindspore framework": mindspore_step(args, size, False)}
+        torch_run = torch_step(args, size)
+        if torch_run is not None:
+            runners["pytorch eager"] = torch_run
+        medians = alternating_medians(runners, args.batch_size, args.rounds, args.seconds)
+        print(f"\n{size} px")
+        print_table(medians, ("mindspore framework", "pytorch eager"))
 
 
 if __name__ == "__main__":

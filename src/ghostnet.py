@@ -53,6 +53,17 @@ def conv2d(in_channels, out_channels, kernel_size, stride=1, groups=1, has_bias=
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
 
 
+def global_mean(x):
+    """Mean over H and W, keeping them as 1 x 1.
+
+    A matrix product with a ones vector: MindSpore's CPU ReduceMean over (H, W) is several
+    times slower, and ONNX export lacks AdaptiveAvgPool2D.
+    """
+    n, c, h, w = x.shape
+    ones = ops.ones((h * w, 1), x.dtype) / (h * w)
+    return ops.matmul(x.reshape(n * c, h * w), ones).reshape(n, c, 1, 1)
+
+
 class HardSigmoid(nn.Cell):
     """relu6(x + 3) / 6, written out because ONNX export has no HSigmoid."""
 
@@ -117,7 +128,7 @@ class SqueezeExcite(nn.Cell):
         self.gate = HardSigmoid()
 
     def construct(self, x):
-        scale = x.mean(axis=(2, 3), keep_dims=True)
+        scale = global_mean(x)
         scale = self.conv_expand(self.relu(self.conv_reduce(scale)))
         return x * self.gate(scale)
 
@@ -198,8 +209,7 @@ class GhostNet(nn.Cell):
         return self.blocks(self.relu(x))
 
     def forward_head(self, x):
-        # A mean over H and W rather than AdaptiveAvgPool2D, which ONNX export lacks.
-        x = x.mean(axis=(2, 3), keep_dims=True)
+        x = global_mean(x)
         x = self.relu(self.conv_head(x))
         x = x.reshape(x.shape[0], -1)
         x = self.dropout(x)

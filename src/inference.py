@@ -16,6 +16,42 @@ BACKENDS = ("mindspore", "onnxruntime")
 ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
 
 
+def fold_batchnorm_for_inference(net):
+    """Fold every BatchNorm of a float GhostNet into the convolution before it, in place.
+
+    For eval mode only (the moving statistics become weights); outputs stay equal within
+    float rounding. The convolutions gain a bias, and on the fast CPU path a depthwise
+    convolution also takes the ReLU after it; returns ``net``.
+    """
+    from mindspore import Parameter, Tensor
+
+    from src.ghostnet import ConvBNAct, GhostNet
+    from src.onnx_export import fold_batchnorm
+
+    def fold(conv, bn):
+        bias = conv.bias.asnumpy() if conv.has_bias else None
+        weight, bias = fold_batchnorm(conv.weight.asnumpy(), bias, bn)
+        conv.weight.set_data(Tensor(weight))
+        if conv.has_bias:
+            conv.bias.set_data(Tensor(bias))
+        else:
+            conv.bias = Parameter(Tensor(bias), name=conv.weight.name.rsplit(".", 1)[0] + ".bias",
+                                  requires_grad=False)
+            conv.has_bias = True
+
+    from src.fast_cpu import fuse_relu_for_inference
+
+    if isinstance(net, GhostNet) and net.bn1 is not None:
+        fold(net.conv_stem, net.bn1)
+        net.bn1 = None
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, ConvBNAct) and cell.bn is not None:  # None once quantized
+            fold(cell.conv, cell.bn)
+            cell.bn = None
+    net.set_train(False)
+    return fuse_relu_for_inference(net)
+
+
 class BackendError(ValueError):
     """A backend cannot be used for this input; the message says why and what to do."""
 
@@ -99,6 +135,8 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
     from src.models import load_network
     if backend == "mindspore":
         net, kind = load_network(model_path, width, num_classes, quant)
+        if kind == "float":
+            fold_batchnorm_for_inference(net)
         return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
     require_module("onnx", "turning a checkpoint into an ONNX model")
     from src.onnx_export import onnx_model_from_checkpoint

@@ -1,5 +1,6 @@
 """Networks by name, and the right network for a checkpoint (float, fake-quant or int8)."""
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint
+from src.fast_cpu import enable_fast_cpu_path
 from src.ghostnet import GhostNet
 from src.quant import build_int8_network, checkpoint_kind, export_int8_params, quantize_network
 
@@ -10,21 +11,28 @@ KIND_DESCRIPTIONS = {
 }
 
 
-def create_network(name, width=1.0, num_classes=37, **kwargs):
-    """``ghostnet`` (float) or ``ghostnet_int8`` (loads int8 checkpoints)."""
+def create_network(name, width=1.0, num_classes=37, fast_cpu=True, **kwargs):
+    """``ghostnet`` (float) or ``ghostnet_int8`` (loads int8 checkpoints).
+
+    ``fast_cpu``: on the CPU, run depthwise and stem convolutions on src/fast_cpu.py's path.
+    """
     if name == "ghostnet":
-        return GhostNet(width=width, num_classes=num_classes, **kwargs)
-    if name == "ghostnet_int8":
-        return build_int8_network(width=width, num_classes=num_classes)
-    raise ValueError(f"unknown network {name!r}; known: ghostnet, ghostnet_int8")
+        net = GhostNet(width=width, num_classes=num_classes, **kwargs)
+    elif name == "ghostnet_int8":
+        net = build_int8_network(width=width, num_classes=num_classes)
+    else:
+        raise ValueError(f"unknown network {name!r}; known: ghostnet, ghostnet_int8")
+    return enable_fast_cpu_path(net) if fast_cpu else net
 
 
-def network_for_kind(kind, width, num_classes):
+def network_for_kind(kind, width, num_classes, fast_cpu=True):
     if kind == "float":
-        return GhostNet(width=width, num_classes=num_classes)
-    if kind == "qat":
-        return quantize_network(GhostNet(width=width, num_classes=num_classes))
-    return build_int8_network(width=width, num_classes=num_classes)
+        net = GhostNet(width=width, num_classes=num_classes)
+    elif kind == "qat":
+        net = quantize_network(GhostNet(width=width, num_classes=num_classes))
+    else:
+        net = build_int8_network(width=width, num_classes=num_classes)
+    return enable_fast_cpu_path(net) if fast_cpu else net
 
 
 def require_kind(path, params, allowed, hint):
@@ -34,17 +42,18 @@ def require_kind(path, params, allowed, hint):
     return kind
 
 
-def load_network(path, width=1.0, num_classes=37, quant=False):
+def load_network(path, width=1.0, num_classes=37, quant=False, fast_cpu=True):
     """Build the network ``path`` holds and load it strictly; ``quant`` requires an int8 one.
 
-    Returns ``(net, kind)``.
+    Returns ``(net, kind)``. ``fast_cpu=False`` keeps the framework's convolutions (for
+    exporting graphs that must not reference this machine's compiled kernels).
     """
     params = read_checkpoint(path)
     if quant:
         require_kind(path, params, ("int8", "qat"),
                      "--quant expects an int8 checkpoint written by `train.py --quant`")
     kind = checkpoint_kind(params)
-    net = network_for_kind(kind, width, num_classes)
+    net = network_for_kind(kind, width, num_classes, fast_cpu)
     load_strict(net, params, source=path)
     return net, kind
 

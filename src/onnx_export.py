@@ -288,6 +288,16 @@ def _tensor_qparams(graph, writer):
                 chosen[tensor] = QParams.covering(min(b[0] for b in bounds), max(b[1] for b in bounds))
             elif node.op_type == "HardSigmoid":
                 chosen[tensor] = GATE_QPARAMS
+    # A part read by nothing but its concatenation takes the concatenation's quantization:
+    # exact (the whole covers the part), and onnxruntime then copies it instead of requantizing.
+    for node in graph.nodes:
+        if node.op_type != "Concat" or node.output[0] not in chosen:
+            continue
+        for part in node.input:
+            readers = graph.consumers(part)
+            producer = graph.producer.get(part)
+            if len(readers) == 1 and producer is not None and producer.op_type in ("Conv", "Relu"):
+                chosen[part] = chosen[node.output[0]]
     return chosen
 
 

@@ -94,7 +94,10 @@ def conv_geometry(conv):
     return stride, conv.padding, conv.group
 
 
-def apply_conv(x, weight, geometry):
+def apply_conv(x, weight, geometry, fast_conv=None):
+    """The convolution; ``fast_conv`` is the fast CPU cell for it, if any (src/fast_cpu.py)."""
+    if fast_conv is not None:
+        return fast_conv(x, weight)
     stride, padding, groups = geometry
     return ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
 
@@ -151,6 +154,7 @@ class QuantConv2d(nn.Cell):
     def __init__(self, conv, bn=None):
         super().__init__()
         self.geometry = conv_geometry(conv)
+        self.fast_conv = getattr(conv, "fast_conv", None)
         self.weight = conv.weight
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
@@ -175,7 +179,7 @@ class QuantConv2d(nn.Cell):
         return weight, bn.beta - bn.gamma * mean / std, correction
 
     def _batch_statistics(self, x):
-        out = apply_conv(x, self.weight, self.geometry)
+        out = apply_conv(x, self.weight, self.geometry, self.fast_conv)
         mean = out.mean(axis=(0, 2, 3))
         var = ((out - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
         bn, frozen = self.bn, self.bn_frozen
@@ -196,7 +200,7 @@ class QuantConv2d(nn.Cell):
         else:
             weight, bias, correction = self.folded()
         scales = weight_scales(weight)
-        out = apply_conv(x, fake_quant_weight(weight, scales), self.geometry)
+        out = apply_conv(x, fake_quant_weight(weight, scales), self.geometry, self.fast_conv)
         if correction is not None:
             out = out * correction.reshape(1, -1, 1, 1)
         if bias is not None:
@@ -255,12 +259,13 @@ class Int8Conv2d(_Int8Params):
     def __init__(self, conv):
         super().__init__(conv.weight.shape)
         self.geometry = conv_geometry(conv)
+        self.fast_conv = getattr(conv, "fast_conv", None)
         self.output_min = Parameter(Tensor(np.zeros(1, np.float32)), name="output_min", requires_grad=False)
         self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
 
     def construct(self, x):
         x, weight, bias = self.dequantized(x)
-        return apply_conv(x, weight, self.geometry) + bias.reshape(1, -1, 1, 1)
+        return apply_conv(x, weight, self.geometry, self.fast_conv) + bias.reshape(1, -1, 1, 1)
 
 
 class Int8Dense(_Int8Params):

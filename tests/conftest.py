@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY)
 import mindspore as ms
 import pytest
 

@@ -9,6 +9,8 @@ from safetensors.numpy import load_file, save_file
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.convert_weights import convert, timm_to_zoo_name
 from src.ghostnet import GhostNet
+from src.inference import fold_batchnorm_for_inference
+from src.models import create_network
 
 REFERENCES = [("ghostnet_100", 1000), ("ghostnet_100_pets37", 37)]
 
@@ -28,11 +30,14 @@ def converted(tmp_path_factory, fixtures_dir):
     return out
 
 
+@pytest.mark.parametrize("path", ["framework", "fast_cpu", "fast_cpu_folded"])
 @pytest.mark.parametrize("stem, num_classes", REFERENCES)
-def test_converted_weights_reproduce_timm_outputs(converted, fixtures_dir, stem, num_classes):
-    net = GhostNet(num_classes=num_classes)
+def test_converted_weights_reproduce_timm_outputs(converted, fixtures_dir, stem, num_classes, path):
+    net = create_network("ghostnet", num_classes=num_classes, fast_cpu=path != "framework")
     load_strict(net, str(converted[stem]))
     net.set_train(False)
+    if path == "fast_cpu_folded":  # what eval.py runs for a float checkpoint
+        fold_batchnorm_for_inference(net)
     io = np.load(fixtures_dir / "timm_ghostnet" / f"{stem}_io.npz")
     x = ms.Tensor(io["x"])
     assert np.abs(net(x).asnumpy() - io["logits"]).max() < 1e-4

@@ -1,0 +1,144 @@
+"""Deployment speed on the CPU: onnxruntime int8 / float, MindSpore float / fake-quant, PyTorch eager.
+
+    python bench/bench_deploy.py [--checkpoint INT8_OR_QAT.ckpt] [--batch_sizes 1 16] [--rounds 5]
+
+Without --checkpoint the weights are random (seeded), calibrated on random images: speed does
+not depend on the values. Every backend runs in this one process, in alternating rounds of
+--seconds each; the table gives the median images/s over the rounds, the ratio to PyTorch
+eager (timm's ghostnet, where torch and timm are installed) and to the float ONNX model,
+and the size of each model file.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
+from bench.timing import alternating_medians, print_table  # noqa: E402
+
+
+BACKENDS = ("ort_int8", "ort_int8_ref", "ort_float", "ms_float", "ms_fakequant", "torch")
+
+
+class _RandomBatches:
+    def __init__(self, shape, count):
+        self.batches = [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(count)]
+
+    def create_tuple_iterator(self, num_epochs=1):
+        import mindspore as ms
+        return iter([(ms.Tensor(b), None) for b in self.batches])
+
+
+def build_networks(args):
+    """``{name: (predict, model file bytes)}``."""
+    import mindspore as ms
+    from src.checkpoint import save_params
+    from src.ghostnet import GhostNet
+    from src.inference import MindSporePredictor, OnnxRuntimePredictor
+    from src.models import load_int8_network, load_network
+    from src.onnx_export import ghostnet_to_onnx
+    from src.quant import calibrate, quantize_network
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")
+    folder = tempfile.mkdtemp(prefix="bench_deploy_")
+    if args.checkpoint:
+        fake_quant, kind = load_network(args.checkpoint, args.width, args.num_classes)
+        if kind != "qat":
+            sys.exit(f"{args.checkpoint} is a {kind} checkpoint; pass the fake-quant state "
+                     "(OUTPUT_DIR/ghostnet-final.ckpt of train.py --quant) so every form can be built")
+        float_net = GhostNet(width=args.width, num_classes=args.num_classes)  # speed only: random weights
+    else:
+        ms.set_seed(0)
+        float_net = GhostNet(width=args.width, num_classes=args.num_classes)
+        fake_quant = quantize_network(GhostNet(width=args.width, num_classes=args.num_classes))
+        calibrate(fake_quant, _RandomBatches((8, 3, args.image_size, args.image_size), 2), 2)
+    float_net.set_train(False)
+    int8_net = load_int8_network(fake_quant, args.width, args.num_classes)
+    sizes = {}
+    float_ckpt = os.path.join(folder, "float.ckpt")
+    save_params({n: p.asnumpy() for n, p in float_net.parameters_and_names()}, float_ckpt)
+    int8_ckpt = os.path.join(folder, "int8.ckpt")
+    save_params({n: p.asnumpy() for n, p in int8_net.parameters_and_names()}, int8_ckpt)
+    onnx_float = ghostnet_to_onnx(float_net, args.image_size).SerializeToString()
+    onnx_int8 = ghostnet_to_onnx(int8_net, args.image_size).SerializeToString()
+    try:  # a reference: onnxruntime's own static quantizer on the same float model
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter(_RandomBatches((1, 3, args.image_size, args.image_size), 4).batches)
+
+            def get_next(self):
+                return {"image": batch} if (batch := next(self.batches, None)) is not None else None
+        float_path, reference_path = os.path.join(folder, "float.onnx"), os.path.join(folder, "ort_int8.onnx")
+        with open(float_path, "wb") as f:
+            f.write(onnx_float)
+        quantize_static(float_path, reference_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        sizes["ort_int8_ref"] = os.path.getsize(reference_path)
+    except ImportError:
+        reference_path = None
+    sizes.update(ort_int8=len(onnx_int8), ort_float=len(onnx_float),
+                 ms_float=os.path.getsize(float_ckpt), ms_fakequant=os.path.getsize(float_ckpt),
+                 ms_int8=os.path.getsize(int8_ckpt))
+    runners = {
+        "ort_int8": OnnxRuntimePredictor(onnx_int8, "int8 QDQ ONNX"),
+        "ort_float": OnnxRuntimePredictor(onnx_float, "float ONNX"),
+        "ms_float": MindSporePredictor(float_net),
+        "ms_fakequant": MindSporePredictor(fake_quant),
+    }
+    if reference_path:
+        runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX")
+    try:
+        import timm
+        import torch
+        model = timm.create_model("ghostnet_100" if args.width == 1.0 else "ghostnet_050", num_classes=args.num_classes)
+        model.eval()
+
+        def torch_predict(images):
+            with torch.inference_mode():
+                return model(torch.from_numpy(images)).numpy()
+        runners["torch"] = torch_predict
+        torch_file = os.path.join(folder, "timm.pt")
+        torch.save(model.state_dict(), torch_file)
+        sizes["torch"] = os.path.getsize(torch_file)
+    except ImportError:
+        print("PyTorch eager: torch and timm are not installed here; skipped")
+    return {name: runners[name] for name in args.backends if name in runners}, sizes
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", help="fake-quant checkpoint (train.py --quant output); default: random")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0), help="GhostNet width")
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to time")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
+                        help="what to time (ort_int8_ref: onnxruntime's own quantizer on our float model)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one backend's turn in a round")
+    args = parser.parse_args()
+
+    runners, sizes = build_networks(args)
+    print(f"GhostNet width {args.width}, {args.num_classes} classes, {args.image_size}px, CPU "
+          f"({os.cpu_count()} cores); median of {args.rounds} alternating rounds of {args.seconds:g} s")
+    for batch in args.batch_sizes:
+        images = np.random.default_rng(batch).standard_normal(
+            (batch, 3, args.image_size, args.image_size)).astype(np.float32)
+        medians = alternating_medians({name: (lambda p=predict: p(images)) for name, predict in runners.items()},
+                                      batch, args.rounds, args.seconds)
+        print(f"\nbatch {batch}")
+        print_table(medians, ("torch", "ort_float"),
+                    {name: {"file MB": f"{sizes.get(name, 0) / 2**20:.1f}"} for name in medians})
+    print(f"\nint8 checkpoint: {sizes['ms_int8'] / 2**20:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+// Depthwise 2-D convolution for MindSpore's CPU backend, as AOT custom operators.
+//
+// float32, NCHW input, weight (C, 1, K, K), symmetric padding K / 2, stride 1 or 2. The
+// stride is not passed: each function recovers it from the shapes it is given.
+// MindSpore's CPU Conv2D sends depthwise convolutions to oneDNN's reference kernel; a
+// plane-by-plane loop over a padded copy runs tens of times faster.
+//
+// Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
+// int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then output.
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// Workers that sleep between jobs. OpenMP's spinning workers would take the cores from
+// MindSpore's own threads between two kernels (measured: 2-3x slower networks).
+class ThreadPool {
+ public:
+  explicit ThreadPool(int size) : size_(size) {
+    for (int i = 1; i < size; ++i) workers_.emplace_back([this, i] { Loop(i); });
+  }
+
+  // Split [0, count) into contiguous ranges, one per thread but none under kMinWork
+  // multiply-adds (waking a thread costs more than that), and run fn(begin, end) on each.
+  void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn) {
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({size_, count, count * work_per_item / kMinWork}));
+    if (parts <= 1) {
+      fn(0, count);
+      return;
+    }
+    std::lock_guard<std::mutex> one_job_at_a_time(run_mutex_);
+    std::function<void(int)> job = [&](int index) {
+      if (index < parts) fn(count * index / parts, count * (index + 1) / parts);
+    };
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &job;
+      pending_ = size_ - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    job(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+  }
+
+ private:
+  void Loop(int index) {
+    int64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)> *job;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_;
+      }
+      (*job)(index);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  static constexpr int64_t kMinWork = 1 << 16;
+  int size_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_, mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)> *job_ = nullptr;
+  int64_t generation_ = 0;
+  int pending_ = 0;
+};
+
+ThreadPool *g_pool = nullptr;  // never destroyed: its sleeping workers end with the process
+
+void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn) {
+  if (g_pool == nullptr) g_pool = new ThreadPool(1);
+  g_pool->ParallelFor(count, work_per_item, fn);
+}
+
+}  // namespace
+
+extern "C" void DepthwiseSetThreads(int threads) {
+  if (g_pool == nullptr) g_pool = new ThreadPool(threads > 0 ? threads : 1);
+}
+
+namespace {
+
+struct Geometry {
+  int64_t n, c, h, w, k, pad, stride, oh, ow, ph, pw;  // ph, pw: padded input height, width
+};
+
+int64_t OutSize(int64_t in, int64_t k, int64_t stride) { return (in + 2 * (k / 2) - k) / stride + 1; }
+
+// The stride that maps an input side to an output side, or 0 if none of 1 and 2 does.
+int64_t StrideFor(int64_t in, int64_t out, int64_t k) {
+  for (int64_t s = 1; s <= 2; ++s) {
+    if (OutSize(in, k, s) == out) return s;
+  }
+  return 0;
+}
+
+bool MakeGeometry(const int64_t *input, const int64_t *weight, const int64_t *output, Geometry *g) {
+  g->n = input[0]; g->c = input[1]; g->h = input[2]; g->w = input[3];
+  g->k = weight[2]; g->pad = g->k / 2;
+  if (weight[0] != g->c || weight[1] != 1 || weight[3] != g->k || g->k % 2 == 0) return false;
+  if (output[0] != g->n || output[1] != g->c) return false;
+  g->oh = output[2]; g->ow = output[3];
+  g->stride = StrideFor(g->h, g->oh, g->k);
+  if (g->stride == 0 || StrideFor(g->w, g->ow, g->k) != g->stride) return false;
+  // padded size: every tap of every output lies inside
+  g->ph = (g->oh - 1) * g->stride + g->k;
+  g->pw = (g->ow - 1) * g->stride + g->k;
+  return true;
+}
+
+// Copy one H x W plane into a zeroed PH x PW buffer at offset (pad, pad).
+void PadPlane(const float *src, const Geometry &g, float *dst) {
+  std::fill(dst, dst + g.ph * g.pw, 0.0f);
+  const int64_t rows = std::min(g.h, g.ph - g.pad), cols = std::min(g.w, g.pw - g.pad);
+  for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + (y + g.pad) * g.pw + g.pad, src + y * g.w, cols * sizeof(float));
+}
+
+template <int64_t S>
+void ForwardPlane(const float *padded, const float *weight, float bias, bool relu, const Geometry &g, float *out) {
+  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  for (int64_t y = 0; y < g.oh; ++y) {
+    float *row = out + y * ow;
+    std::fill(row, row + ow, bias);
+    for (int64_t i = 0; i < k; ++i) {
+      const float *in = padded + (y * S + i) * pw;
+      for (int64_t j = 0; j < k; ++j) {
+        const float wv = weight[i * k + j];
+        const float *src = in + j;
+        for (int64_t x = 0; x < ow; ++x) row[x] += wv * src[x * S];
+      }
+    }
+    if (relu) {
+      for (int64_t x = 0; x < ow; ++x) row[x] = std::max(row[x], 0.0f);
+    }
+  }
+}
+
+template <int64_t S>
+void InputGradPlane(const float *grad_out, const float *weight, const Geometry &g, float *padded_grad) {
+  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  std::fill(padded_grad, padded_grad + g.ph * pw, 0.0f);
+  for (int64_t y = 0; y < g.oh; ++y) {
+    const float *go = grad_out + y * ow;
+    for (int64_t i = 0; i < k; ++i) {
+      float *dst_row = padded_grad + (y * S + i) * pw;
+      for (int64_t j = 0; j < k; ++j) {
+        const float wv = weight[i * k + j];
+        float *dst = dst_row + j;
+        for (int64_t x = 0; x < ow; ++x) dst[x * S] += wv * go[x];
+      }
+    }
+  }
+}
+
+template <int64_t S>
+void WeightGradPlane(const float *padded, const float *grad_out, const Geometry &g, float *grad_w) {
+  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      float sum = 0.0f;
+      for (int64_t y = 0; y < g.oh; ++y) {
+        const float *src = padded + (y * S + i) * pw + j;
+        const float *go = grad_out + y * ow;
+        for (int64_t x = 0; x < ow; ++x) sum += src[x * S] * go[x];
+      }
+      grad_w[i * k + j] += sum;
+    }
+  }
+}
+
+bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
+
+}  // namespace
+
+namespace {
+
+// y = conv(x, w) [+ b] [then ReLU]; params: x, w, [b,] y
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias, bool relu) {
+  Geometry g;
+  const int out = has_bias ? 3 : 2;
+  if (nparam != out + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[out] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || (has_bias && !IsFloat32(dtypes[2]))) return 2;
+  if (!MakeGeometry(shapes[0], shapes[1], shapes[out], &g)) return 3;
+  if (has_bias && (ndims[2] != 1 || shapes[2][0] != g.c)) return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = has_bias ? static_cast<const float *>(params[2]) : nullptr;
+  float *y = static_cast<float *>(params[out]);
+  ParallelFor(g.n * g.c, g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(g.ph * g.pw);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.c;
+      const float bias = b ? b[c] : 0.0f;
+      PadPlane(x + p * g.h * g.w, g, padded.data());
+      if (g.stride == 1) ForwardPlane<1>(padded.data(), w + c * g.k * g.k, bias, relu, g, y + p * g.oh * g.ow);
+      else ForwardPlane<2>(padded.data(), w + c * g.k * g.k, bias, relu, g, y + p * g.oh * g.ow);
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+// params: x (N, C, H, W), weight (C, 1, K, K) -> y (N, C, OH, OW)
+extern "C" int DepthwiseForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                void *, void *) {
+  return Forward(nparam, params, ndims, shapes, dtypes, false, false);
+}
+
+// params: x, weight, bias (C) -> y; for inference, with BatchNorm folded into weight and bias
+extern "C" int DepthwiseBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  return Forward(nparam, params, ndims, shapes, dtypes, true, false);
+}
+
+// params: x, weight, bias (C) -> max(y, 0)
+extern "C" int DepthwiseBiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *, void *) {
+  return Forward(nparam, params, ndims, shapes, dtypes, true, true);
+}
+
+// params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (read for its shape only) -> grad_x (N, C, H, W)
+extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                  void *, void *) {
+  Geometry g;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
+  if (!MakeGeometry(shapes[3], shapes[1], shapes[0], &g)) return 3;
+  const float *grad_y = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  float *grad_x = static_cast<float *>(params[3]);
+  ParallelFor(g.n * g.c, g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(g.ph * g.pw);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % g.c;
+      if (g.stride == 1) InputGradPlane<1>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
+      else InputGradPlane<2>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
+      float *dst = grad_x + p * g.h * g.w;
+      std::fill(dst, dst + g.h * g.w, 0.0f);
+      const int64_t rows = std::min(g.h, g.ph - g.pad), cols = std::min(g.w, g.pw - g.pad);
+      for (int64_t yy = 0; yy < rows; ++yy)
+        std::memcpy(dst + yy * g.w, padded.data() + (yy + g.pad) * g.pw + g.pad, cols * sizeof(float));
+    }
+  });
+  return 0;
+}
+
+// params: x (N, C, H, W), grad_y (N, C, OH, OW), weight (read for its shape only) -> grad_weight (C, 1, K, K)
+extern "C" int DepthwiseWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *, void *) {
+  Geometry g;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
+  if (!MakeGeometry(shapes[0], shapes[3], shapes[1], &g)) return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *grad_y = static_cast<const float *>(params[1]);
+  float *grad_w = static_cast<float *>(params[3]);
+  std::fill(grad_w, grad_w + g.c * g.k * g.k, 0.0f);
+  // each channel belongs to one thread, which sums over the batch: no shared writes
+  ParallelFor(g.c, g.n * g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(g.ph * g.pw);
+    for (int64_t c = begin; c < end; ++c) {
+      for (int64_t b = 0; b < g.n; ++b) {
+        const int64_t p = b * g.c + c;
+        PadPlane(x + p * g.h * g.w, g, padded.data());
+        if (g.stride == 1) WeightGradPlane<1>(padded.data(), grad_y + p * g.oh * g.ow, g, grad_w + c * g.k * g.k);
+        else WeightGradPlane<2>(padded.data(), grad_y + p * g.oh * g.ow, g, grad_w + c * g.k * g.k);
+      }
+    }
+  });
+  return 0;
+}

@@ -1,0 +1,207 @@
+"""The fast CPU path (src/fast_cpu.py): kernels against MindSpore's convolution, networks with
+and without it, BatchNorm folding, the kernel cache and the fallback without a compiler."""
+import os
+import subprocess
+import sys
+
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+import numpy as np
+import pytest
+
+import src.fast_cpu as fast_cpu
+from conftest import REPO
+from src.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depthwise_conv_ops, enable_fast_cpu_path
+from src.ghostnet import GhostNet
+from src.inference import fold_batchnorm_for_inference
+from src.models import network_for_kind
+from src.quant import calibrate
+
+# (batch, channels, height, width, kernel, stride): GhostNet's kernels and strides, odd sizes, batch 1
+DEPTHWISE_SHAPES = [(2, 8, 9, 7, 3, 1), (1, 4, 11, 6, 5, 2), (3, 5, 8, 8, 3, 2), (1, 3, 1, 1, 5, 1),
+                    (2, 6, 7, 10, 5, 1), (1, 16, 14, 14, 3, 2), (2, 12, 5, 5, 5, 2)]
+
+
+def randn(*shape, seed=0):
+    return ms.Tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    if fast_cpu.build_kernel_library() is None:
+        pytest.fail("the depthwise kernels did not build: is a C++ compiler installed?")
+
+
+def framework_depthwise(x, weight, stride):
+    kernel = weight.shape[-1]
+    return ops.conv2d(x, weight, None, stride, "pad", kernel // 2, 1, weight.shape[0])
+
+
+def gradients(fn, x, weight, direction, *extra):
+    return ms.grad(lambda *args: (fn(*args) * direction).sum(), grad_position=tuple(range(2 + len(extra))))(
+        x, weight, *extra)
+
+
+@pytest.mark.parametrize("n, c, h, w, k, s", DEPTHWISE_SHAPES)
+def test_depthwise_kernels_equal_the_framework_convolution(kernels, n, c, h, w, k, s):
+    x, weight = randn(n, c, h, w, seed=1), randn(c, 1, k, k, seed=2)
+    op = depthwise_conv_ops(s)["plain"]
+    expected = framework_depthwise(x, weight, s)
+    out = op(x, weight)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out.asnumpy(), expected.asnumpy(), atol=1e-5)
+    direction = randn(*expected.shape, seed=3)
+    ours = gradients(op, x, weight, direction)
+    theirs = gradients(lambda a, b: framework_depthwise(a, b, s), x, weight, direction)
+    for got, want in zip(ours, theirs):  # input gradient, weight gradient
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_the_bias_and_relu_variants_equal_convolution_plus_bias(kernels, relu):
+    x, weight, bias = randn(2, 6, 9, 9, seed=4), randn(6, 1, 3, 3, seed=5), randn(6, seed=6)
+
+    def reference(a, b, c):
+        out = framework_depthwise(a, b, 2) + c.reshape(1, -1, 1, 1)
+        return ops.relu(out) if relu else out
+    op = depthwise_conv_ops(2)["bias_relu" if relu else "bias"]
+    np.testing.assert_allclose(op(x, weight, bias).asnumpy(), reference(x, weight, bias).asnumpy(), atol=1e-5)
+    direction = randn(2, 6, 5, 5, seed=7)
+    for got, want in zip(gradients(op, x, weight, direction, bias), gradients(reference, x, weight, direction, bias)):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-4, rtol=1e-5)
+
+
+def test_the_unfold_stem_equals_the_framework_convolution():
+    x, weight = randn(2, 3, 33, 31, seed=8), randn(16, 3, 3, 3, seed=9)
+    expected = ops.conv2d(x, weight, None, 2, "pad", 1, 1, 1)
+    np.testing.assert_allclose(UnfoldConv(3, 2, 1)(x, weight).asnumpy(), expected.asnumpy(), atol=1e-5)
+    direction = randn(*expected.shape, seed=10)
+    ours = gradients(UnfoldConv(3, 2, 1), x, weight, direction)
+    theirs = gradients(lambda a, b: ops.conv2d(a, b, None, 2, "pad", 1, 1, 1), x, weight, direction)
+    for got, want in zip(ours, theirs):
+        np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), atol=1e-4, rtol=1e-5)
+
+
+def twin_networks(kind="float"):
+    """The same weights with and without the fast path: ``(fast, framework)``."""
+    ms.set_seed(5)
+    framework = network_for_kind(kind, 0.5, 4, fast_cpu=False)
+    fast = network_for_kind(kind, 0.5, 4, fast_cpu=True)
+    for (name, theirs), (_, ours) in zip(framework.parameters_and_names(), fast.parameters_and_names()):
+        ours.set_data(theirs.value().copy())
+    return fast, framework
+
+
+def test_the_fast_path_switches_every_depthwise_convolution_and_the_stem(kernels):
+    fast, framework = twin_networks()
+    depthwise = [c for _, c in fast.cells_and_names() if isinstance(c, FastConv2d)
+                 and isinstance(c.fast_conv, DepthwiseConvCPU)]
+    stems = [c for _, c in fast.cells_and_names() if isinstance(c, FastConv2d) and isinstance(c.fast_conv, UnfoldConv)]
+    expected = [c for _, c in framework.cells_and_names() if isinstance(c, nn.Conv2d) and c.group > 1]
+    assert len(depthwise) == len(expected) == 32 + 5 + 4  # ghost cheap ops, shortcuts, stride-2 stages
+    assert len(stems) == 1
+    assert [n for n, _ in fast.parameters_and_names()] == [n for n, _ in framework.parameters_and_names()]
+
+
+def test_network_outputs_and_gradients_equal_with_and_without_the_fast_path(kernels):
+    fast, framework = twin_networks()
+    x, direction = randn(2, 3, 40, 40, seed=11), randn(2, 4, seed=12)
+    results = []
+    for net in (fast, framework):
+        net.set_train(True)  # batch statistics, dropout off below
+        net.dropout.p = 0.0
+        params = net.trainable_params()
+        grads = ms.grad(lambda images: (net(images) * direction).sum(), grad_position=0, weights=params)(x)
+        net.set_train(False)
+        results.append((net(x).asnumpy(), grads[0].asnumpy(), [g.asnumpy() for g in grads[1]]))
+    (out_a, input_a, weights_a), (out_b, input_b, weights_b) = results
+    np.testing.assert_allclose(out_a, out_b, atol=1e-5)
+    np.testing.assert_allclose(input_a, input_b, atol=1e-5, rtol=1e-4)
+    for got, want in zip(weights_a, weights_b):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["qat", "int8"])
+def test_the_int8_forms_use_the_fast_cells_and_compute_the_same(kernels, kind):
+    fast, framework = twin_networks(kind)
+    assert sum(1 for _, c in fast.cells_and_names() if isinstance(c, DepthwiseConvCPU)) >= 41
+    x = randn(2, 3, 32, 32, seed=13)
+    if kind == "qat":
+        class Batches:
+            def create_tuple_iterator(self, num_epochs=1):
+                return iter([(x, None)])
+        for net in (fast, framework):
+            calibrate(net, Batches(), 1)
+    else:
+        for net in (fast, framework):  # random int8 weights and unit activation scales
+            for name, param in net.parameters_and_names():
+                if name.endswith(".weight"):
+                    param.set_data(ms.Tensor(np.random.default_rng(len(name)).integers(
+                        -20, 20, param.shape).astype(np.int8)))
+                elif name.endswith("weight_scale"):
+                    param.set_data(ms.Tensor(np.full(param.shape, 0.01, np.float32)))
+                elif name.endswith("act_scale"):
+                    param.set_data(ms.Tensor(np.full(param.shape, 0.05, np.float32)))
+    fast.set_train(False)
+    framework.set_train(False)
+    np.testing.assert_allclose(fast(x).asnumpy(), framework(x).asnumpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_folding_batchnorm_keeps_the_outputs(kernels, fast):
+    ms.set_seed(6)
+    net = network_for_kind("float", 0.5, 4, fast_cpu=fast)
+    rng = np.random.default_rng(7)
+    for name, param in net.parameters_and_names():  # statistics that are not the identity
+        if name.endswith(("moving_variance", "gamma")):
+            param.set_data(ms.Tensor(rng.uniform(0.5, 1.5, param.shape).astype(np.float32)))
+        elif name.endswith(("moving_mean", "beta")):
+            param.set_data(ms.Tensor(rng.normal(0, 0.1, param.shape).astype(np.float32)))
+    net.set_train(False)
+    x = randn(2, 3, 32, 32, seed=14)
+    before = net(x).asnumpy()
+    fold_batchnorm_for_inference(net)
+    assert not [name for name, _ in net.parameters_and_names() if "moving_" in name or name.endswith("gamma")]
+    if fast:  # the ReLU after a depthwise convolution went into the kernel
+        assert any(isinstance(c, DepthwiseConvCPU) and c.relu for _, c in net.cells_and_names())
+    np.testing.assert_allclose(net(x).asnumpy(), before, atol=1e-5 * max(1.0, np.abs(before).max()))
+
+
+def test_without_a_compiler_the_framework_convolution_is_used_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setattr(fast_cpu, "_library", {})
+    monkeypatch.setattr(fast_cpu, "_compiler", lambda: None)
+    with caplog.at_level("WARNING"):
+        nets = [enable_fast_cpu_path(GhostNet(width=0.5, num_classes=4)) for _ in range(2)]
+    assert caplog.text.count("no C++ compiler") == 1
+    depthwise = [c for _, c in nets[0].cells_and_names() if isinstance(c, nn.Conv2d) and c.group > 1]
+    assert depthwise and all(type(c) is nn.Conv2d for c in depthwise)  # noqa: E721
+    nets[0].set_train(False)
+    assert np.isfinite(nets[0](randn(1, 3, 32, 32)).asnumpy()).all()
+
+
+def test_the_kernel_cache_is_keyed_by_source_and_flags(monkeypatch):
+    compiler = fast_cpu._compiler()
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    key = fast_cpu._cache_key(compiler, b"source")
+    assert fast_cpu._cache_key(compiler, b"source") == key
+    assert fast_cpu._cache_key(compiler, b"other source") != key
+    monkeypatch.setattr(fast_cpu, "COMPILE_FLAGS", fast_cpu.COMPILE_FLAGS + ("-DEXTRA",))
+    assert fast_cpu._cache_key(compiler, b"source") != key
+
+
+def test_processes_building_at_once_share_one_cached_library(tmp_path):
+    if fast_cpu._compiler() is None:
+        pytest.skip("no C++ compiler")
+    script = ("import src.fast_cpu as f, sys; path = f.build_kernel_library(); "
+              "assert path and path.startswith(sys.argv[1]), path; print(path)")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(REPO), GLOG_v="3")
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for _ in range(3)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), [err for _, err in outputs]
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1
+    folder = os.path.dirname(paths.pop())
+    assert os.listdir(folder) == ["depthwise_conv.so"]  # no partial files left behind
