@@ -31,7 +31,7 @@ from src.evaluation import evaluate
 from src.fast_cpu import enable_fast_cpu_path
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
-from src.models import require_kind
+from src.models import require_kind, with_unrecorded_output_ranges
 from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
 from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
@@ -81,7 +81,7 @@ def load_pretrained(net, path, quant):
         load_strict(net, params, source=path)
         return quantize_network(net), False
     net = quantize_network(net)
-    load_strict(net, params, source=path)
+    load_strict(net, with_unrecorded_output_ranges(params, net, path), source=path)
     return net, True
 
 

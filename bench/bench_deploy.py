@@ -3,10 +3,10 @@
     python bench/bench_deploy.py [--checkpoint INT8_OR_QAT.ckpt] [--batch_sizes 1 16] [--rounds 5]
 
 Without --checkpoint the weights are random (seeded), calibrated on random images: speed does
-not depend on the values. Every backend runs in this one process, in alternating rounds of
+not depend on the values. The backends take turns, in alternating rounds of
 --seconds each; the table gives the median images/s over the rounds, the ratio to PyTorch
-eager (timm's ghostnet, where torch and timm are installed) and to the float ONNX model,
-and the size of each model file.
+eager (timm's ghostnet, where torch and timm are installed; in a worker process with its
+own OpenMP settings) and to the float ONNX model, and the size of each model file.
 """
 import argparse
 import os
@@ -18,7 +18,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.timing import alternating_medians, print_table  # noqa: E402
+from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
 
 
 BACKENDS = ("ort_int8", "ort_int8_ref", "ort_float", "ms_float", "ms_fakequant", "torch")
@@ -38,7 +38,8 @@ def build_networks(args):
     import mindspore as ms
     from src.checkpoint import save_params
     from src.ghostnet import GhostNet
-    from src.inference import MindSporePredictor, OnnxRuntimePredictor
+    from src.fast_cpu import enable_fast_cpu_path
+    from src.inference import MindSporePredictor, OnnxRuntimePredictor, fold_batchnorm_for_inference
     from src.models import load_int8_network, load_network
     from src.onnx_export import ghostnet_to_onnx
     from src.quant import calibrate, quantize_network
@@ -62,6 +63,9 @@ def build_networks(args):
     sizes = {}
     float_ckpt = os.path.join(folder, "float.ckpt")
     save_params({n: p.asnumpy() for n, p in float_net.parameters_and_names()}, float_ckpt)
+    # MindSpore as eval.py runs it: the fast CPU path, and BatchNorm folded for float
+    fold_batchnorm_for_inference(enable_fast_cpu_path(float_net))
+    enable_fast_cpu_path(fake_quant)
     int8_ckpt = os.path.join(folder, "int8.ckpt")
     save_params({n: p.asnumpy() for n, p in int8_net.parameters_and_names()}, int8_ckpt)
     onnx_float = ghostnet_to_onnx(float_net, args.image_size).SerializeToString()
@@ -94,21 +98,6 @@ def build_networks(args):
     }
     if reference_path:
         runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX")
-    try:
-        import timm
-        import torch
-        model = timm.create_model("ghostnet_100" if args.width == 1.0 else "ghostnet_050", num_classes=args.num_classes)
-        model.eval()
-
-        def torch_predict(images):
-            with torch.inference_mode():
-                return model(torch.from_numpy(images)).numpy()
-        runners["torch"] = torch_predict
-        torch_file = os.path.join(folder, "timm.pt")
-        torch.save(model.state_dict(), torch_file)
-        sizes["torch"] = os.path.getsize(torch_file)
-    except ImportError:
-        print("PyTorch eager: torch and timm are not installed here; skipped")
     return {name: runners[name] for name in args.backends if name in runners}, sizes
 
 
@@ -132,8 +121,15 @@ def main():
     for batch in args.batch_sizes:
         images = np.random.default_rng(batch).standard_normal(
             (batch, 3, args.image_size, args.image_size)).astype(np.float32)
-        medians = alternating_medians({name: (lambda p=predict: p(images)) for name, predict in runners.items()},
-                                      batch, args.rounds, args.seconds)
+        timed = {name: (lambda p=predict: p(images)) for name, predict in runners.items()}
+        if "torch" in args.backends:
+            model = "ghostnet_100" if args.width == 1.0 else "ghostnet_050"
+            worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, model)
+            if worker is not None:
+                timed["torch"] = worker
+            else:
+                print("(PyTorch eager: torch and timm are not installed here; skipped)")
+        medians = alternating_medians(timed, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch}")
         print_table(medians, ("torch", "ort_float"),
                     {name: {"file MB": f"{sizes.get(name, 0) / 2**20:.1f}"} for name in medians})

@@ -4,10 +4,10 @@
 
 For each network form (float: BatchNorm folded, as eval.py runs float checkpoints; int8:
 the network int8 checkpoints load into; fakequant: the int8 fine-tuning form) it times
-the fast CPU path (src/fast_cpu.py) and MindSpore's own convolution, plus timm's
-ghostnet in PyTorch eager where torch and timm are installed, in alternating rounds in one
-process, GRAPH_MODE. Reports the median images/s and the ratios to PyTorch and to the
-framework convolution. Weights are random: speed does not depend on them.
+the fast CPU path (src/fast_cpu.py) and MindSpore's own convolution (GRAPH_MODE), plus
+timm's ghostnet in PyTorch eager where torch and timm are installed (in a worker process
+with PyTorch's own OpenMP settings), in alternating rounds. Reports the median images/s
+and the ratios to PyTorch and to the framework convolution. Weights are random: speed does not depend on them.
 """
 import argparse
 import os
@@ -18,7 +18,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.timing import alternating_medians, print_table  # noqa: E402
+from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
 
 KINDS = {"float": "float", "int8": "int8", "fakequant": "qat"}
 
@@ -40,23 +40,6 @@ def mindspore_runners(args, network, batch):
         label = f"{network} {'fast' if fast else 'framework'}"
         runners[label] = lambda n=net: n(images).asnumpy()
     return runners
-
-
-def torch_runner(args, batch):
-    try:
-        import timm
-        import torch
-    except ImportError:
-        return None
-    model = timm.create_model({1.0: "ghostnet_100", 0.5: "ghostnet_050", 1.3: "ghostnet_130"}[args.width],
-                              num_classes=args.num_classes).eval()
-    images = torch.from_numpy(np.random.default_rng(batch).standard_normal(
-        (batch, 3, args.image_size, args.image_size)).astype(np.float32))
-
-    def run():
-        with torch.inference_mode():
-            model(images)
-    return run
 
 
 def main():
@@ -84,14 +67,15 @@ def main():
         runners = {}
         for network in args.networks:
             runners.update(mindspore_runners(args, network, batch))
-        torch_run = torch_runner(args, batch)
-        if torch_run is not None:
-            runners["pytorch eager"] = torch_run
+        model = {1.0: "ghostnet_100", 0.5: "ghostnet_050", 1.3: "ghostnet_130"}[args.width]
+        torch_worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, model)
+        if torch_worker is not None:
+            runners["pytorch eager"] = torch_worker
+        else:
+            print("(PyTorch eager: torch and timm are not installed here; skipped)")
         medians = alternating_medians(runners, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch}")
         print_table(medians, ("pytorch eager", f"{args.networks[0]} framework"))
-    if torch_runner(args, 1) is None:
-        print("\n(PyTorch eager: torch and timm are not installed here; skipped)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 
 Full training steps (forward, backward, momentum update) in GRAPH_MODE with the fast CPU
 path (src/fast_cpu.py) and with MindSpore's own convolution, plus timm's ghostnet in
-PyTorch eager (SGD with momentum) where torch and timm are installed, in alternating
-rounds in one process. Reports the median images/s and the ratios.
+PyTorch eager (SGD with momentum) where torch and timm are installed (in a worker process
+with PyTorch's own OpenMP settings), in alternating rounds. Reports the median images/s and
+the ratios.
 """
 import argparse
 import os
@@ -16,7 +17,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.timing import alternating_medians, print_table  # noqa: E402
+from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
 
 
 def mindspore_step(args, size, fast):
@@ -44,26 +45,6 @@ def mindspore_step(args, size, fast):
     return lambda: step(images, labels).asnumpy()
 
 
-def torch_step(args, size):
-    try:
-        import timm
-        import torch
-    except ImportError:
-        return None
-    model = timm.create_model("ghostnet_100", num_classes=args.num_classes).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    rng = np.random.default_rng(size)
-    images = torch.from_numpy(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32))
-    labels = torch.from_numpy(rng.integers(0, args.num_classes, args.batch_size))
-
-    def run():
-        optimizer.zero_grad()
-        loss_fn(model(images), labels).backward()
-        optimizer.step()
-    return run
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -86,9 +67,11 @@ def main():
     for size in args.image_sizes:
         runners = {"mindspore fast": mindspore_step(args, size, True),
                    "mindspore framework": mindspore_step(args, size, False)}
-        torch_run = torch_step(args, size)
-        if torch_run is not None:
-            runners["pytorch eager"] = torch_run
+        torch_worker = TorchWorker.start("train", args.batch_size, size, args.num_classes)
+        if torch_worker is not None:
+            runners["pytorch eager"] = torch_worker
+        else:
+            print("(PyTorch eager: torch and timm are not installed here; skipped)")
         medians = alternating_medians(runners, args.batch_size, args.rounds, args.seconds)
         print(f"\n{size} px")
         print_table(medians, ("mindspore framework", "pytorch eager"))

@@ -1,5 +1,8 @@
 """Alternating-rounds timing shared by the bench scripts."""
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -14,14 +17,52 @@ def images_per_second(run, batch, seconds):
             return done / elapsed
 
 
+class TorchWorker:
+    """PyTorch eager (timm) in its own process (bench/torch_worker.py), timed when asked;
+    None from :meth:`start` where torch or timm is missing."""
+
+    def __init__(self, process):
+        self.process = process
+
+    @classmethod
+    def start(cls, mode, batch_size, image_size, num_classes, model="ghostnet_100"):
+        env = dict(os.environ)
+        env.pop("OMP_WAIT_POLICY", None)  # PyTorch with its own defaults
+        process = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
+             "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
+             "--num_classes", str(num_classes), "--model", model],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        if process.stdout.readline().strip() != "ready":
+            process.wait()
+            return None
+        return cls(process)
+
+    def measure(self, seconds):
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
 def alternating_medians(runners, batch, rounds, seconds):
-    """``{name: median images/s}``: every runner warms up once, then they take turns."""
+    """``{name: median images/s}``: every runner warms up once, then they take turns.
+
+    A runner is a callable (one batch, timed here) or has ``measure(seconds)``.
+    """
     for run in runners.values():
-        run()
+        if callable(run):
+            run()
     speeds = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
-            speeds[name].append(images_per_second(run, batch, seconds))
+            speeds[name].append(images_per_second(run, batch, seconds) if callable(run) else run.measure(seconds))
+    for run in runners.values():
+        if not callable(run):
+            run.close()
     return {name: statistics.median(values) for name, values in speeds.items()}
 
 

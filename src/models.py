@@ -1,8 +1,14 @@
 """Networks by name, and the right network for a checkpoint (float, fake-quant or int8)."""
+import logging
+
+import numpy as np
+
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint
 from src.fast_cpu import enable_fast_cpu_path
 from src.ghostnet import GhostNet
 from src.quant import build_int8_network, checkpoint_kind, export_int8_params, quantize_network
+
+logger = logging.getLogger(__name__)
 
 KIND_DESCRIPTIONS = {
     "float": "a float checkpoint",
@@ -54,6 +60,7 @@ def load_network(path, width=1.0, num_classes=37, quant=False, fast_cpu=True):
                      "--quant expects an int8 checkpoint written by `train.py --quant`")
     kind = checkpoint_kind(params)
     net = network_for_kind(kind, width, num_classes, fast_cpu)
+    params = with_unrecorded_output_ranges(params, net, path)
     load_strict(net, params, source=path)
     return net, kind
 
@@ -64,3 +71,21 @@ def load_int8_network(fake_quant_net, width=1.0, num_classes=37):
     net = build_int8_network(width=width, num_classes=num_classes)
     load_strict(net, export_int8_params(fake_quant_net), source="the fake-quant network")
     return net
+
+
+OUTPUT_RANGE_SUFFIXES = ("output_min", "output_max", "output_range.act_min", "output_range.act_max")
+
+
+def with_unrecorded_output_ranges(params, net, source):
+    """``params`` plus zero output ranges where an int8 or fake-quant checkpoint written before
+    they were recorded lacks them (one warning); every other missing name stays missing."""
+    missing = [name for name, _ in net.parameters_and_names()
+               if name.endswith(OUTPUT_RANGE_SUFFIXES) and name not in params]
+    if not missing:
+        return params
+    logger.warning("%s holds no output ranges (written before they were recorded): it loads, but the int8 "
+                   "ONNX export then quantizes layer inputs only. Calibrate again with train.py --quant "
+                   "to record them.", source)
+    filled = dict(params)
+    filled.update({name: np.zeros(1, np.float32) for name in missing})
+    return filled

@@ -52,5 +52,5 @@ def test_the_quick_start_runs_end_to_end(tmp_path, subprocess_env):
                             out, re.M)
     assert [name for _, name in accuracies] == ["ghostnet-final", "ghostnet-int8"]
     assert all(float(acc) > 0.5 for acc, _ in accuracies)  # six classes: chance is 0.17
-    assert sorted(p.name for p in (tmp_path / "qs" / "export").iterdir()) == ["ghostnet-final.mindir",
-                                                                              "ghostnet-int8.mindir"]
+    assert sorted(p.name for p in (tmp_path / "qs" / "export").iterdir()) == [
+        "class_names.txt", "ghostnet-final.mindir", "ghostnet-int8.mindir"]
