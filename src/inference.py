@@ -65,6 +65,13 @@ def require_module(name, purpose):
                            f"{ONNX_INSTALL_HINT}") from None
 
 
+def _pad_batch(images, size):
+    """``images`` with zero images appended up to ``size`` (a compiled or fixed batch)."""
+    if images.shape[0] == size:
+        return images
+    return np.concatenate([images, np.zeros((size - images.shape[0],) + images.shape[1:], images.dtype)])
+
+
 class MindSporePredictor:
     """A MindSpore cell in eval mode; batches are padded to the first batch's size so that a
     smaller last batch reuses the compiled graph."""
@@ -80,10 +87,7 @@ class MindSporePredictor:
     def __call__(self, images):
         count = images.shape[0]
         self.batch_size = self.batch_size or count
-        if count < self.batch_size:
-            pad = np.zeros((self.batch_size - count,) + images.shape[1:], images.dtype)
-            images = np.concatenate([images, pad])
-        return self.net(self._tensor(images)).asnumpy()[:count]
+        return self.net(self._tensor(_pad_batch(images, self.batch_size))).asnumpy()[:count]
 
 
 class OnnxRuntimePredictor:
@@ -112,10 +116,8 @@ class OnnxRuntimePredictor:
         outputs = []
         for start in range(0, images.shape[0], self.batch_size):
             chunk = images[start:start + self.batch_size]
-            count = chunk.shape[0]
-            if count < self.batch_size:
-                chunk = np.concatenate([chunk, np.zeros((self.batch_size - count,) + chunk.shape[1:], chunk.dtype)])
-            outputs.append(self.session.run(None, {self.input_name: chunk})[0][:count])
+            padded = _pad_batch(chunk, self.batch_size)
+            outputs.append(self.session.run(None, {self.input_name: padded})[0][:chunk.shape[0]])
         return np.concatenate(outputs)
 
 
@@ -140,10 +142,5 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
         return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
     require_module("onnx", "turning a checkpoint into an ONNX model")
     from src.onnx_export import onnx_model_from_checkpoint
-    if quant:
-        from src.checkpoint import read_checkpoint
-        from src.models import require_kind
-        require_kind(model_path, read_checkpoint(model_path), ("int8", "qat"),
-                     "--quant expects an int8 checkpoint written by `train.py --quant`")
-    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size)
+    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
     return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.ghostnet import ConvBNAct, GhostBottleneck, GhostModule, GhostNet, SqueezeExcite
-from src.quant import ACT_QMAX, ACT_QMIN, Int8Conv2d, Int8Dense, conv_geometry
+from src.quant import ACT_QMAX, ACT_QMIN, Int8Conv2d, Int8Dense, activation_qparams, conv_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -231,11 +231,10 @@ class QParams:
 
     @classmethod
     def covering(cls, low, high):
-        """The uint8 range over [low, high] and 0, computed as ``activation_qparams`` does."""
-        low, high = np.float32(min(low, 0.0)), np.float32(max(high, 0.0))
-        scale = max(np.float32((high - low) / np.float32(ACT_QMAX - ACT_QMIN)), np.float32(1e-12))
-        zero_point = int(np.clip(np.floor(np.float32(ACT_QMIN) - low / scale + np.float32(0.5)), ACT_QMIN, ACT_QMAX))
-        return cls(float(scale), zero_point)
+        """The uint8 range over [low, high] and 0: what the fake-quant layers compute."""
+        from mindspore import Tensor
+        scale, zero_point = activation_qparams(Tensor(np.float32(low)), Tensor(np.float32(high)))
+        return cls(float(scale.asnumpy()), int(zero_point.asnumpy()))
 
     def bounds(self):
         return (ACT_QMIN - self.zero_point) * self.scale, (ACT_QMAX - self.zero_point) * self.scale
@@ -310,6 +309,7 @@ def _insert_quantization(nodes, writer, requantize=True):
     builder = writer.graph
     graph = _Graph(nodes)
     constants = {}
+    dequantized = {}  # DequantizeLinear output -> its QParams
 
     def qdq(tensor, qparams, prefix):
         if qparams not in constants:
@@ -321,6 +321,7 @@ def _insert_quantization(nodes, writer, requantize=True):
                                       name=f"{prefix}_dq")
         nodes.extend([q, dq])
         graph.producer.update({q.output[0]: q, dq.output[0]: dq})
+        dequantized[dq.output[0]] = qparams
         return q, dq
 
     chosen = _tensor_qparams(graph, writer) if requantize else {}
@@ -328,31 +329,21 @@ def _insert_quantization(nodes, writer, requantize=True):
         if tensor in writer.output_ranges and any(
                 n.op_type == "Relu" and n.output[0] in chosen for n in graph.consumers(tensor)):
             continue  # quantized after its ReLU, which the quantization then replaces
-        relu = graph.producer[tensor]
+        producer = graph.producer[tensor]
         source = tensor
-        if (relu.op_type == "Relu" and qparams.zero_point == ACT_QMIN
-                and len(graph.consumers(relu.input[0])) == 1):
-            source = relu.input[0]  # uint8 with zero point 0 clamps at 0, as the ReLU does
+        if (producer.op_type == "Relu" and qparams.zero_point == ACT_QMIN
+                and len(graph.consumers(producer.input[0])) == 1):
+            source = producer.input[0]  # uint8 with zero point 0 clamps at 0, as the ReLU does
         q, dq = qdq(source, qparams, tensor)
         graph.redirect(tensor, dq.output[0], keep=q)
         if source != tensor:
-            graph.remove(relu)
+            graph.remove(producer)
     # a layer that reads a tensor quantized for another layer requantizes it to its own range
     for node, qparams in writer.layer_inputs:
-        producer = graph.producer.get(node.input[0])
-        current = _qparams_of(producer, builder) if producer is not None else None
-        if current != qparams:
+        if dequantized.get(node.input[0]) != qparams:
             _, dq = qdq(node.input[0], qparams, f"{node.name}.input")
             node.input[0] = dq.output[0]
     return _topological(nodes)
-
-
-def _qparams_of(dequantize, builder):
-    if dequantize.op_type != "DequantizeLinear":
-        return None
-    values = {init.name: init for init in builder.initializers}
-    scale, zero = (builder.numpy_helper.to_array(values[name]) for name in dequantize.input[1:3])
-    return QParams(float(scale), int(zero))
 
 
 def _topological(nodes):
@@ -415,14 +406,15 @@ def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True):
     return model
 
 
-def onnx_model_from_checkpoint(path, width=1.0, num_classes=37, image_size=224, batch_size=None):
-    """``(onnx.ModelProto, kind)`` for a float, fake-quant or int8 checkpoint.
+def onnx_model_from_checkpoint(path, width=1.0, num_classes=37, image_size=224, batch_size=None, quant=False):
+    """``(onnx.ModelProto, kind)`` for a float, fake-quant or int8 checkpoint (``quant``: int8 only).
 
     A fake-quant (fine-tuning) checkpoint is turned into its int8 form first.
     """
     from src.models import load_int8_network, load_network
 
-    net, kind = load_network(path, width, num_classes)
+    # only the weights are read: no compiled CPU kernels needed
+    net, kind = load_network(path, width, num_classes, quant, fast_cpu=False)
     if kind == "qat":
         net = load_int8_network(net, width, num_classes)
     net.set_train(False)
