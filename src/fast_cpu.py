@@ -13,9 +13,9 @@ plain loop. Here:
 * the stem runs as unfold + matrix product, both fast framework ops with gradients.
 
 :func:`enable_fast_cpu_path` switches a built network's convolutions over, in place, on CPU
-only; parameters and their names stay as they are. Kernel threads follow MindSpore's CPU
-op thread setting (``mindspore.device_context.cpu.op_tuning.threads_num``), else the
-process's usable cores.
+only; parameters and their names stay as they are. Kernel threads: ``OMP_NUM_THREADS``
+when set (as for MindSpore's oneDNN), else MindSpore's CPU op thread setting where it can
+be read, else the process's usable cores (at most MindSpore's default of 25).
 """
 import ctypes
 import hashlib
@@ -29,6 +29,8 @@ import tempfile
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
+
+from src.quant import Int8Conv2d, QuantConv2d, conv_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def _cache_key(compiler, source):
     return digest.hexdigest()[:16]
 
 
-def build_kernel_library(folder=None):
+def build_kernel_library():
     """Path of the compiled kernel library, compiling it if needed; None (one warning) if impossible."""
     if "path" in _library:
         return _library["path"]
@@ -83,7 +85,7 @@ def build_kernel_library(folder=None):
     else:
         with open(KERNEL_SOURCE, "rb") as f:
             source = f.read()
-        target_folder = os.path.join(folder or cache_folder(), _cache_key(compiler, source))
+        target_folder = os.path.join(cache_folder(), _cache_key(compiler, source))
         path = os.path.join(target_folder, "depthwise_conv.so")
         if not os.path.isfile(path):
             path = _compile(compiler, target_folder, path)
@@ -223,22 +225,15 @@ class FastConv2d(nn.Conv2d):
         return out
 
 
-def _geometry(conv):
-    from src.quant import conv_geometry
-    return conv_geometry(conv)
-
-
 def enable_fast_cpu_path(net):
     """Switch ``net``'s depthwise and stem convolutions to the fast cells, in place, when the
     device is the CPU. Returns ``net``; elsewhere it is returned unchanged."""
     if ms.get_context("device_target") != "CPU":
         return net
-    from src.quant import Int8Conv2d, QuantConv2d
-
     switched = 0
     for _, cell in list(net.cells_and_names()):
         if type(cell) is nn.Conv2d:  # pylint: disable=unidiomatic-typecheck (subclasses stay)
-            fast = fast_conv_for(cell.weight.shape, *_geometry(cell))
+            fast = fast_conv_for(cell.weight.shape, *conv_geometry(cell))
             if fast is not None:
                 cell.__class__ = FastConv2d  # same object: parameters and their names unchanged
                 cell.fast_conv = fast
