@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 from src.checkpoint import CheckpointError
-from src.dataset import CLASS_NAMES_FILE, DatasetError, load_image, read_class_names
-from src.inference import BACKENDS, BackendError, create_predictor
-from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
+from src.dataset import CLASS_NAMES_FILE, DatasetError, load_image, read_class_names, read_names_file
+from src.inference import BackendError, add_backend_argument, create_predictor
+from src.runtime import DeviceError, add_device_argument, add_network_arguments, set_device, setup_logging
 
 logger = logging.getLogger("classify")
 
@@ -27,15 +27,12 @@ def get_args_parser():
     parser.add_argument("images", nargs="+", help="image files to classify")
     parser.add_argument("--checkpoint_path", required=True,
                         help="checkpoint (.ckpt: float or int8), or an .onnx model with --backend onnxruntime")
-    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
-                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
+    add_backend_argument(parser)
     parser.add_argument("--class_names", default=None,
                         help=f"one class name a line (default: the {CLASS_NAMES_FILE} beside --checkpoint_path)")
     parser.add_argument("--top_k", type=int, default=5, help="how many classes to print per image")
     parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
-    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
-    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
-                        help="GhostNet width multiplier")
+    add_network_arguments(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="images per forward pass")
     add_device_argument(parser)
     return parser
@@ -45,8 +42,7 @@ def class_names(args, num_classes):
     if args.class_names:
         if not os.path.isfile(args.class_names):
             raise DatasetError(f"class names file not found: {args.class_names}")
-        with open(args.class_names, encoding="utf-8") as f:
-            names = [line.strip() for line in f if line.strip()]
+        names = read_names_file(args.class_names)
     else:
         names = read_class_names(args.checkpoint_path)
         if names is None:

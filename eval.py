@@ -14,8 +14,8 @@ import sys
 from src.checkpoint import CheckpointError
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
-from src.inference import BACKENDS, BackendError, create_predictor
-from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
+from src.inference import BackendError, add_backend_argument, create_predictor
+from src.runtime import DeviceError, add_device_argument, add_network_arguments, set_device, setup_logging
 
 logger = logging.getLogger("eval")
 
@@ -26,14 +26,11 @@ def get_args_parser():
     parser.add_argument("--dataset_path", required=True, help="test.mindrecord written by src.dataset")
     parser.add_argument("--checkpoint_path", required=True,
                         help="checkpoint to evaluate (.ckpt), or an .onnx model with --backend onnxruntime")
-    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
-                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
+    add_backend_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--batch_size", type=int, default=32, help="images per batch")
     parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
-    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
-    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
-                        help="GhostNet width multiplier")
+    add_network_arguments(parser)
     parser.add_argument("--num_workers", type=int, default=2, help="data loading workers")
     parser.add_argument("--quant", action="store_true",
                         help="require an int8 checkpoint (int8 ones are recognised without it)")

@@ -22,7 +22,7 @@ from src.checkpoint import CheckpointError
 from src.dataset import copy_class_names
 from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
-from src.runtime import add_device_argument, set_device, setup_logging
+from src.runtime import add_device_argument, add_network_arguments, set_device, setup_logging
 
 logger = logging.getLogger("export")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -39,9 +39,7 @@ def get_args_parser():
     parser.add_argument("--batch_size", type=int, default=None,
                         help="batch size of the exported input (default: 1; ONNX: dynamic)")
     parser.add_argument("--image_size", type=int, default=224, help="side of the exported input")
-    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
-    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
-                        help="GhostNet width multiplier")
+    add_network_arguments(parser)
     add_device_argument(parser)
     return parser
 

@@ -209,8 +209,11 @@ def read_class_names(dataset_path):
     """Class names written beside a MindRecord file by the conversion (or copied beside a
     checkpoint or model), or None."""
     path = os.path.join(os.path.dirname(os.path.abspath(dataset_path)), CLASS_NAMES_FILE)
-    if not os.path.isfile(path):
-        return None
+    return read_names_file(path) if os.path.isfile(path) else None
+
+
+def read_names_file(path):
+    """The non-empty lines of a class names file (line i names label i)."""
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
 

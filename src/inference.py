@@ -52,6 +52,11 @@ def fold_batchnorm_for_inference(net):
     return fuse_relu_for_inference(net)
 
 
+def add_backend_argument(parser):
+    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
+                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
+
+
 class BackendError(ValueError):
     """A backend cannot be used for this input; the message says why and what to do."""
 

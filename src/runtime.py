@@ -34,3 +34,10 @@ def add_device_argument(parser):
     parser.add_argument("--device_target", "--platform", dest="device_target", default="CPU",
                         choices=DEVICE_TARGETS,
                         help="where to run (--platform is the original package's name for it)")
+
+
+def add_network_arguments(parser):
+    """--num_classes and --width, for the scripts that build a network for a checkpoint."""
+    parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
+    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
+                        help="GhostNet width multiplier")
