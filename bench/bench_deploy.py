@@ -122,13 +122,10 @@ def main():
         images = np.random.default_rng(batch).standard_normal(
             (batch, 3, args.image_size, args.image_size)).astype(np.float32)
         timed = {name: (lambda p=predict: p(images)) for name, predict in runners.items()}
-        if "torch" in args.backends:
-            model = "ghostnet_100" if args.width == 1.0 else "ghostnet_050"
-            worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, model)
-            if worker is not None:
-                timed["torch"] = worker
-            else:
-                print("(PyTorch eager: torch and timm are not installed here; skipped)")
+        worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, args.width) \
+            if "torch" in args.backends else None
+        if worker is not None:
+            timed["torch"] = worker
         medians = alternating_medians(timed, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch}")
         print_table(medians, ("torch", "ort_float"),

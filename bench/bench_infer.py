@@ -67,12 +67,9 @@ def main():
         runners = {}
         for network in args.networks:
             runners.update(mindspore_runners(args, network, batch))
-        model = {1.0: "ghostnet_100", 0.5: "ghostnet_050", 1.3: "ghostnet_130"}[args.width]
-        torch_worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, model)
+        torch_worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, args.width)
         if torch_worker is not None:
             runners["pytorch eager"] = torch_worker
-        else:
-            print("(PyTorch eager: torch and timm are not installed here; skipped)")
         medians = alternating_medians(runners, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch}")
         print_table(medians, ("pytorch eager", f"{args.networks[0]} framework"))

@@ -70,8 +70,6 @@ def main():
         torch_worker = TorchWorker.start("train", args.batch_size, size, args.num_classes)
         if torch_worker is not None:
             runners["pytorch eager"] = torch_worker
-        else:
-            print("(PyTorch eager: torch and timm are not installed here; skipped)")
         medians = alternating_medians(runners, args.batch_size, args.rounds, args.seconds)
         print(f"\n{size} px")
         print_table(medians, ("mindspore framework", "pytorch eager"))

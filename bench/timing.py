@@ -17,6 +17,9 @@ def images_per_second(run, batch, seconds):
             return done / elapsed
 
 
+TIMM_MODELS = {0.5: "ghostnet_050", 1.0: "ghostnet_100", 1.3: "ghostnet_130"}  # by GhostNet width
+
+
 class TorchWorker:
     """PyTorch eager (timm) in its own process (bench/torch_worker.py), timed when asked;
     None from :meth:`start` where torch or timm is missing."""
@@ -25,16 +28,18 @@ class TorchWorker:
         self.process = process
 
     @classmethod
-    def start(cls, mode, batch_size, image_size, num_classes, model="ghostnet_100"):
+    def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
+        """The worker for timm's ghostnet of ``width``; None, saying so, without torch or timm."""
         env = dict(os.environ)
         env.pop("OMP_WAIT_POLICY", None)  # PyTorch with its own defaults
         process = subprocess.Popen(
             [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
              "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
-             "--num_classes", str(num_classes), "--model", model],
+             "--num_classes", str(num_classes), "--model", TIMM_MODELS[width]],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         if process.stdout.readline().strip() != "ready":
             process.wait()
+            print("(PyTorch eager: torch and timm are not installed here; skipped)")
             return None
         return cls(process)
 
