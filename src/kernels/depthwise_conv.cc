@@ -120,11 +120,23 @@ bool MakeGeometry(const int64_t *input, const int64_t *weight, const int64_t *ou
   return true;
 }
 
+// The rows and columns of an H x W plane that lie inside the PH x PW padded buffer (a
+// stride-2 convolution may not reach the last ones).
+int64_t InnerRows(const Geometry &g) { return std::min(g.h, g.ph - g.pad); }
+int64_t InnerCols(const Geometry &g) { return std::min(g.w, g.pw - g.pad); }
+
 // Copy one H x W plane into a zeroed PH x PW buffer at offset (pad, pad).
 void PadPlane(const float *src, const Geometry &g, float *dst) {
   std::fill(dst, dst + g.ph * g.pw, 0.0f);
-  const int64_t rows = std::min(g.h, g.ph - g.pad), cols = std::min(g.w, g.pw - g.pad);
+  const int64_t rows = InnerRows(g), cols = InnerCols(g);
   for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + (y + g.pad) * g.pw + g.pad, src + y * g.w, cols * sizeof(float));
+}
+
+// The inverse: the H x W plane of a padded buffer, zero where the buffer does not reach.
+void CropPlane(const float *padded, const Geometry &g, float *dst) {
+  std::fill(dst, dst + g.h * g.w, 0.0f);
+  const int64_t rows = InnerRows(g), cols = InnerCols(g);
+  for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + y * g.w, padded + (y + g.pad) * g.pw + g.pad, cols * sizeof(float));
 }
 
 template <int64_t S>
@@ -247,11 +259,7 @@ extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t
       const int64_t c = p % g.c;
       if (g.stride == 1) InputGradPlane<1>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
       else InputGradPlane<2>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
-      float *dst = grad_x + p * g.h * g.w;
-      std::fill(dst, dst + g.h * g.w, 0.0f);
-      const int64_t rows = std::min(g.h, g.ph - g.pad), cols = std::min(g.w, g.pw - g.pad);
-      for (int64_t yy = 0; yy < rows; ++yy)
-        std::memcpy(dst + yy * g.w, padded.data() + (yy + g.pad) * g.pw + g.pad, cols * sizeof(float));
+      CropPlane(padded.data(), g, grad_x + p * g.h * g.w);
     }
   });
   return 0;
