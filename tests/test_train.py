@@ -33,20 +33,26 @@ def state(path, key):
 
 @pytest.mark.slow
 def test_a_few_epochs_learn_the_sample_set(sample_pets, tmp_path, subprocess_env):
+    # 12 epochs of 6 steps: over seeds 1-8 every run passed 0.85 by epoch 10, while at 6 epochs
+    # one seed in six was still near chance, and rounding that differs between CPUs (oneDNN's
+    # kernels, -march=native) was enough to tip a run either way
     _, data, _ = sample_pets
+    epoch_size = 12
     result = train(subprocess_env, "--dataset_path", data / "train.mindrecord",
                    "--eval_dataset_path", data / "test.mindrecord", "--output_dir", tmp_path,
-                   "--epoch_size", 6, *TINY)
+                   "--epoch_size", epoch_size, *TINY)
     assert result.returncode == 0, result.stderr
-    accuracies = [float(a) for a in re.findall(r"epoch \d/6: .*, eval top-1 (\d\.\d+)", result.stderr)]
-    assert len(accuracies) == 6
-    assert max(accuracies) >= 0.6  # chance is 0.25
+    accuracies = [float(a) for a in
+                  re.findall(rf"epoch \d+/{epoch_size}: .*, eval top-1 (\d\.\d+)", result.stderr)]
+    assert len(accuracies) == epoch_size
+    assert max(accuracies) >= 0.75  # chance is 0.25
     assert state(tmp_path / "ghostnet-best.ckpt", "best_top1") == pytest.approx(max(accuracies), abs=1e-4)
-    epochs = [f"ghostnet-epoch{epoch:04d}.ckpt" for epoch in range(2, 7)]  # the last five kept
+    last_five = range(epoch_size - 4, epoch_size + 1)
+    epochs = [f"ghostnet-epoch{epoch:04d}.ckpt" for epoch in last_five]
     assert sorted(os.listdir(tmp_path)) == ["class_names.txt", "config.json", "ghostnet-best.ckpt",
                                             *epochs, "ghostnet-final.ckpt"]
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["epoch_size"] == 6 and config["lr"] == 0.8 and config["label_smooth"] == 0.1
+    assert config["epoch_size"] == epoch_size and config["lr"] == 0.8 and config["label_smooth"] == 0.1
 
 
 @pytest.mark.slow
