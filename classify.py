@@ -9,14 +9,14 @@ class_names.txt that train.py and export.py put beside their checkpoints and mod
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 
 from src.checkpoint import CheckpointError
 from src.dataset import CLASS_NAMES_FILE, DatasetError, load_image, read_class_names, read_names_file
 from src.inference import BackendError, add_backend_argument, create_predictor
-from src.runtime import DeviceError, add_device_argument, add_network_arguments, set_device, setup_logging
+from src.runtime import (DeviceError, add_device_argument, add_network_arguments, run_script,
+                         set_device)
 
 logger = logging.getLogger("classify")
 
@@ -82,10 +82,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    setup_logging()
-    try:
-        main(parsed)
-    except (BackendError, CheckpointError, DatasetError, DeviceError) as err:
-        logger.error("%s", err)
-        sys.exit(2)
+    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError), logger)

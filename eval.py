@@ -9,13 +9,13 @@ ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
 """
 import argparse
 import logging
-import sys
 
 from src.checkpoint import CheckpointError
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.inference import BackendError, add_backend_argument, create_predictor
-from src.runtime import DeviceError, add_device_argument, add_network_arguments, set_device, setup_logging
+from src.runtime import (DeviceError, add_device_argument, add_network_arguments, run_script,
+                         set_device)
 
 logger = logging.getLogger("eval")
 
@@ -53,9 +53,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    setup_logging()
-    try:
-        main(get_args_parser().parse_args())
-    except (BackendError, CheckpointError, DatasetError, DeviceError) as err:
-        logger.error("%s", err)
-        sys.exit(2)
+    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError), logger)

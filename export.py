@@ -12,7 +12,6 @@ checkpoint is copied beside the model.
 import argparse
 import logging
 import os
-import sys
 
 import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
 import mindspore as ms
@@ -22,7 +21,7 @@ from src.checkpoint import CheckpointError
 from src.dataset import copy_class_names
 from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
-from src.runtime import add_device_argument, add_network_arguments, set_device, setup_logging
+from src.runtime import add_device_argument, add_network_arguments, run_script, set_device
 
 logger = logging.getLogger("export")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -98,10 +97,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    setup_logging()
-    try:
-        main(parsed)
-    except (CheckpointError, ValueError) as err:
-        logger.error("%s", err)
-        sys.exit(2)
+    run_script(main, get_args_parser(), (CheckpointError, ValueError), logger)

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 
 import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
@@ -33,7 +32,7 @@ from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
 from src.models import require_kind, with_unrecorded_output_ranges
 from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
-from src.runtime import DeviceError, add_device_argument, set_device, setup_logging
+from src.runtime import DeviceError, add_device_argument, run_script, set_device, setup_logging
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingDiverged, build_optimizer, init_distributed,
                              parameter_fingerprint, resume_from, training_state)
@@ -229,10 +228,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parsed = get_args_parser().parse_args()
-    setup_logging()
-    try:
-        main(parsed)
-    except (CheckpointError, DatasetError, DeviceError, TrainingDiverged, argparse.ArgumentTypeError) as err:
-        logger.error("%s", err)
-        sys.exit(2)
+    run_script(main, get_args_parser(),
+               (CheckpointError, DatasetError, DeviceError, TrainingDiverged, argparse.ArgumentTypeError), logger)

@@ -15,6 +15,18 @@ def setup_logging(rank=0):
                         format=f"%(asctime)s {prefix}%(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def run_script(main, parser, known_errors, logger):
+    """Parse the command line and run ``main(args)``. One of ``known_errors`` (bad input, whose
+    message names the fix) is logged as one line and exits with code 2, not a traceback."""
+    args = parser.parse_args()
+    setup_logging()
+    try:
+        main(args)
+    except known_errors as err:
+        logger.error("%s", err)
+        sys.exit(2)
+
+
 def set_device(device_target, graph_mode=True):
     import mindspore as ms
 
