@@ -194,9 +194,15 @@ void WeightGradPlane(const float *padded, const float *grad_out, const Geometry 
 
 bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
 
-}  // namespace
-
-namespace {
+// The gradients' shared checks: four parameters, the first two float32 tensors read and the
+// last one written all 4-D (the third is read for its shape only); then the geometry from the
+// shapes at positions input, weight and output. Returns 0, or the error code.
+int GradientGeometry(int nparam, int *ndims, int64_t **shapes, const char **dtypes, int input, int weight,
+                     int output, Geometry *g) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
+  return MakeGeometry(shapes[input], shapes[weight], shapes[output], g) ? 0 : 3;
+}
 
 // y = conv(x, w) [+ b] [then ReLU]; params: x, w, [b,] y
 int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias, bool relu) {
@@ -247,9 +253,7 @@ extern "C" int DepthwiseBiasReluForward(int nparam, void **params, int *ndims, i
 extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *, void *) {
   Geometry g;
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
-  if (!MakeGeometry(shapes[3], shapes[1], shapes[0], &g)) return 3;
+  if (const int error = GradientGeometry(nparam, ndims, shapes, dtypes, 3, 1, 0, &g)) return error;
   const float *grad_y = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *grad_x = static_cast<float *>(params[3]);
@@ -269,9 +273,7 @@ extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t
 extern "C" int DepthwiseWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                    void *, void *) {
   Geometry g;
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
-  if (!MakeGeometry(shapes[0], shapes[3], shapes[1], &g)) return 3;
+  if (const int error = GradientGeometry(nparam, ndims, shapes, dtypes, 0, 3, 1, &g)) return error;
   const float *x = static_cast<const float *>(params[0]);
   const float *grad_y = static_cast<const float *>(params[1]);
   float *grad_w = static_cast<float *>(params[3]);
