@@ -17,25 +17,26 @@ KIND_DESCRIPTIONS = {
 }
 
 
+NETWORK_KINDS = {"ghostnet": "float", "ghostnet_int8": "int8"}  # create_network's names
+
+
 def create_network(name, width=1.0, num_classes=37, fast_cpu=True, **kwargs):
     """``ghostnet`` (float) or ``ghostnet_int8`` (loads int8 checkpoints).
 
     ``fast_cpu``: on the CPU, run depthwise and stem convolutions on src/fast_cpu.py's path.
     """
-    if name == "ghostnet":
-        net = GhostNet(width=width, num_classes=num_classes, **kwargs)
-    elif name == "ghostnet_int8":
-        net = build_int8_network(width=width, num_classes=num_classes)
-    else:
-        raise ValueError(f"unknown network {name!r}; known: ghostnet, ghostnet_int8")
-    return enable_fast_cpu_path(net) if fast_cpu else net
+    if name not in NETWORK_KINDS:
+        raise ValueError(f"unknown network {name!r}; known: {', '.join(NETWORK_KINDS)}")
+    return network_for_kind(NETWORK_KINDS[name], width, num_classes, fast_cpu, **kwargs)
 
 
-def network_for_kind(kind, width, num_classes, fast_cpu=True):
+def network_for_kind(kind, width, num_classes, fast_cpu=True, **kwargs):
+    """The network a checkpoint of ``kind`` (see KIND_DESCRIPTIONS) loads into; ``kwargs`` go
+    to the float GhostNet."""
     if kind == "float":
-        net = GhostNet(width=width, num_classes=num_classes)
+        net = GhostNet(width=width, num_classes=num_classes, **kwargs)
     elif kind == "qat":
-        net = quantize_network(GhostNet(width=width, num_classes=num_classes))
+        net = quantize_network(GhostNet(width=width, num_classes=num_classes, **kwargs))
     else:
         net = build_int8_network(width=width, num_classes=num_classes)
     return enable_fast_cpu_path(net) if fast_cpu else net
