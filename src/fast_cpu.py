@@ -122,8 +122,9 @@ def _compile(compiler, folder, path):
     return path
 
 
-def _out_size(size, kernel, stride):
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+def conv_out_size(size, kernel, stride, padding):
+    """Output side of a convolution padded by ``padding`` on both sides."""
+    return (size + 2 * padding - kernel) // stride + 1
 
 
 def depthwise_conv_ops(stride):
@@ -143,7 +144,7 @@ def depthwise_conv_ops(stride):
                              out_dtype=lambda x, grad, w: w, func_type="aot")
 
     def out_shape(x, w, *bias):
-        return [x[0], x[1], _out_size(x[2], w[2], stride), _out_size(x[3], w[3], stride)]
+        return [x[0], x[1], *(conv_out_size(x[i], w[i], stride, w[i] // 2) for i in (2, 3))]
 
     def bprop(x, weight, out, grad):
         return input_grad(grad, weight, x), weight_grad(x, grad, weight)
@@ -189,8 +190,8 @@ class UnfoldConv(nn.Cell):
 
     def construct(self, x, weight):
         n, _, h, w = x.shape
-        out_h = (h + 2 * self.padding - self.kernel) // self.stride + 1
-        out_w = (w + 2 * self.padding - self.kernel) // self.stride + 1
+        out_h = conv_out_size(h, self.kernel, self.stride, self.padding)
+        out_w = conv_out_size(w, self.kernel, self.stride, self.padding)
         columns = ops.unfold(x, self.kernel, 1, self.padding, self.stride)  # (N, C*K*K, L)
         out = ops.matmul(weight.reshape(weight.shape[0], -1), columns)
         return out.reshape(n, weight.shape[0], out_h, out_w)
