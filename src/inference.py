@@ -25,6 +25,7 @@ def fold_batchnorm_for_inference(net):
     """
     from mindspore import Parameter, Tensor
 
+    from src.fast_cpu import fuse_relu_for_inference
     from src.ghostnet import ConvBNAct, GhostNet
     from src.onnx_export import fold_batchnorm
 
@@ -38,8 +39,6 @@ def fold_batchnorm_for_inference(net):
             conv.bias = Parameter(Tensor(bias), name=conv.weight.name.rsplit(".", 1)[0] + ".bias",
                                   requires_grad=False)
             conv.has_bias = True
-
-    from src.fast_cpu import fuse_relu_for_inference
 
     if isinstance(net, GhostNet) and net.bn1 is not None:
         fold(net.conv_stem, net.bn1)

@@ -3,18 +3,16 @@
 * a float network becomes a float model with every BatchNorm folded into its convolution;
 * an int8 network (what an int8 checkpoint holds) becomes a QDQ model: int8 weight
   initializers with per-channel scales, int32 biases, and QuantizeLinear/DequantizeLinear
-  pairs with the checkpoint's own uint8 scales and zero points at every quantized layer's
-  input. No re-calibration.
+  pairs with uint8 scales and zero points from the checkpoint (no re-calibration).
 
 onnxruntime runs a convolution on int8 kernels (QLinearConv) only when its output is
-quantized too. The checkpoint holds input ranges only, so :func:`_share_quantized_tensors`
-moves each input quantization up to the producing convolution where that keeps the
-network's arithmetic: through a ReLU when the zero point is 0 (uint8 clamps at 0 exactly
-as the ReLU does), into each branch of a concatenation (quantizing the parts equals
-quantizing the whole), and, where the tensor has other readers (a residual sum, a
-concatenation), those readers read the quantized tensor as well, as onnxruntime's own
-quantizer does. The walk mirrors ``GhostNet.construct`` cell by cell; model code stays free
-of ONNX.
+quantized too, so :func:`_insert_quantization` quantizes every activation tensor once, right
+after its producer, with the parameters :func:`_tensor_qparams` picks: a tensor a quantized
+layer reads takes that layer's own input quantization; otherwise a convolution's output takes
+the range calibration observed (``Int8Conv2d.output_min`` / ``output_max``), a concatenation
+the range covering its parts (and a part only it reads, the same), a hard sigmoid [0, 1]. A
+ReLU before a zero point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The
+walk mirrors ``GhostNet.construct`` cell by cell; model code stays free of ONNX.
 """
 import logging
 from collections import defaultdict
@@ -22,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.ghostnet import ConvBNAct, GhostBottleneck, GhostModule, GhostNet, SqueezeExcite
+from src.ghostnet import ConvBNAct, GhostBottleneck, GhostNet
 from src.quant import ACT_QMAX, ACT_QMIN, Int8Conv2d, Int8Dense, activation_qparams, conv_geometry
 
 logger = logging.getLogger(__name__)
