@@ -138,8 +138,14 @@ def test_int8_onnxruntime_agrees_with_the_fake_quant_network(int8_recipe):
     assert len(fake_quant) == 100
     agreement = (fake_quant.argmax(1) == onnx_int8.argmax(1)).mean()
     assert agreement >= 0.99
+    # The ONNX model requantizes tensors the fake-quant network leaves in float (convolution
+    # outputs, concatenations), so a few logits move more than the rest. Five runs of the
+    # recipe, relative to the spread: mean 0.006-0.015, max 0.047-0.118 (training drifts from
+    # run to run; the old bound, max < 0.1, failed one run in five).
     spread = fake_quant.max() - fake_quant.min()
-    assert np.abs(fake_quant - onnx_int8).max() < 0.1 * spread
+    difference = np.abs(fake_quant - onnx_int8)
+    assert difference.mean() < 0.03 * spread
+    assert difference.max() < 0.2 * spread
 
 
 @pytest.mark.slow
