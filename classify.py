@@ -12,11 +12,11 @@ import os
 
 import numpy as np
 
-from src.checkpoint import CheckpointError
-from src.dataset import CLASS_NAMES_FILE, DatasetError, load_image, read_class_names, read_names_file
-from src.inference import BackendError, add_backend_argument, create_predictor
-from src.runtime import (DeviceError, add_device_argument, add_network_arguments, run_script,
-                         set_device)
+from src.cli import (add_backend_argument, add_device_argument, add_network_arguments, run_script,
+                     set_device)
+from src.dataset import CLASS_NAMES_FILE, load_image, read_class_names, read_names_file
+from src.deploy.predictors import create_predictor
+from src.errors import DatasetError
 
 logger = logging.getLogger("classify")
 
@@ -82,4 +82,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError), logger)
+    run_script(main, get_args_parser(), logger)

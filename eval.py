@@ -10,12 +10,11 @@ ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
 import argparse
 import logging
 
-from src.checkpoint import CheckpointError
-from src.dataset import DatasetError, check_num_classes, create_dataset
+from src.cli import (add_backend_argument, add_device_argument, add_network_arguments, run_script,
+                     set_device)
+from src.dataset import check_num_classes, create_dataset
+from src.deploy.predictors import create_predictor
 from src.evaluation import evaluate
-from src.inference import BackendError, add_backend_argument, create_predictor
-from src.runtime import (DeviceError, add_device_argument, add_network_arguments, run_script,
-                         set_device)
 
 logger = logging.getLogger("eval")
 
@@ -53,4 +52,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError), logger)
+    run_script(main, get_args_parser(), logger)

@@ -4,7 +4,7 @@
 
 The network is built for the checkpoint it is given (float, or int8 from train.py --quant)
 and exported in eval mode for an input of batch_size x 3 x image_size x image_size. ONNX is
-written from the weights (src/onnx_export.py): a float model with BatchNorm folded, or, from
+written from the weights (src/deploy/onnx_export.py): a float model with BatchNorm folded, or, from
 an int8 checkpoint, a QDQ model with int8 weights that runs onnxruntime's int8 kernels; its
 batch axis stays dynamic unless --batch_size is given. The class_names.txt beside the
 checkpoint is copied beside the model.
@@ -17,11 +17,14 @@ import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__ini
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import CheckpointError
+from src.checkpoint import CheckpointKind
+from src.cli import add_device_argument, add_network_arguments, run_script, set_device
 from src.dataset import copy_class_names
-from src.inference import fold_batchnorm_for_inference, require_module
+from src.deploy.fold import fold_batchnorm_for_inference
+from src.deploy.onnx_export import onnx_model_from_checkpoint
+from src.deploy.predictors import require_module
+from src.errors import ConfigError, UserError
 from src.models import load_network
-from src.runtime import add_device_argument, add_network_arguments, run_script, set_device
 
 logger = logging.getLogger("export")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -50,8 +53,6 @@ def output_path(file_name, file_format):
 
 def export_onnx(args, path):
     require_module("onnx", "ONNX export")
-    from src.onnx_export import onnx_model_from_checkpoint
-
     model, kind = onnx_model_from_checkpoint(args.checkpoint_path, args.width, args.num_classes,
                                              args.image_size, args.batch_size)
     partial = path + ".partial"
@@ -64,7 +65,7 @@ def export_onnx(args, path):
 def export_with_mindspore(args, path):
     # the framework's convolutions: the graph must not reference this machine's compiled kernels
     net, kind = load_network(args.checkpoint_path, args.width, args.num_classes, fast_cpu=False)
-    if kind == "float":
+    if kind == CheckpointKind.FLOAT:
         fold_batchnorm_for_inference(net)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch_size or 1, 3, args.image_size, args.image_size), np.float32))
@@ -73,14 +74,14 @@ def export_with_mindspore(args, path):
         ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])],
                   file_format=args.file_format)
     except RuntimeError as err:
-        raise ValueError(f"MindSpore could not export the {kind} network to {args.file_format}: "
+        raise UserError(f"MindSpore could not export the {kind} network to {args.file_format}: "
                          f"{str(err).splitlines()[0]}") from err
     return kind
 
 
 def main(args):
     if args.file_format == "AIR" and args.device_target != "Ascend":
-        raise ValueError("AIR export needs an Ascend device (--device_target Ascend); "
+        raise ConfigError("AIR export needs an Ascend device (--device_target Ascend); "
                          "on CPU and GPU export MINDIR or ONNX instead")
     set_device(args.device_target)
     path = output_path(args.file_name, args.file_format)
@@ -97,4 +98,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(), (CheckpointError, ValueError), logger)
+    run_script(main, get_args_parser(), logger)

@@ -11,8 +11,6 @@ Every key of the training configuration (src/config.py) is a flag; the effective
 configuration is logged and saved as config.json beside the checkpoints.
 """
 import argparse
-import dataclasses
-import json
 import logging
 import math
 import os
@@ -20,22 +18,24 @@ import time
 
 import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
 import mindspore as ms
+import mindspore.dataset as ds
 import mindspore.nn as nn
 import numpy as np
 
-from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
-from src.config import add_config_arguments, config_from_args, validate
-from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
+from src.checkpoint import (CheckpointKind, load_strict, read_checkpoint, require_kind, save_params,
+                            with_unrecorded_output_ranges)
+from src.cli import add_device_argument, run_script, set_device, setup_logging
+from src.config import REFERENCE_BATCH, add_config_arguments, config_from_args, validate
+from src.dataset import check_num_classes, copy_class_names, create_dataset
+from src.errors import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from src.evaluation import evaluate
-from src.fast_cpu import enable_fast_cpu_path
 from src.ghostnet import GhostNet
+from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
-from src.models import require_kind, with_unrecorded_output_ranges
-from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
-from src.runtime import DeviceError, add_device_argument, run_script, set_device, setup_logging
+from src.quant import calibrate, int8_params, prepare, set_bn_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
-                             TrainingDiverged, build_optimizer, init_distributed,
-                             parameter_fingerprint, resume_from, training_state)
+                             build_optimizer, init_distributed, parameter_fingerprint, resume_from,
+                             training_state, write_text_atomically)
 
 logger = logging.getLogger("train")
 INT8_CHECKPOINT = "ghostnet-int8.ckpt"
@@ -68,18 +68,18 @@ def load_pretrained(net, path, quant):
     """Float training takes a float checkpoint (any classifier size); int8 a float or fake-quant one."""
     params = read_checkpoint(path)
     if not quant:
-        require_kind(path, params, ("float",), "--pretrained takes a float checkpoint "
+        require_kind(path, params, (CheckpointKind.FLOAT,), "--pretrained takes a float checkpoint "
                      "(to fine-tune int8 weights add --quant; eval.py evaluates int8 checkpoints)")
         report = load_strict(net, params, allow_new_classifier=True, source=path)
         logger.info("loaded %d parameters from %s", report.loaded, path)
         return net, False
-    kind = require_kind(path, params, ("float", "qat"),
+    kind = require_kind(path, params, (CheckpointKind.FLOAT, CheckpointKind.FAKE_QUANT),
                         "--quant --pretrained takes a float checkpoint to quantize, or a fake-quant "
                         "one (ghostnet-epoch*.ckpt of an earlier --quant run)")
-    if kind == "float":
+    if kind == CheckpointKind.FLOAT:
         load_strict(net, params, source=path)
-        return quantize_network(net), False
-    net = quantize_network(net)
+        return prepare(net), False
+    net = prepare(net)
     load_strict(net, with_unrecorded_output_ranges(params, net, path), source=path)
     return net, True
 
@@ -115,15 +115,15 @@ def main(args):
     if args.quant and not args.pretrained:
         raise CheckpointError("--quant needs --pretrained: the float checkpoint to quantize")
     if config.epoch_size == 0 and not args.quant:
-        raise argparse.ArgumentTypeError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
+        raise ConfigError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
 
     # data
     check_num_classes(args.dataset_path, config.num_classes)
 
     def train_data(epoch):
+        ds.config.set_seed(config.seed + epoch)  # read when the epoch's iterator starts
         return create_dataset(args.dataset_path, train=True, image_size=config.image_size,
-                              batch_size=config.batch_size, num_workers=config.num_workers,
-                              seed=config.seed + epoch)
+                              batch_size=config.batch_size, num_workers=config.num_workers)
     steps_per_epoch = train_data(0).get_dataset_size()
     if steps_per_epoch == 0:
         raise DatasetError(f"{args.dataset_path} has fewer images per worker than --batch_size "
@@ -145,9 +145,9 @@ def main(args):
     warmup = 0 if args.quant else config.warmup_epochs
     learning_rates = get_lr(peak_lr, config.epoch_size, steps_per_epoch, warmup, config.lr_end,
                             config.lr_schedule, config.lr_step_epochs, config.lr_step_gamma)
-    logger.info("peak learning rate %.5f (--%s %g x global batch %d / 256), %d steps per epoch",
+    logger.info("peak learning rate %.5f (--%s %g x global batch %d / %d), %d steps per epoch",
                 peak_lr, "quant_lr" if args.quant else "lr", config.quant_lr if args.quant else config.lr,
-                config.batch_size * group_size, steps_per_epoch)
+                config.batch_size * group_size, REFERENCE_BATCH, steps_per_epoch)
     optimizer = build_optimizer(net, learning_rates if len(learning_rates) else np.zeros(1, np.float32),
                                 config.momentum, config.weight_decay, config.loss_scale)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
@@ -160,7 +160,7 @@ def main(args):
     newest = keeper.newest() if args.resume else None
     if newest:
         state = read_checkpoint(newest)
-        if args.quant != (checkpoint_kind(state) == "qat"):
+        if args.quant != (CheckpointKind.of(state) == CheckpointKind.FAKE_QUANT):
             raise CheckpointError(f"{newest} was written by a {'float' if args.quant else '--quant'} "
                                   f"run; resume it with{'out' if args.quant else ''} --quant")
         start_epoch, global_step, best_top1 = resume_from(state, net, optimizer, source=newest)
@@ -173,9 +173,9 @@ def main(args):
                               f"({keeper.epoch_checkpoints()[-1]}); pass "
                               "--resume to continue that run or choose another --output_dir")
     if rank == 0:
-        with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
-                           quant=args.quant, dataset_path=args.dataset_path), f, indent=2)
+        write_text_atomically(os.path.join(args.output_dir, CONFIG_FILE),
+                              config.to_json(workers=group_size, pretrained=args.pretrained,
+                                             quant=args.quant, dataset_path=args.dataset_path))
         copy_class_names(args.dataset_path, args.output_dir)  # classify.py names breeds from it
 
     # int8 calibration ("without finetune")
@@ -185,7 +185,7 @@ def main(args):
         calibrate(net, calibration_data, config.calib_batches)
         if rank == 0:
             name = INT8_CHECKPOINT if config.epoch_size == 0 else INT8_CALIBRATED_CHECKPOINT
-            save_params(export_int8_params(net), os.path.join(args.output_dir, name))
+            save_params(int8_params(net), os.path.join(args.output_dir, name))
             message = f"int8 calibrated on {config.calib_batches} batches: {name}"
             if eval_data is not None:
                 top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
@@ -209,7 +209,8 @@ def main(args):
             top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
             message += f", eval top-1 {top1:.4f}"
         logger.info(message)
-        state = training_state(net, optimizer, epoch + 1, global_step, max(best_top1, top1 or -1.0))
+        state = training_state(net, optimizer, epoch + 1, global_step,
+                               best_top1 if top1 is None else max(best_top1, top1))
         keeper.save_epoch(state, epoch + 1)
         if top1 is not None and top1 > best_top1:
             best_top1 = top1
@@ -221,12 +222,11 @@ def main(args):
         if args.quant:
             net.set_train(False)
             path = os.path.join(args.output_dir, INT8_CHECKPOINT)
-            save_params(export_int8_params(net), path)
+            save_params(int8_params(net), path)
         logger.info("final checkpoint %s%s", path,
                     f" (best eval top-1 {best_top1:.4f})" if best_top1 >= 0 else "")
     return net
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(),
-               (CheckpointError, DatasetError, DeviceError, TrainingDiverged, argparse.ArgumentTypeError), logger)
+    run_script(main, get_args_parser(), logger)

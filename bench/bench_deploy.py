@@ -38,28 +38,30 @@ def build_networks(args):
     import mindspore as ms
     from src.checkpoint import save_params
     from src.ghostnet import GhostNet
-    from src.fast_cpu import enable_fast_cpu_path
-    from src.inference import MindSporePredictor, OnnxRuntimePredictor, fold_batchnorm_for_inference
-    from src.models import load_int8_network, load_network
-    from src.onnx_export import ghostnet_to_onnx
-    from src.quant import calibrate, quantize_network
+    from src.kernels.fast_cpu import enable_fast_cpu_path
+    from src.checkpoint import CheckpointKind
+    from src.deploy.fold import fold_batchnorm_for_inference
+    from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor
+    from src.models import load_network
+    from src.deploy.onnx_export import ghostnet_to_onnx
+    from src.quant import calibrate, convert, prepare
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     folder = tempfile.mkdtemp(prefix="bench_deploy_")
     if args.checkpoint:
         fake_quant, kind = load_network(args.checkpoint, args.width, args.num_classes)
-        if kind != "qat":
+        if kind != CheckpointKind.FAKE_QUANT:
             sys.exit(f"{args.checkpoint} is a {kind} checkpoint; pass the fake-quant state "
                      "(OUTPUT_DIR/ghostnet-final.ckpt of train.py --quant) so every form can be built")
         float_net = GhostNet(width=args.width, num_classes=args.num_classes)  # speed only: random weights
     else:
         ms.set_seed(0)
         float_net = GhostNet(width=args.width, num_classes=args.num_classes)
-        fake_quant = quantize_network(GhostNet(width=args.width, num_classes=args.num_classes))
+        fake_quant = prepare(GhostNet(width=args.width, num_classes=args.num_classes))
         calibrate(fake_quant, _RandomBatches((8, 3, args.image_size, args.image_size), 2), 2)
     float_net.set_train(False)
-    int8_net = load_int8_network(fake_quant, args.width, args.num_classes)
+    int8_net = convert(fake_quant)
     sizes = {}
     float_ckpt = os.path.join(folder, "float.ckpt")
     save_params({n: p.asnumpy() for n, p in float_net.parameters_and_names()}, float_ckpt)

@@ -1,10 +1,10 @@
 """Eval-mode inference speed of GhostNet through MindSpore: fast CPU path, framework convolution, PyTorch.
 
-    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16] [--networks float int8 fakequant]
+    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16] [--networks float int8 fake-quant]
 
 For each network form (float: BatchNorm folded, as eval.py runs float checkpoints; int8:
-the network int8 checkpoints load into; fakequant: the int8 fine-tuning form) it times
-the fast CPU path (src/fast_cpu.py) and MindSpore's own convolution (GRAPH_MODE), plus
+the network int8 checkpoints load into; fake-quant: the int8 fine-tuning form) it times
+the fast CPU path (src/kernels/fast_cpu.py) and MindSpore's own convolution (GRAPH_MODE), plus
 timm's ghostnet in PyTorch eager where torch and timm are installed (in a worker process
 with PyTorch's own OpenMP settings), in alternating rounds. Reports the median images/s
 and the ratios to PyTorch and to the framework convolution. Weights are random: speed does not depend on them.
@@ -19,13 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
+from src.checkpoint import CheckpointKind  # noqa: E402
+from src.cli import add_width_argument  # noqa: E402
 
-KINDS = {"float": "float", "int8": "int8", "fakequant": "qat"}
 
 
 def mindspore_runners(args, network, batch):
     import mindspore as ms
-    from src.inference import fold_batchnorm_for_inference
+    from src.deploy.fold import fold_batchnorm_for_inference
     from src.models import network_for_kind
 
     images = ms.Tensor(np.random.default_rng(batch).standard_normal(
@@ -33,7 +34,7 @@ def mindspore_runners(args, network, batch):
     runners = {}
     for fast in (True, False):
         ms.set_seed(0)
-        net = network_for_kind(KINDS[network], args.width, args.num_classes, fast_cpu=fast)
+        net = network_for_kind(network, args.width, args.num_classes, fast_cpu=fast)
         net.set_train(False)
         if network == "float":
             fold_batchnorm_for_inference(net)
@@ -47,11 +48,12 @@ def main():
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"),
                         help="where MindSpore runs (the fast path exists on CPU only)")
-    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3), help="GhostNet width")
+    add_width_argument(parser)
     parser.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
     parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to time")
-    parser.add_argument("--networks", nargs="+", default=["float"], choices=tuple(KINDS),
+    parser.add_argument("--networks", nargs="+", default=["float"],
+                        choices=[kind.value for kind in CheckpointKind],
                         help="network forms to time")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one runner's turn in a round")

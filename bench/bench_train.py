@@ -3,7 +3,7 @@
     python bench/bench_train.py [--device_target CPU] [--image_sizes 64 224] [--batch_size 16] [--quant]
 
 Full training steps (forward, backward, momentum update) in GRAPH_MODE with the fast CPU
-path (src/fast_cpu.py) and with MindSpore's own convolution, plus timm's ghostnet in
+path (src/kernels/fast_cpu.py) and with MindSpore's own convolution, plus timm's ghostnet in
 PyTorch eager (SGD with momentum) where torch and timm are installed (in a worker process
 with PyTorch's own OpenMP settings), in alternating rounds. Reports the median images/s and
 the ratios.
@@ -24,15 +24,15 @@ def mindspore_step(args, size, fast):
     import mindspore as ms
     import mindspore.nn as nn
 
-    from src.fast_cpu import enable_fast_cpu_path
+    from src.kernels.fast_cpu import enable_fast_cpu_path
     from src.ghostnet import GhostNet
-    from src.quant import quantize_network
+    from src.quant import prepare
     from src.train_utils import build_optimizer
 
     ms.set_seed(0)
     net = GhostNet(num_classes=args.num_classes)
     if args.quant:
-        net = quantize_network(net)
+        net = prepare(net)
     if fast:
         enable_fast_cpu_path(net)
     optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0)

@@ -17,9 +17,6 @@ def images_per_second(run, batch, seconds):
             return done / elapsed
 
 
-TIMM_MODELS = {0.5: "ghostnet_050", 1.0: "ghostnet_100", 1.3: "ghostnet_130"}  # by GhostNet width
-
-
 class TorchWorker:
     """PyTorch eager (timm) in its own process (bench/torch_worker.py), timed when asked;
     None from :meth:`start` where torch or timm is missing."""
@@ -30,12 +27,16 @@ class TorchWorker:
     @classmethod
     def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
         """The worker for timm's ghostnet of ``width``; None, saying so, without torch or timm."""
+        # here, not at the top: the worker imports this module and must not load MindSpore
+        from src.ghostnet import WIDTHS  # our model names are timm's
+
+        model = next(name for name, value in WIDTHS.items() if value == width)
         env = dict(os.environ)
         env.pop("OMP_WAIT_POLICY", None)  # PyTorch with its own defaults
         process = subprocess.Popen(
             [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
              "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
-             "--num_classes", str(num_classes), "--model", TIMM_MODELS[width]],
+             "--num_classes", str(num_classes), "--model", model],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         if process.stdout.readline().strip() != "ready":
             process.wait()

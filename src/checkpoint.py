@@ -1,9 +1,12 @@
-"""Strict checkpoint loading: every mismatch is reported and refused unless asked otherwise.
+"""Checkpoints: what kind a file holds, strict loading, saving.
 
-MindSpore's ``load_param_into_net`` silently skips parameters it cannot match; a network
-with random weights then evaluates without complaint. Everything in this package loads
-through :func:`load_strict` instead.
+All knowledge of the checkpoint formats sits here: the three kinds (:class:`CheckpointKind`)
+and the parameter-name suffixes that tell them apart. MindSpore's ``load_param_into_net``
+silently skips parameters it cannot match; a network with random weights then evaluates
+without complaint. Everything in this package loads through :func:`load_strict` instead:
+every mismatch is reported and refused unless asked otherwise.
 """
+import enum
 import logging
 import os
 from dataclasses import dataclass, field
@@ -11,16 +14,78 @@ from dataclasses import dataclass, field
 import mindspore as ms
 import numpy as np
 
+from src.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
+
+# The int8 layers' (src/quant/int8.py) own parameters, and the fake-quant layers' input
+# ranges (src/quant/fake_quant.py): their names mark the kind of a checkpoint.
+INT8_SUFFIXES = ("weight_scale", "act_scale", "act_zero_point")
+FAKE_QUANT_SUFFIXES = ("input_quant.act_min", "input_quant.act_max")
+# The observed output ranges of the convolutions, in an int8 and a fake-quant checkpoint.
+OUTPUT_RANGE_SUFFIXES = ("output_min", "output_max", "output_range.act_min", "output_range.act_max")
+
+
+class CheckpointKind(str, enum.Enum):
+    """What a checkpoint holds: a float network, the fake-quant (int8 fine-tuning) form, or int8."""
+    FLOAT = "float"
+    FAKE_QUANT = "fake-quant"
+    INT8 = "int8"
+
+    def __str__(self):
+        return self.value
+
+    def __format__(self, spec):
+        return format(self.value, spec)
+
+    @property
+    def description(self):
+        return {"float": "a float checkpoint",
+                "fake-quant": "an int8 fine-tuning (fake-quant) checkpoint",
+                "int8": "an int8 checkpoint"}[self.value]
+
+    @classmethod
+    def of(cls, params):
+        """The kind of ``{name: value}`` (a read checkpoint or a network's parameters)."""
+        names = list(params)
+        if any(n.endswith(INT8_SUFFIXES) for n in names):
+            return cls.INT8
+        if any(n.endswith(FAKE_QUANT_SUFFIXES) for n in names):
+            return cls.FAKE_QUANT
+        return cls.FLOAT
+
+
+def require_kind(path, params, allowed, hint):
+    """The kind of ``params`` (read from ``path``); :class:`CheckpointError` with ``hint`` unless
+    it is one of ``allowed``."""
+    kind = CheckpointKind.of(params)
+    if kind not in allowed:
+        raise CheckpointError(f"{path} is {kind.description}; {hint}")
+    return kind
+
+
+def with_unrecorded_output_ranges(params, net, source):
+    """``params`` plus zero output ranges where an int8 or fake-quant checkpoint lacks them (one
+    warning); every other missing name stays missing.
+
+    The int8 checkpoints of the first release (before the QDQ ONNX export) held no output
+    ranges; they still load, and export then quantizes layer inputs only.
+    """
+    missing = [name for name, _ in net.parameters_and_names()
+               if name.endswith(OUTPUT_RANGE_SUFFIXES) and name not in params]
+    if not missing:
+        return params
+    logger.warning("%s holds no output ranges (written before they were recorded): it loads, but the int8 "
+                   "ONNX export then quantizes layer inputs only. Calibrate again with train.py --quant "
+                   "to record them.", source)
+    filled = dict(params)
+    filled.update({name: np.zeros(1, np.float32) for name in missing})
+    return filled
 
 # Entries a training checkpoint carries beside the network: optimizer state and the
 # position to resume from. Loading a network ignores them.
 TRAINING_STATE_PREFIXES = ("moments.", "train_state.")
 CLASSIFIER_PREFIX = "classifier."
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not fit the network; the message says what to do."""
 
 
 @dataclass
@@ -30,12 +95,15 @@ class LoadReport:
     training_state: dict = field(default_factory=dict)
 
 
-def read_checkpoint(path):
-    """Read a MindSpore checkpoint into ``{name: Parameter}`` with errors that name the file."""
+def read_checkpoint(path, names=None):
+    """Read a MindSpore checkpoint into ``{name: Parameter}`` with errors that name the file.
+
+    ``names``: a predicate on parameter names; only those it accepts are read.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return ms.load_checkpoint(path)
+        return ms.load_checkpoint(path, choice_func=names)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError with long internals
         raise CheckpointError(
             f"cannot read checkpoint {path}: {str(err).splitlines()[0]}. "

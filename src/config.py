@@ -1,8 +1,10 @@
 """Training configuration: one dataclass, every key a command-line flag, saved beside checkpoints."""
-import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
+
+from src.errors import ConfigError
+from src.ghostnet import WIDTHS
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
 
@@ -10,7 +12,8 @@ REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it sca
 @dataclass
 class TrainConfig:
     num_classes: int = field(default=37, metadata={"help": "classes of the classifier"})
-    width: float = field(default=1.0, metadata={"help": "GhostNet width multiplier (0.5, 1.0, 1.3)"})
+    width: float = field(default=1.0, metadata={
+        "help": f"GhostNet width multiplier ({', '.join(map(str, sorted(WIDTHS.values())))})"})
     image_size: int = field(default=224, metadata={"help": "side of the training crop"})
     batch_size: int = field(default=128, metadata={"help": "images per batch on each worker"})
     epoch_size: int = field(default=200, metadata={"help": "epochs to train"})
@@ -18,7 +21,8 @@ class TrainConfig:
     lr: float = field(default=0.4, metadata={
         "help": f"peak learning rate for a global batch of {REFERENCE_BATCH}; the rate used is "
                 f"lr * batch_size * workers / {REFERENCE_BATCH}"})
-    lr_end: float = field(default=0.0, metadata={"help": "learning rate at the end of the schedule"})
+    lr_end: float = field(default=0.0, metadata={
+        "help": "learning rate at the end of the schedule (cosine: where it ends; step: its floor)"})
     lr_schedule: str = field(default="cosine", metadata={
         "help": "cosine, step or constant, after the warm-up", "choices": ("cosine", "step", "constant")})
     lr_step_epochs: int = field(default=30, metadata={"help": "step schedule: epochs between decays"})
@@ -43,8 +47,9 @@ class TrainConfig:
     def scaled_lr(self, group_size, quant=False):
         return (self.quant_lr if quant else self.lr) * self.batch_size * group_size / REFERENCE_BATCH
 
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    def to_json(self, **extra):
+        """The configuration (and ``extra`` keys beside it) as JSON text."""
+        return json.dumps(dict(dataclasses.asdict(self), **extra), indent=2, sort_keys=True)
 
 
 def add_config_arguments(parser, config_class=TrainConfig):
@@ -71,8 +76,9 @@ def validate(config):
                  "quant_lr", "quant_bn_freeze_epoch"):
         if getattr(config, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
-    if config.width not in (0.5, 1.0, 1.3):
-        problems.append(f"--width must be 0.5, 1.0 or 1.3, got {config.width}")
+    widths = sorted(WIDTHS.values())
+    if config.width not in widths:
+        problems.append(f"--width must be one of {', '.join(map(str, widths))}, got {config.width}")
     if problems:
-        raise argparse.ArgumentTypeError("; ".join(problems))
+        raise ConfigError("; ".join(problems))
     return config

@@ -8,55 +8,21 @@ conversion stops and names what is left over or missing.
 import argparse
 import logging
 import os
-import re
-import sys
 
 import numpy as np
 
-from src.ghostnet import BLOCK_TABLE
+from src.checkpoint import save_params
+from src.cli import add_width_argument, run_script
+from src.errors import CheckpointError, MissingPackageError
+from src.ghostnet import GhostNet, timm_to_zoo_name
 
-logger = logging.getLogger(__name__)
-
-# timm name fragment -> zoo name fragment, applied after the block index is flattened.
-_BN_FIELDS = {"weight": "gamma", "bias": "beta",
-              "running_mean": "moving_mean", "running_var": "moving_variance"}
-_SUBMODULES = (
-    (r"\.primary_conv\.0\.", ".primary_conv.conv."),
-    (r"\.primary_conv\.1\.", ".primary_conv.bn."),
-    (r"\.cheap_operation\.0\.", ".cheap_operation.conv."),
-    (r"\.cheap_operation\.1\.", ".cheap_operation.bn."),
-    (r"\.conv_dw\.", ".dw.conv."),
-    (r"\.bn_dw\.", ".dw.bn."),
-    (r"\.shortcut\.0\.", ".shortcut.0.conv."),
-    (r"\.shortcut\.1\.", ".shortcut.0.bn."),
-    (r"\.shortcut\.2\.", ".shortcut.1.conv."),
-    (r"\.shortcut\.3\.", ".shortcut.1.bn."),
-    (r"\.bn1\.", ".bn."),  # the last 1x1 ConvBnAct
-)
-_BN_PARENTS = re.compile(r"(^bn1|\.bn|\.bn1)\.(weight|bias|running_mean|running_var)$")
-_STAGE_OFFSETS = np.cumsum([0] + [len(stage) for stage in BLOCK_TABLE]).tolist()
-
-
-def timm_to_zoo_name(name):
-    """Map one timm GhostNet state-dict key to our (the original zoo's) parameter name."""
-    match = re.match(r"^blocks\.(\d+)\.(\d+)\.(.*)$", name)
-    if match:
-        stage, index, rest = int(match.group(1)), int(match.group(2)), match.group(3)
-        if stage >= len(_STAGE_OFFSETS):
-            return None
-        name = f"blocks.{_STAGE_OFFSETS[stage] + index}.{rest}"
-        for pattern, replacement in _SUBMODULES:
-            name = re.sub(pattern, replacement, name)
-    bn = _BN_PARENTS.search(name)
-    if bn:
-        name = name[:bn.start(2)] + _BN_FIELDS[bn.group(2)]
-    return name
+logger = logging.getLogger("convert_weights")
 
 
 def read_state_dict(path):
     """Read a timm state dict from ``.safetensors`` (preferred) or ``.pth``/``.pt``."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"input not found: {path}")
+        raise CheckpointError(f"input not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
         return load_file(path)
@@ -64,7 +30,7 @@ def read_state_dict(path):
         try:
             import torch
         except ImportError as err:
-            raise RuntimeError(
+            raise MissingPackageError(
                 f"{path} is a PyTorch file and torch is not installed. Install it "
                 "(pip install torch) or save the state dict as .safetensors "
                 "(safetensors.torch.save_file(model.state_dict(), 'w.safetensors')).") from err
@@ -73,13 +39,14 @@ def read_state_dict(path):
             if isinstance(state.get(key), dict):
                 state = state[key]
         return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
-    raise ValueError(f"{path}: unknown format; expected .safetensors, .pth or .pt")
+    raise CheckpointError(f"{path}: unknown format; expected .safetensors, .pth or .pt")
 
 
 def convert(state_dict, net):
     """Return ``{our name: ndarray}`` filling every parameter of ``net``.
 
-    Raises ValueError naming unused source tensors, unfilled parameters and shape mismatches.
+    Raises :class:`CheckpointError` naming unused source tensors, unfilled parameters and
+    shape mismatches.
     """
     targets = {name: tuple(p.shape) for name, p in net.parameters_and_names()}
     converted, unused = {}, []
@@ -102,7 +69,7 @@ def convert(state_dict, net):
             problems.append(f"network parameters with no source tensor: {', '.join(missing)}")
         if mismatched:
             problems.append(f"shape mismatches: {', '.join(mismatched)}")
-        raise ValueError("; ".join(problems))
+        raise CheckpointError("; ".join(problems))
     return converted
 
 
@@ -112,22 +79,18 @@ def get_args_parser():
     parser.add_argument("--input", required=True,
                         help="timm GhostNet state dict (.safetensors, or .pth/.pt with torch)")
     parser.add_argument("--output", required=True, help="MindSpore checkpoint to write (.ckpt)")
-    parser.add_argument("--width", type=float, default=1.0, choices=(0.5, 1.0, 1.3),
-                        help="width multiplier of the source model")
+    add_width_argument(parser, help="width multiplier of the source model")
     parser.add_argument("--num_classes", type=int, default=None,
                         help="classes of the source classifier (default: read from the file)")
     return parser
 
 
 def main(args):
-    from src.checkpoint import save_params
-    from src.ghostnet import GhostNet
-
     state = read_state_dict(args.input)
     num_classes = args.num_classes
     if num_classes is None:
         if "classifier.weight" not in state:
-            raise ValueError(f"{args.input} has no classifier.weight; pass --num_classes")
+            raise CheckpointError(f"{args.input} has no classifier.weight; pass --num_classes")
         num_classes = int(state["classifier.weight"].shape[0])
     net = GhostNet(width=args.width, num_classes=num_classes)
     params = convert(state, net)
@@ -137,9 +100,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except (OSError, ValueError, RuntimeError) as err:
-        logger.error("conversion failed: %s", err)
-        sys.exit(1)
+    run_script(main, get_args_parser(), logger)

@@ -11,13 +11,22 @@ import io
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as vision
 import numpy as np
-from PIL import Image
+from mindspore.communication import GlobalComm, get_group_size, get_rank
+from mindspore.dataset.vision import Inter
+from mindspore.mindrecord import FileReader, FileWriter
+from PIL import Image, UnidentifiedImageError
+
+from src.cli import run_script
+from src.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +39,6 @@ SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}}
 LABEL_COLUMNS = ("label", "label_list")  # ours, and the original package's
 # Modes MindSpore's JPEG decoder turns into RGB correctly; anything else is re-encoded.
 DECODABLE_JPEG_MODES = ("RGB", "L")
-
-
-class DatasetError(ValueError):
-    """The data on disk is unusable; the message names the file and the fix."""
 
 
 # --- conversion ------------------------------------------------------------------------
@@ -104,7 +109,6 @@ def load_image_bytes(path):
 
 
 def _write_split(annotations, images_dir, path, shard_num, summary, progress):
-    from mindspore.mindrecord import FileWriter
 
     writer = FileWriter(path, shard_num=shard_num, overwrite=True)
     writer.add_schema(SCHEMA, "oxford_iiit_pet")
@@ -244,8 +248,6 @@ def check_num_classes(dataset_path, num_classes):
 
 def label_column(dataset_path):
     """Check ``dataset_path`` is a MindRecord with an image and a label column; return the label's name."""
-    from mindspore.mindrecord import FileReader
-
     if not os.path.isfile(dataset_path):
         raise DatasetError(f"dataset not found: {dataset_path} "
                            "(make it with `python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR`)")
@@ -269,41 +271,37 @@ def shard_of_this_process(num_shards=None, shard_id=None):
     """Explicit arguments, else the initialised communication group, else no sharding."""
     if num_shards is not None:
         if shard_id is None or not 0 <= shard_id < num_shards:
-            raise ValueError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
+            raise DatasetError(f"shard_id must be in [0, {num_shards}), got {shard_id}")
         return num_shards, shard_id
-    from mindspore.communication import GlobalComm, get_group_size, get_rank
     if GlobalComm.INITED and get_group_size() > 1:
         return get_group_size(), get_rank()
     return None, None
 
 
 def transforms(train, image_size):
-    import mindspore.dataset.vision as vision
-
     if train:
-        normalize, to_chw = eval_transforms(image_size)[-2:]
         return [vision.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
                 vision.RandomHorizontalFlip(),
                 vision.RandomColorAdjust(brightness=0.4, contrast=0.4, saturation=0.4),
-                normalize, to_chw]
+                *to_normalized_chw()]
     return [vision.Decode()] + eval_transforms(image_size)
+
+
+def to_normalized_chw():
+    """ImageNet normalisation of an RGB image (HWC uint8), then HWC -> CHW float32."""
+    return [vision.Normalize(mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD]),
+            vision.HWC2CHW()]
 
 
 def eval_transforms(image_size):
     """Resize, centre crop and normalise a decoded RGB image (HWC uint8) to CHW float32."""
-    import mindspore.dataset.vision as vision
-    from mindspore.dataset.vision import Inter
-
     return [vision.Resize(int(image_size * EVAL_RESIZE_RATIO), Inter.BICUBIC),
             vision.CenterCrop(image_size),
-            vision.Normalize(mean=[255 * m for m in IMAGENET_MEAN], std=[255 * s for s in IMAGENET_STD]),
-            vision.HWC2CHW()]
+            *to_normalized_chw()]
 
 
 def load_image(path, image_size):
     """One image file (any format PIL reads) as the eval pipeline's CHW float32 array."""
-    from PIL import UnidentifiedImageError
-
     if not os.path.isfile(path):
         raise DatasetError(f"image not found: {path}")
     try:
@@ -317,19 +315,15 @@ def load_image(path, image_size):
 
 
 def create_dataset(dataset_path, train, image_size=224, batch_size=32, num_workers=2,
-                   num_shards=None, shard_id=None, seed=None):
+                   num_shards=None, shard_id=None):
     """Batches of ``(image float32 NCHW, label int32)``.
 
-    Train: shuffled, augmented, last partial batch dropped, sharded across the group.
+    Train: shuffled, augmented, last partial batch dropped, sharded across the group. The
+    shuffle and augmentation follow MindSpore's global dataset seed as it is when an iterator
+    starts (``mindspore.dataset.config.set_seed``; train.py sets it every epoch).
     Eval: every sample exactly once, the last batch possibly smaller.
     """
-    import mindspore as ms
-    import mindspore.dataset as ds
-    import mindspore.dataset.transforms as T
-
     label = label_column(dataset_path)
-    if seed is not None:
-        ds.config.set_seed(seed)
     num_shards, shard_id = shard_of_this_process(num_shards, shard_id) if train else (num_shards, shard_id)
     data = ds.MindDataset(dataset_path, columns_list=["image", label], shuffle=train,
                           num_shards=num_shards, shard_id=shard_id,
@@ -361,9 +355,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        main(get_args_parser().parse_args())
-    except DatasetError as err:
-        logger.error("%s", err)
-        sys.exit(2)
+    run_script(main, get_args_parser(), logger)

@@ -5,8 +5,8 @@ import time
 import mindspore as ms
 import numpy as np
 
-from src.dataset import DatasetError
-from src.inference import MindSporePredictor
+from src.deploy.predictors import MindSporePredictor
+from src.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 def predict_logits(model, dataset, dataset_path="dataset", log_progress=True):
     """Yield ``(logits, labels)`` per batch of ``dataset`` (images, labels).
 
-    ``model``: a MindSpore cell, or any ``predict(images) -> logits`` of src/inference.py.
+    ``model``: a MindSpore cell, or any ``predict(images) -> logits`` of src/deploy/predictors.py.
     """
     predict = MindSporePredictor(model) if isinstance(model, ms.nn.Cell) else model
     num_batches = dataset.get_dataset_size()

@@ -5,9 +5,13 @@ parameter names equal the original MindSpore model-zoo GhostNet, so its float ch
 load unchanged. Model code only: no I/O, no argparse, no context setting.
 """
 import math
+import re
+from dataclasses import dataclass
 
 import mindspore.nn as nn
 import mindspore.ops as ops
+import numpy as np
+from mindspore import Parameter, Tensor
 from mindspore.common.initializer import HeNormal, Normal
 
 # Table 1 of the paper, one row per GhostBottleneck, grouped by the paper's stages:
@@ -74,7 +78,8 @@ class HardSigmoid(nn.Cell):
 class ConvBNAct(nn.Cell):
     """Convolution, BatchNorm and an optional ReLU; children are named ``conv`` and ``bn``.
 
-    ``bn`` becomes None where the BatchNorm is folded into the convolution (src/quant.py).
+    ``bn`` becomes None once the BatchNorm is folded into the convolution (for inference, or
+    by quantization), and ``relu`` None once a kernel computes it (see :class:`ConvSlot`).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1, relu=True):
@@ -202,9 +207,34 @@ class GhostNet(nn.Cell):
         self.classifier = self._new_classifier(num_classes)
         self.classifier.update_parameters_name("classifier.")
 
+    def conv_bn_pairs(self):
+        """Every convolution with the BatchNorm and ReLU that follow it, as :class:`ConvSlot`s.
+
+        The one description of the network's convolution layout: quantization swaps the
+        convolutions through it, inference folds the BatchNorms, the fast CPU path fuses the
+        ReLUs, and the ONNX writer reads the folded weights. Cells already swapped (quantized,
+        folded) are listed the same way.
+        """
+        slots = [ConvSlot("conv_stem", self, "conv_stem", "bn1")]  # its ReLU is shared with the head
+        for path, cell in self.cells_and_names():
+            if isinstance(cell, ConvBNAct):
+                slots.append(ConvSlot(f"{path}.conv", cell, "conv", "bn", "relu"))
+            elif isinstance(cell, SqueezeExcite):
+                slots.append(ConvSlot(f"{path}.conv_reduce", cell, "conv_reduce"))
+                slots.append(ConvSlot(f"{path}.conv_expand", cell, "conv_expand"))
+        slots.append(ConvSlot("conv_head", self, "conv_head"))
+        return slots
+
+    def fold_batchnorms(self):
+        """Fold every BatchNorm into its convolution, in place (eval mode only); returns self."""
+        for slot in self.conv_bn_pairs():
+            slot.fold_bn()
+        self.set_train(False)
+        return self
+
     def forward_features(self, x):
         x = self.conv_stem(x)
-        if self.bn1 is not None:  # None once folded into conv_stem
+        if self.bn1 is not None:  # None once folded into conv_stem (see conv_bn_pairs)
             x = self.bn1(x)
         return self.blocks(self.relu(x))
 
@@ -217,6 +247,115 @@ class GhostNet(nn.Cell):
 
     def construct(self, x):
         return self.forward_head(self.forward_features(x))
+
+
+def _array(value):
+    return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+
+
+def fold_batchnorm(weight, bias, bn):
+    """``(weight, bias)`` (numpy) of a convolution followed by ``bn`` (eval mode) as one convolution."""
+    std = np.sqrt(_array(bn.moving_variance).astype(np.float64) + bn.eps)
+    factor = _array(bn.gamma) / std
+    folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
+    base = np.zeros(weight.shape[0]) if bias is None else bias
+    folded_bias = _array(bn.beta) + (base - _array(bn.moving_mean)) * factor
+    return folded_weight.astype(np.float32), folded_bias.astype(np.float32)
+
+
+@dataclass
+class ConvSlot:
+    """One convolution of a GhostNet: the attributes of ``owner`` that hold it, the BatchNorm
+    after it and a ReLU that belongs to it alone (``None`` where there is none)."""
+    name: str  # the convolution's path in the network, e.g. "blocks.0.ghost1.primary_conv.conv"
+    owner: nn.Cell
+    conv_attr: str
+    bn_attr: str = None
+    relu_attr: str = None
+
+    @property
+    def conv(self):
+        return getattr(self.owner, self.conv_attr)
+
+    @property
+    def bn(self):
+        return getattr(self.owner, self.bn_attr) if self.bn_attr else None
+
+    @property
+    def relu(self):
+        return getattr(self.owner, self.relu_attr) if self.relu_attr else None
+
+    def replace(self, conv):
+        """Put ``conv`` in the convolution's place; it computes the BatchNorm too, so that goes."""
+        setattr(self.owner, self.conv_attr, conv)
+        if self.bn_attr:
+            setattr(self.owner, self.bn_attr, None)
+
+    def drop_relu(self):
+        """The convolution now applies the ReLU itself."""
+        setattr(self.owner, self.relu_attr, None)
+
+    def folded_weights(self):
+        """``(weight, bias)`` as numpy float32, the BatchNorm (if any) folded in; a float
+        ``nn.Conv2d`` only. The network is left as it is."""
+        conv = self.conv
+        weight = _array(conv.weight).astype(np.float32)
+        bias = _array(conv.bias).astype(np.float32) if conv.has_bias else None
+        if self.bn is not None:
+            return fold_batchnorm(weight, bias, self.bn)
+        return weight, bias if bias is not None else np.zeros(weight.shape[0], np.float32)
+
+    def fold_bn(self):
+        """Fold the BatchNorm into the convolution, in place (the convolution gains a bias)."""
+        if self.bn is None:
+            return
+        weight, bias = self.folded_weights()
+        conv = self.conv
+        conv.weight.set_data(Tensor(weight))
+        if conv.has_bias:
+            conv.bias.set_data(Tensor(bias))
+        else:
+            conv.bias = Parameter(Tensor(bias), name=conv.weight.name.rsplit(".", 1)[0] + ".bias",
+                                  requires_grad=False)
+            conv.has_bias = True
+        setattr(self.owner, self.bn_attr, None)
+
+
+# --- timm's state dict (the paper authors' reference) -> our parameter names ----------------
+_TIMM_BN_FIELDS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                   "running_var": "moving_variance"}
+_TIMM_SUBMODULES = (  # timm name fragment -> ours, after the block index is flattened
+    (r"\.primary_conv\.0\.", ".primary_conv.conv."),
+    (r"\.primary_conv\.1\.", ".primary_conv.bn."),
+    (r"\.cheap_operation\.0\.", ".cheap_operation.conv."),
+    (r"\.cheap_operation\.1\.", ".cheap_operation.bn."),
+    (r"\.conv_dw\.", ".dw.conv."),
+    (r"\.bn_dw\.", ".dw.bn."),
+    (r"\.shortcut\.0\.", ".shortcut.0.conv."),
+    (r"\.shortcut\.1\.", ".shortcut.0.bn."),
+    (r"\.shortcut\.2\.", ".shortcut.1.conv."),
+    (r"\.shortcut\.3\.", ".shortcut.1.bn."),
+    (r"\.bn1\.", ".bn."),  # the last 1x1 ConvBnAct
+)
+_TIMM_BN_PARENTS = re.compile(r"(^bn1|\.bn|\.bn1)\.(weight|bias|running_mean|running_var)$")
+_STAGE_OFFSETS = np.cumsum([0] + [len(stage) for stage in BLOCK_TABLE]).tolist()
+
+
+def timm_to_zoo_name(name):
+    """Map one timm GhostNet state-dict key to our (the original zoo's) parameter name; None
+    for a block index beyond the table."""
+    match = re.match(r"^blocks\.(\d+)\.(\d+)\.(.*)$", name)
+    if match:
+        stage, index, rest = int(match.group(1)), int(match.group(2)), match.group(3)
+        if stage >= len(_STAGE_OFFSETS):
+            return None
+        name = f"blocks.{_STAGE_OFFSETS[stage] + index}.{rest}"
+        for pattern, replacement in _TIMM_SUBMODULES:
+            name = re.sub(pattern, replacement, name)
+    bn = _TIMM_BN_PARENTS.search(name)
+    if bn:
+        name = name[:bn.start(2)] + _TIMM_BN_FIELDS[bn.group(2)]
+    return name
 
 
 def create_model(name="ghostnet_100", num_classes=37, **kwargs):

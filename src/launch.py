@@ -12,7 +12,9 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
+
+from src.cli import run_script
+from src.errors import ConfigError, DatasetError
 
 logger = logging.getLogger("launch")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,15 +50,15 @@ def get_args_parser():
 def build_command(args, train_args):
     worker_num = args.worker_num or args.device_num
     if worker_num < args.device_num:
-        raise ValueError(f"--worker_num {worker_num} is smaller than DEVICE_NUM {args.device_num}")
+        raise ConfigError(f"--worker_num {worker_num} is smaller than DEVICE_NUM {args.device_num}")
     if worker_num > args.device_num and args.master_addr == "127.0.0.1":
-        raise ValueError("several hosts (--worker_num > DEVICE_NUM) need --master_addr, the address "
+        raise ConfigError("several hosts (--worker_num > DEVICE_NUM) need --master_addr, the address "
                          "of the host with --node_rank 0")
     if not os.path.isfile(args.dataset_path):
-        raise ValueError(f"dataset not found: {args.dataset_path}")
+        raise DatasetError(f"dataset not found: {args.dataset_path}")
     msrun = shutil.which("msrun")
     if msrun is None:
-        raise ValueError("msrun not found on PATH; it comes with `pip install mindspore`")
+        raise ConfigError("msrun not found on PATH; it comes with `pip install mindspore`")
     output_dir = "output"
     for i, arg in enumerate(train_args):
         if arg == "--output_dir" and i + 1 < len(train_args):
@@ -71,17 +73,12 @@ def build_command(args, train_args):
             *train_args]
 
 
-def main(argv=None):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    args, train_args = get_args_parser().parse_known_args(argv)
-    try:
-        command = build_command(args, train_args)
-    except ValueError as err:
-        logger.error("%s", err)
-        return 2
+def main(args):
+    """Start msrun with ``args.extra`` (the options meant for train.py); returns its exit code."""
+    command = build_command(args, args.extra)
     logger.info("running: %s", " ".join(command))
     return subprocess.call(command)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main, get_args_parser(), logger, known_args=True)

@@ -1,4 +1,5 @@
-"""Per-step learning rates: linear warm-up, then cosine to ``lr_end``, step decay or constant."""
+"""Per-step learning rates: linear warm-up, then cosine to ``lr_end``, step decay down to
+``lr_end``, or constant."""
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ def get_lr(lr_max, total_epochs, steps_per_epoch, warmup_epochs=0, lr_end=0.0,
             progress = (step - warmup) / max(total - warmup, 1)
             rates[step] = lr_end + (lr_max - lr_end) * 0.5 * (1 + math.cos(math.pi * progress))
         elif schedule == "step":
-            rates[step] = lr_max * step_gamma ** (step // (step_epochs * steps_per_epoch))
+            rates[step] = max(lr_max * step_gamma ** (step // (step_epochs * steps_per_epoch)), lr_end)
         else:
             rates[step] = lr_max
     return rates

@@ -3,11 +3,18 @@
 Each class has its own hue and stripe direction, so a few epochs learn it. Used by the tests
 and the quick start; everything it prints says the data is synthetic.
 """
+import argparse
 import colorsys
+import logging
 import os
 
 import numpy as np
 from PIL import Image
+
+from src.cli import run_script
+from src.errors import DatasetError
+
+logger = logging.getLogger("sample_data")
 
 PETS_BREEDS = (
     "Abyssinian", "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle",
@@ -44,7 +51,7 @@ def make_sample_pets(root, num_classes=4, train_per_class=12, test_per_class=5, 
     (both to be skipped). Returns ``{"train": n, "test": n, "unreadable": [...], "absent": [...]}``.
     """
     if not 1 <= num_classes <= len(PETS_BREEDS):
-        raise ValueError(f"num_classes must be in [1, {len(PETS_BREEDS)}], got {num_classes}")
+        raise DatasetError(f"num_classes must be in [1, {len(PETS_BREEDS)}], got {num_classes}")
     rng = np.random.default_rng(seed)
     images = os.path.join(root, "images")
     annotations = os.path.join(root, "annotations")
@@ -100,10 +107,7 @@ def make_sample_pets(root, num_classes=4, train_per_class=12, test_per_class=5, 
     return result
 
 
-def main():
-    import argparse
-    import logging
-
+def get_args_parser():
     parser = argparse.ArgumentParser(
         description="Write a small SYNTHETIC Oxford-IIIT Pet folder (official layout, real JPEGs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -112,15 +116,17 @@ def main():
     parser.add_argument("--train_per_class", type=int, default=24, help="trainval images per breed")
     parser.add_argument("--test_per_class", type=int, default=10, help="test images per breed")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return parser
+
+
+def main(args):
     made = make_sample_pets(args.output_dir, args.num_classes, args.train_per_class, args.test_per_class,
                             seed=args.seed)
-    logging.info("SYNTHETIC sample set (not real pets: coloured stripes, one hue per breed) in %s: "
+    logger.info("SYNTHETIC sample set (not real pets: coloured stripes, one hue per breed) in %s: "
                  "%d trainval and %d test images of %d breeds, plus awkward files the converter "
                  "must handle (PNG, CMYK, grayscale, truncated, missing)",
                  args.output_dir, made["train"], made["test"], args.num_classes)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, get_args_parser(), logger)

@@ -7,8 +7,10 @@ import os
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
+from mindspore.communication import get_group_size, get_rank, init
 
 from src.checkpoint import load_strict, read_checkpoint
+from src.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -18,16 +20,10 @@ FINAL_CHECKPOINT = "ghostnet-final.ckpt"
 CONFIG_FILE = "config.json"
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
 def init_distributed(run_distribute):
     """Return ``(rank, group_size)``; with ``run_distribute`` join the group msrun started."""
     if not run_distribute:
         return 0, 1
-    from mindspore.communication import get_group_size, get_rank, init
-
     init()
     rank, group_size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
@@ -65,6 +61,14 @@ def save_atomically(params, path):
     os.replace(tmp, path)
 
 
+def write_text_atomically(path, text):
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 class CheckpointKeeper:
     """Epoch checkpoints (the last ``keep``), the best by eval top-1, and the final one."""
 
@@ -88,10 +92,11 @@ class CheckpointKeeper:
         return path
 
     def newest(self):
-        """The epoch checkpoint with the highest global step stored inside it, or None."""
+        """The epoch checkpoint with the highest global step stored inside it, or None (only the
+        step is read from each)."""
         best, best_step = None, -1
         for path in self.epoch_checkpoints():
-            state = read_checkpoint(path)
+            state = read_checkpoint(path, names=lambda name: name.startswith("train_state."))
             if "train_state.global_step" not in state:
                 logger.warning("%s holds no training state; it cannot be resumed from", path)
                 continue
@@ -113,7 +118,7 @@ def resume_from(checkpoint, net, optimizer, source="checkpoint"):
     moments = {p.name: p for p in optimizer.moments}
     missing = [name for name in moments if name not in state]
     if missing:
-        raise ValueError(f"{source} has no optimizer state for {missing[:3]}...; it cannot be resumed")
+        raise CheckpointError(f"{source} has no optimizer state for {missing[:3]}...; it cannot be resumed")
     for name, moment in moments.items():
         moment.set_data(ms.Tensor(state[name].asnumpy()))
     global_step = int(state["train_state.global_step"].asnumpy()[0])

@@ -18,6 +18,13 @@ ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 ms.set_seed(0)
 
 
+def pytest_collection_modifyitems(items):
+    """A test on the trained int8 recipe is slow however short it is: the recipe trains first."""
+    for item in items:
+        if "int8_recipe" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     if not FIXTURES.is_dir():
@@ -59,10 +66,14 @@ def checkpoint_4_classes(tmp_path_factory):
     return path
 
 
-def run(env, script, *args):
-    """Run one of the repository's scripts; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=REPO)
+def run(env, script, *args, wait=True):
+    """Run one of the repository's scripts; returns the CompletedProcess, or with ``wait=False``
+    the running Popen (stderr merged into its stdout)."""
+    command = [sys.executable, str(REPO / script), *map(str, args)]
+    if not wait:
+        return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

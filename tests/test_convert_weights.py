@@ -9,7 +9,7 @@ from safetensors.numpy import load_file, save_file
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.convert_weights import convert, timm_to_zoo_name
 from src.ghostnet import GhostNet
-from src.inference import fold_batchnorm_for_inference
+from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import create_network
 
 REFERENCES = [("ghostnet_100", 1000), ("ghostnet_100_pets37", 37)]
@@ -98,7 +98,7 @@ def test_converter_names_a_missing_input(tmp_path):
     result = subprocess.run([sys.executable, "-m", "src.convert_weights", "--input",
                              str(tmp_path / "none.safetensors"), "--output", str(tmp_path / "o")],
                             capture_output=True, text=True)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "input not found" in result.stderr
 
 

@@ -1,4 +1,4 @@
-"""The fast CPU path (src/fast_cpu.py): kernels against MindSpore's convolution, networks with
+"""The fast CPU path (src/kernels/fast_cpu.py): kernels against MindSpore's convolution, networks with
 and without it, BatchNorm folding, the kernel cache and the fallback without a compiler."""
 import os
 import subprocess
@@ -10,11 +10,11 @@ import mindspore.ops as ops
 import numpy as np
 import pytest
 
-import src.fast_cpu as fast_cpu
+import src.kernels.fast_cpu as fast_cpu
 from conftest import REPO
-from src.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depthwise_conv_ops, enable_fast_cpu_path
+from src.kernels.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depthwise_conv_ops, enable_fast_cpu_path
 from src.ghostnet import GhostNet
-from src.inference import fold_batchnorm_for_inference
+from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import calibrate
 
@@ -122,12 +122,12 @@ def test_network_outputs_and_gradients_equal_with_and_without_the_fast_path(kern
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["qat", "int8"])
+@pytest.mark.parametrize("kind", ["fake-quant", "int8"])
 def test_the_int8_forms_use_the_fast_cells_and_compute_the_same(kernels, kind):
     fast, framework = twin_networks(kind)
     assert sum(1 for _, c in fast.cells_and_names() if isinstance(c, DepthwiseConvCPU)) >= 41
     x = randn(2, 3, 32, 32, seed=13)
-    if kind == "qat":
+    if kind == "fake-quant":
         class Batches:
             def create_tuple_iterator(self, num_epochs=1):
                 return iter([(x, None)])
@@ -194,7 +194,7 @@ def test_the_kernel_cache_is_keyed_by_source_and_flags(monkeypatch):
 def test_processes_building_at_once_share_one_cached_library(tmp_path):
     if fast_cpu._compiler() is None:
         pytest.skip("no C++ compiler")
-    script = ("import src.fast_cpu as f, sys; path = f.build_kernel_library(); "
+    script = ("import src.kernels.fast_cpu as f, sys; path = f.build_kernel_library(); "
               "assert path and path.startswith(sys.argv[1]), path; print(path)")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(REPO), GLOG_v="3")
     workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,

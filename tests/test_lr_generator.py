@@ -25,6 +25,12 @@ def test_step_and_constant_schedules():
     np.testing.assert_allclose(constant, [0.15, 0.3, 0.3, 0.3, 0.3, 0.3], rtol=1e-6)
 
 
+def test_the_step_schedule_stops_at_lr_end():
+    step = get_lr(1.0, total_epochs=6, steps_per_epoch=1, schedule="step", step_epochs=2, step_gamma=0.1,
+                  lr_end=0.05)
+    np.testing.assert_allclose(step, [1, 1, 0.1, 0.1, 0.05, 0.05], rtol=1e-6)
+
+
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="'poly'"):
         get_lr(0.1, 1, 1, schedule="poly")

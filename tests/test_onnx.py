@@ -12,10 +12,10 @@ from src.checkpoint import save_params
 from src.dataset import create_dataset
 from src.evaluation import predict_logits
 from src.ghostnet import GhostNet
-from src.inference import BackendError, create_predictor
-from src.models import load_int8_network, load_network
-from src.onnx_export import ghostnet_to_onnx
-from src.quant import calibrate, quantize_network
+from src.deploy.predictors import BackendError, create_predictor
+from src.models import load_network
+from src.deploy.onnx_export import ghostnet_to_onnx
+from src.quant import calibrate, convert, prepare
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -48,9 +48,9 @@ def int8_net():
             param.set_data(ms.Tensor(rng.uniform(0.5, 2.0, param.shape).astype(np.float32)))
         elif name.endswith(("moving_mean", "beta")):
             param.set_data(ms.Tensor(rng.normal(0, 0.2, param.shape).astype(np.float32)))
-    fake_quant = quantize_network(net)
+    fake_quant = prepare(net)
     calibrate(fake_quant, _Batches(randn(4, 3, 32, 32, seed=1), randn(4, 3, 32, 32, seed=2)), 2)
-    return load_int8_network(fake_quant, width=0.5, num_classes=4)
+    return convert(fake_quant)
 
 
 def session(model):

@@ -6,9 +6,9 @@ from mindspore import Tensor
 
 from src.ghostnet import GhostNet, conv2d
 from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, RangeObserver, QuantConv2d,
-                       QuantDense, build_int8_network, checkpoint_kind, export_int8_params,
-                       fake_quant_activation, fake_quant_weight, quantize_network, set_bn_frozen)
-from src.checkpoint import load_strict
+                       QuantDense, build_int8_network, int8_params, prepare, set_bn_frozen)
+from src.quant.primitives import fake_quant_activation, fake_quant_weight
+from src.checkpoint import CheckpointKind, load_strict
 
 RNG = np.random.default_rng(0)
 
@@ -102,7 +102,7 @@ def test_fake_quant_conv_equals_the_integer_reference(in_ch, out_ch, kernel, str
     x = randn(2, in_ch, 11, 13, scale=2.0)
     calibrate_layer(layer.layer, x, randn(2, in_ch, 11, 13))
     fake = layer(x).asnumpy()
-    params = export_int8_params(layer)
+    params = int8_params(layer)
     reference = integer_reference(params, "layer", x.asnumpy(), stride, kernel // 2, groups)
     assert fake.shape == reference.shape
     np.testing.assert_allclose(fake, reference, atol=1e-5 * np.abs(reference).max(), rtol=0)
@@ -112,15 +112,15 @@ def test_fake_quant_classifier_equals_the_integer_reference():
     layer = Wrap(QuantDense(nn.Dense(64, 10)))
     x = Tensor(np.maximum(randn(5, 64).asnumpy(), 0))  # post-ReLU features
     calibrate_layer(layer.layer, x)
-    params = export_int8_params(layer)
+    params = int8_params(layer)
     reference = integer_reference(params, "layer", x.asnumpy(), dense=True)
     np.testing.assert_allclose(layer(x).asnumpy(), reference, atol=1e-5 * np.abs(reference).max(), rtol=0)
 
 
 def test_stored_integers_lie_in_their_ranges():
-    net = quantize_network(GhostNet(width=0.5, num_classes=4))
+    net = prepare(GhostNet(width=0.5, num_classes=4))
     calibrate_network(net, randn(2, 3, 32, 32, scale=3.0))
-    params = export_int8_params(net)
+    params = int8_params(net)
     weights = [v for k, v in params.items() if k.endswith(".weight")]
     assert len(weights) == 96
     assert all(w.dtype == np.int8 for w in weights)
@@ -157,7 +157,7 @@ def test_straight_through_gradient_is_clipped_to_the_range():
 
 
 def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network():
-    net = quantize_network(GhostNet(width=0.5, num_classes=4, dropout=0.0))
+    net = prepare(GhostNet(width=0.5, num_classes=4, dropout=0.0))
     x = randn(2, 3, 32, 32)
     # ranges that hold nearly every batch-normalised activation at a fine step, so the test
     # sees the straight-through path rather than clipping
@@ -191,23 +191,23 @@ def test_bn_statistics_update_until_frozen():
 def test_int8_network_reproduces_the_fake_quant_network():
     ms.set_seed(7)
     float_net = GhostNet(width=0.5, num_classes=4)
-    net = quantize_network(float_net)
+    net = prepare(float_net)
     x = randn(3, 3, 40, 40)
     calibrate_network(net, x)
-    params = export_int8_params(net)
+    params = int8_params(net)
     int8 = build_int8_network(width=0.5, num_classes=4)
     load_strict(int8, params)
     int8.set_train(False)
     np.testing.assert_allclose(int8(x).asnumpy(), net(x).asnumpy(), atol=1e-5)
-    assert checkpoint_kind(params) == "int8"
-    assert checkpoint_kind({n: p for n, p in net.parameters_and_names()}) == "qat"
-    assert checkpoint_kind({n: p for n, p in GhostNet(width=0.5).parameters_and_names()}) == "float"
+    assert CheckpointKind.of(params) == CheckpointKind.INT8
+    assert CheckpointKind.of({n: p for n, p in net.parameters_and_names()}) == CheckpointKind.FAKE_QUANT
+    assert CheckpointKind.of({n: p for n, p in GhostNet(width=0.5).parameters_and_names()}) == CheckpointKind.FLOAT
 
 
 def test_freezing_reaches_every_folded_layer():
     float_net = GhostNet(width=0.5, num_classes=4)
     batch_norms = sum(isinstance(c, nn.BatchNorm2d) for _, c in float_net.cells_and_names())
-    net = quantize_network(float_net)
+    net = prepare(float_net)
     set_bn_frozen(net, True)
     flags = [p.asnumpy()[0] for n, p in net.parameters_and_names() if n.endswith("bn_frozen")]
     assert len(flags) == batch_norms == 80 and all(f == 1.0 for f in flags)

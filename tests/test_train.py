@@ -4,14 +4,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import mindspore as ms
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run
 from src.checkpoint import read_checkpoint
 from src.launch import build_command, get_args_parser
 
@@ -20,11 +19,7 @@ TINY = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_s
 
 
 def train(env, *args, wait=True):
-    cmd = [sys.executable, str(REPO / "train.py"), *map(str, args)]
-    if not wait:
-        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    return run(env, "train.py", *args, wait=wait)
 
 
 def state(path, key):

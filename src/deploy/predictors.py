@@ -2,66 +2,29 @@
 
 * ``mindspore``: the network a checkpoint holds (float, fake-quant or int8), through MindSpore;
 * ``onnxruntime``: an ``.onnx`` file, or a checkpoint turned into ONNX in memory (a float
-  model, or the int8 QDQ model of src/onnx_export.py), through onnxruntime on the CPU.
+  model, or the int8 QDQ model of src/deploy/onnx_export.py), through onnxruntime on the CPU.
 
 onnxruntime and onnx are optional: ``pip install -r requirements-onnx.txt``.
 """
+import importlib
 import logging
 
+import mindspore as ms
 import numpy as np
+
+from src.checkpoint import CheckpointKind
+from src.cli import BACKENDS
+from src.deploy.fold import fold_batchnorm_for_inference
+from src.deploy.onnx_export import onnx_model_from_checkpoint
+from src.errors import BackendError
+from src.models import load_network
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("mindspore", "onnxruntime")
 ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
 
 
-def fold_batchnorm_for_inference(net):
-    """Fold every BatchNorm of a float GhostNet into the convolution before it, in place.
-
-    For eval mode only (the moving statistics become weights); outputs stay equal within
-    float rounding. The convolutions gain a bias, and on the fast CPU path a depthwise
-    convolution also takes the ReLU after it; returns ``net``.
-    """
-    from mindspore import Parameter, Tensor
-
-    from src.fast_cpu import fuse_relu_for_inference
-    from src.ghostnet import ConvBNAct, GhostNet
-    from src.onnx_export import fold_batchnorm
-
-    def fold(conv, bn):
-        bias = conv.bias.asnumpy() if conv.has_bias else None
-        weight, bias = fold_batchnorm(conv.weight.asnumpy(), bias, bn)
-        conv.weight.set_data(Tensor(weight))
-        if conv.has_bias:
-            conv.bias.set_data(Tensor(bias))
-        else:
-            conv.bias = Parameter(Tensor(bias), name=conv.weight.name.rsplit(".", 1)[0] + ".bias",
-                                  requires_grad=False)
-            conv.has_bias = True
-
-    if isinstance(net, GhostNet) and net.bn1 is not None:
-        fold(net.conv_stem, net.bn1)
-        net.bn1 = None
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, ConvBNAct) and cell.bn is not None:  # None once quantized
-            fold(cell.conv, cell.bn)
-            cell.bn = None
-    net.set_train(False)
-    return fuse_relu_for_inference(net)
-
-
-def add_backend_argument(parser):
-    parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
-                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
-
-
-class BackendError(ValueError):
-    """A backend cannot be used for this input; the message says why and what to do."""
-
-
 def require_module(name, purpose):
-    import importlib
     try:
         return importlib.import_module(name)
     except ImportError:
@@ -81,8 +44,6 @@ class MindSporePredictor:
     smaller last batch reuses the compiled graph."""
 
     def __init__(self, net, description="network"):
-        import mindspore as ms
-        self._tensor = ms.Tensor
         self.net = net
         self.net.set_train(False)
         self.description = description
@@ -91,7 +52,7 @@ class MindSporePredictor:
     def __call__(self, images):
         count = images.shape[0]
         self.batch_size = self.batch_size or count
-        return self.net(self._tensor(_pad_batch(images, self.batch_size))).asnumpy()[:count]
+        return self.net(ms.Tensor(_pad_batch(images, self.batch_size))).asnumpy()[:count]
 
 
 class OnnxRuntimePredictor:
@@ -138,13 +99,11 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
             raise BackendError(f"{model_path} takes {predictor.image_size}x{predictor.image_size} images but "
                                f"--image_size is {image_size}; pass --image_size {predictor.image_size}")
         return predictor
-    from src.models import load_network
     if backend == "mindspore":
         net, kind = load_network(model_path, width, num_classes, quant)
-        if kind == "float":
+        if kind == CheckpointKind.FLOAT:
             fold_batchnorm_for_inference(net)
         return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
     require_module("onnx", "turning a checkpoint into an ONNX model")
-    from src.onnx_export import onnx_model_from_checkpoint
     model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
     return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)")

@@ -30,11 +30,9 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-from src.quant import Int8Conv2d, QuantConv2d, conv_geometry
-
 logger = logging.getLogger(__name__)
 
-KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels", "depthwise_conv.cc")
+KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
 COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-pthread")
 FRAMEWORK_THREAD_CAP = 25  # MindSpore's default CPU op thread count, when not configured
 _library = {}  # "path": built library or None once tried
@@ -97,10 +95,13 @@ def build_kernel_library():
 
 
 def _framework_threads():
-    from mindspore._c_expression import RuntimeConf
-    conf = RuntimeConf.get_instance()
-    if conf.is_op_threads_num_configured() and hasattr(conf, "get_op_threads_num"):
-        return conf.get_op_threads_num()
+    try:  # private API: read only to match MindSpore's own thread count
+        from mindspore._c_expression import RuntimeConf
+        conf = RuntimeConf.get_instance()
+        if conf.is_op_threads_num_configured() and hasattr(conf, "get_op_threads_num"):
+            return conf.get_op_threads_num()
+    except (ImportError, AttributeError):
+        pass
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(usable or 1, FRAMEWORK_THREAD_CAP)
 
@@ -120,6 +121,20 @@ def _compile(compiler, folder, path):
         return None
     os.replace(partial, path)  # atomic: a concurrent build leaves one complete file
     return path
+
+
+def conv_geometry(conv):
+    """(stride, padding, groups) of an ``nn.Conv2d``, as ``ops.conv2d`` takes them."""
+    stride = conv.stride[2:] if len(conv.stride) == 4 else conv.stride
+    return stride, conv.padding, conv.group
+
+
+def apply_conv(x, weight, geometry, fast_conv=None):
+    """The convolution; ``fast_conv`` is its fast cell (:func:`fast_conv_for`), if any."""
+    if fast_conv is not None:
+        return fast_conv(x, weight)
+    stride, padding, groups = geometry
+    return ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
 
 
 def conv_out_size(size, kernel, stride, padding):
@@ -173,7 +188,7 @@ class DepthwiseConvCPU(nn.Cell):
         self.plain = variants["plain"]
         self.with_bias = variants["bias_relu" if relu else "bias"]
         self.variants = variants
-        self.relu = relu
+        self.relu = relu  # whether the ReLU is fused: what fuse_relu_for_inference did, for a reader
 
     def construct(self, x, weight, bias=None):
         if bias is None:
@@ -228,7 +243,12 @@ class FastConv2d(nn.Conv2d):
 
 def enable_fast_cpu_path(net):
     """Switch ``net``'s depthwise and stem convolutions to the fast cells, in place, when the
-    device is the CPU. Returns ``net``; elsewhere it is returned unchanged."""
+    device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
+
+    Besides ``nn.Conv2d``, a cell with ``accepts_fast_conv = True`` (the quantized layers of
+    src/quant/) takes one: it has ``weight``, ``geometry`` and a ``fast_conv`` it calls
+    through :func:`apply_conv`.
+    """
     if ms.get_context("device_target") != "CPU":
         return net
     switched = 0
@@ -239,7 +259,7 @@ def enable_fast_cpu_path(net):
                 cell.__class__ = FastConv2d  # same object: parameters and their names unchanged
                 cell.fast_conv = fast
                 switched += 1
-        elif isinstance(cell, (QuantConv2d, Int8Conv2d)) and cell.fast_conv is None:
+        elif getattr(cell, "accepts_fast_conv", False) and cell.fast_conv is None:
             fast = fast_conv_for(cell.weight.shape, *cell.geometry)
             if fast is not None:
                 cell.fast_conv = fast
@@ -250,13 +270,11 @@ def enable_fast_cpu_path(net):
 
 def fuse_relu_for_inference(net):
     """Fold each ReLU that follows a fast depthwise convolution with a bias (BatchNorm folded)
-    into the kernel, in place. For eval mode; returns ``net``."""
-    from src.ghostnet import ConvBNAct
-
-    for _, cell in net.cells_and_names():
-        if isinstance(cell, ConvBNAct) and cell.bn is None and cell.relu is not None \
-                and isinstance(cell.conv, FastConv2d) and isinstance(cell.conv.fast_conv, DepthwiseConvCPU) \
-                and cell.conv.has_bias:
-            cell.conv.fast_conv = DepthwiseConvCPU(cell.conv.fast_conv.variants, relu=True)
-            cell.relu = None
+    into the kernel, in place, walking ``net.conv_bn_pairs()``. For eval mode; returns ``net``."""
+    for slot in net.conv_bn_pairs():
+        conv = slot.conv
+        if slot.relu is not None and slot.bn is None and isinstance(conv, FastConv2d) \
+                and isinstance(conv.fast_conv, DepthwiseConvCPU) and conv.has_bias:
+            conv.fast_conv = DepthwiseConvCPU(conv.fast_conv.variants, relu=True)
+            slot.drop_relu()
     return net

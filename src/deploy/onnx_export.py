@@ -12,16 +12,21 @@ layer reads takes that layer's own input quantization; otherwise a convolution's
 the range calibration observed (``Int8Conv2d.output_min`` / ``output_max``), a concatenation
 the range covering its parts (and a part only it reads, the same), a hard sigmoid [0, 1]. A
 ReLU before a zero point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The
-walk mirrors ``GhostNet.construct`` cell by cell; model code stays free of ONNX.
+walk mirrors ``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm
+folded in, come from ``GhostNet.conv_bn_pairs()``. Model code stays free of ONNX.
 """
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+from mindspore import Tensor
 
+from src.checkpoint import CheckpointKind
 from src.ghostnet import ConvBNAct, GhostBottleneck, GhostNet
-from src.quant import ACT_QMAX, ACT_QMIN, Int8Conv2d, Int8Dense, activation_qparams, conv_geometry
+from src.kernels import conv_geometry
+from src.models import load_network
+from src.quant import ACT_QMAX, ACT_QMIN, Int8Conv2d, Int8Dense, activation_qparams, convert
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +58,9 @@ def _array(param):
     return param.asnumpy() if hasattr(param, "asnumpy") else np.asarray(param)
 
 
-def fold_batchnorm(weight, bias, bn):
-    """``(weight, bias)`` of a convolution followed by ``bn`` (eval mode) as one convolution."""
-    std = np.sqrt(_array(bn.moving_variance).astype(np.float64) + bn.eps)
-    factor = _array(bn.gamma) / std
-    folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
-    base = np.zeros(weight.shape[0]) if bias is None else bias
-    folded_bias = _array(bn.beta) + (base - _array(bn.moving_mean)) * factor
-    return folded_weight.astype(np.float32), folded_bias.astype(np.float32)
-
-
-def layer_weights(layer, bn=None):
-    """:class:`LayerWeights` of an ``nn.Conv2d`` / ``nn.Dense`` (with its BatchNorm) or an int8 layer."""
+def layer_weights(layer, slot=None):
+    """:class:`LayerWeights` of an int8 layer, an ``nn.Dense``, or the convolution of ``slot``
+    (a ``ConvSlot``: its BatchNorm, if any, folded in)."""
     if isinstance(layer, (Int8Conv2d, Int8Dense)):
         output_range = None
         if isinstance(layer, Int8Conv2d):
@@ -75,11 +71,9 @@ def layer_weights(layer, bn=None):
                             _array(layer.weight_scale).astype(np.float32),
                             float(_array(layer.act_scale).reshape(())),
                             int(_array(layer.act_zero_point).reshape(())), output_range)
-    weight = _array(layer.weight).astype(np.float32)
-    bias = _array(layer.bias).astype(np.float32) if getattr(layer, "bias", None) is not None else None
-    if bn is not None:
-        return LayerWeights(*fold_batchnorm(weight, bias, bn))
-    return LayerWeights(weight, bias if bias is not None else np.zeros(weight.shape[0], np.float32))
+    if slot is not None:
+        return LayerWeights(*slot.folded_weights())
+    return LayerWeights(_array(layer.weight).astype(np.float32), _array(layer.bias).astype(np.float32))
 
 
 def _conv_attributes(layer, weight_shape):
@@ -127,10 +121,11 @@ class GhostNetOnnxWriter:
     (``output_ranges``) is recorded for :func:`_insert_quantization`.
     """
 
-    def __init__(self):
+    def __init__(self, net):
         self.graph = GraphBuilder()
         self.layer_inputs = []   # (layer node, QParams of its input)
         self.output_ranges = {}  # conv output tensor -> (min, max)
+        self.slots = {id(slot.conv): slot for slot in net.conv_bn_pairs()}
 
     # --- layers ---------------------------------------------------------------------------
     def weights(self, prefix, params):
@@ -148,8 +143,8 @@ class GhostNetOnnxWriter:
                                          bias_zero], f"{prefix}.bias", axis=0)
         return weight, bias
 
-    def layer(self, op_type, prefix, cell, bn, x, **attributes):
-        params = layer_weights(cell, bn)
+    def layer(self, op_type, prefix, cell, x, **attributes):
+        params = layer_weights(cell, self.slots.get(id(cell)))
         weight, bias = self.weights(prefix, params)
         out = self.graph.op(op_type, [x, weight, bias], prefix, **attributes)
         if params.quantized:
@@ -158,16 +153,15 @@ class GhostNetOnnxWriter:
                 self.output_ranges[out] = params.output_range
         return out
 
-    def conv(self, prefix, conv, bn, x):
-        return self.layer("Conv", prefix, conv, bn, x,
-                          **_conv_attributes(conv, _array(conv.weight).shape))
+    def conv(self, prefix, conv, x):
+        return self.layer("Conv", prefix, conv, x, **_conv_attributes(conv, _array(conv.weight).shape))
 
     def dense(self, prefix, dense, x):
-        return self.layer("Gemm", prefix, dense, None, x, transB=1)
+        return self.layer("Gemm", prefix, dense, x, transB=1)
 
     # --- cells, in the order of their construct() -----------------------------------------
     def conv_bn_act(self, prefix, cell, x):
-        x = self.conv(f"{prefix}.conv", cell.conv, cell.bn, x)
+        x = self.conv(f"{prefix}.conv", cell.conv, x)
         return self.graph.op("Relu", [x], f"{prefix}.relu") if cell.relu is not None else x
 
     def ghost_module(self, prefix, module, x):
@@ -184,8 +178,8 @@ class GhostNetOnnxWriter:
     def squeeze_excite(self, prefix, se, x):
         g = self.graph
         scale = g.op("GlobalAveragePool", [x], f"{prefix}.mean")
-        scale = g.op("Relu", [self.conv(f"{prefix}.conv_reduce", se.conv_reduce, None, scale)], f"{prefix}.relu")
-        scale = self.conv(f"{prefix}.conv_expand", se.conv_expand, None, scale)
+        scale = g.op("Relu", [self.conv(f"{prefix}.conv_reduce", se.conv_reduce, scale)], f"{prefix}.relu")
+        scale = self.conv(f"{prefix}.conv_expand", se.conv_expand, scale)
         gate = g.op("HardSigmoid", [scale], f"{prefix}.gate", alpha=1.0 / 6.0, beta=0.5)
         return g.op("Mul", [x, gate], f"{prefix}.scaled")
 
@@ -204,7 +198,7 @@ class GhostNetOnnxWriter:
 
     def network(self, net, x):
         g = self.graph
-        x = g.op("Relu", [self.conv("conv_stem", net.conv_stem, net.bn1, x)], "relu")
+        x = g.op("Relu", [self.conv("conv_stem", net.conv_stem, x)], "relu")
         for index, block in enumerate(net.blocks):
             prefix = f"blocks.{index}"
             if isinstance(block, GhostBottleneck):
@@ -214,7 +208,7 @@ class GhostNetOnnxWriter:
             else:
                 raise TypeError(f"{prefix}: no ONNX form for {type(block).__name__}")
         x = g.op("GlobalAveragePool", [x], "pool")
-        x = g.op("Relu", [self.conv("conv_head", net.conv_head, None, x)], "head_relu")
+        x = g.op("Relu", [self.conv("conv_head", net.conv_head, x)], "head_relu")
         x = g.op("Flatten", [x], "flatten", axis=1)
         return self.dense("classifier", net.classifier, x)
 
@@ -230,7 +224,6 @@ class QParams:
     @classmethod
     def covering(cls, low, high):
         """The uint8 range over [low, high] and 0: what the fake-quant layers compute."""
-        from mindspore import Tensor
         scale, zero_point = activation_qparams(Tensor(np.float32(low)), Tensor(np.float32(high)))
         return cls(float(scale.asnumpy()), int(zero_point.asnumpy()))
 
@@ -373,7 +366,7 @@ def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True):
 
     if not isinstance(net, GhostNet):
         raise TypeError(f"expected a GhostNet, got {type(net).__name__}")
-    writer = GhostNetOnnxWriter()
+    writer = GhostNetOnnxWriter(net)
     logits = writer.network(net, INPUT_NAME)
     builder = writer.graph
     nodes = builder.nodes
@@ -409,11 +402,9 @@ def onnx_model_from_checkpoint(path, width=1.0, num_classes=37, image_size=224, 
 
     A fake-quant (fine-tuning) checkpoint is turned into its int8 form first.
     """
-    from src.models import load_int8_network, load_network
-
     # only the weights are read: no compiled CPU kernels needed
     net, kind = load_network(path, width, num_classes, quant, fast_cpu=False)
-    if kind == "qat":
-        net = load_int8_network(net, width, num_classes)
+    if kind == CheckpointKind.FAKE_QUANT:
+        net = convert(net)
     net.set_train(False)
     return ghostnet_to_onnx(net, image_size, batch_size), kind

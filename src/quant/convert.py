@@ -1,0 +1,112 @@
+"""The steps between the forms, named as torch.ao names them: :func:`prepare` (float ->
+fake-quant), :func:`calibrate` (set the activation ranges), :func:`convert` (fake-quant ->
+int8). The layers are swapped through ``GhostNet.conv_bn_pairs()``."""
+import logging
+
+import mindspore as ms
+import mindspore.ops as ops
+import numpy as np
+
+from src.checkpoint import load_strict
+from src.ghostnet import GhostNet
+from src.quant.fake_quant import QuantConv2d, QuantDense
+from src.quant.int8 import Int8Conv2d, Int8Dense
+from src.quant.observers import RangeObserver
+from src.quant.primitives import activation_qparams, bias_integers, weight_integers, weight_scales
+
+logger = logging.getLogger(__name__)
+
+
+def _rename_parameters(net):
+    """Give every parameter its path as name (optimizer moments and checkpoints use it)."""
+    for name, param in net.parameters_and_names():
+        param.name = name
+    return net
+
+
+def _swap_layers(net, make_conv, make_dense):
+    """Swap every convolution (with its BatchNorm, where one follows) and the classifier."""
+    if not isinstance(net, GhostNet):
+        raise TypeError(f"expected a GhostNet, got {type(net).__name__}")
+    for slot in net.conv_bn_pairs():
+        slot.replace(make_conv(slot.conv, slot.bn))
+    net.classifier = make_dense(net.classifier)
+    return _rename_parameters(net)
+
+
+def prepare(net):
+    """Turn a float GhostNet (weights loaded) into its fake-quant form, in place."""
+    return _swap_layers(net, QuantConv2d, QuantDense)
+
+
+def build_int8_network(width=1.0, num_classes=37):
+    """The (empty) int8 network an int8 checkpoint loads into."""
+    return _swap_layers(GhostNet(width=width, num_classes=num_classes),
+                        lambda conv, bn: Int8Conv2d(conv), Int8Dense)
+
+
+def fake_quant_layers(net):
+    return [(name, cell) for name, cell in net.cells_and_names()
+            if isinstance(cell, (QuantConv2d, QuantDense))]
+
+
+def int8_params(net):
+    """``{name: ndarray}`` of the int8 form (an int8 checkpoint's content), computed from a
+    fake-quant network in eval mode."""
+    params = {}
+    for name, layer in fake_quant_layers(net):
+        weight, bias, _ = layer.folded()
+        act_scale, zero_point = activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max)
+        scales = weight_scales(weight)
+        q_weight = weight_integers(weight, scales)
+        bias = bias if bias is not None else ops.zeros(weight.shape[0], ms.float32)
+        q_bias = bias_integers(bias, act_scale * scales)
+        params[f"{name}.weight"] = q_weight.asnumpy().astype(np.int8)
+        params[f"{name}.weight_scale"] = scales.asnumpy().astype(np.float32)
+        params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)
+        params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32).reshape(1)
+        params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32).reshape(1)
+        if isinstance(layer, QuantConv2d):
+            params[f"{name}.output_min"] = layer.output_range.act_min.asnumpy().astype(np.float32)
+            params[f"{name}.output_max"] = layer.output_range.act_max.asnumpy().astype(np.float32)
+    return params
+
+
+def convert(net):
+    """The int8 network holding what the fake-quant network ``net`` computes (eval mode)."""
+    net.set_train(False)
+    int8_net = build_int8_network(width=net.width, num_classes=net.num_classes)
+    load_strict(int8_net, int8_params(net), source="the fake-quant network")
+    return int8_net
+
+
+def set_bn_frozen(net, frozen):
+    for _, layer in fake_quant_layers(net):
+        if isinstance(layer, QuantConv2d) and layer.bn_frozen is not None:
+            layer.bn_frozen.set_data(ms.Tensor(np.full(1, float(frozen), np.float32)))
+
+
+def calibrate(net, dataset, num_batches):
+    """Set every activation range from ``num_batches`` batches (eval mode, BN statistics fixed)."""
+    observers = [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
+
+    def set_all(calibrating):
+        for observer in observers:
+            observer.set_calibrating(calibrating)
+
+    for observer in observers:
+        observer.reset()
+    net.set_train(False)
+    seen = 0
+    set_all(True)
+    try:
+        for seen, (images, _) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
+            net(images)
+            logger.info("calibration batch %d/%d", seen, num_batches)
+            if seen >= num_batches:
+                break
+    finally:
+        set_all(False)
+    if seen < num_batches:
+        logger.warning("calibrated on %d batches: the dataset has no more", seen)
+    return seen

@@ -1,0 +1,60 @@
+"""Int8 layers: int8 weights with per-channel scales, int32 biases, uint8 input scales and zero
+points; what an int8 checkpoint holds and what a deployment runs. They compute in float on
+the dequantized integers, exactly the integer arithmetic's result."""
+import mindspore as ms
+import mindspore.nn as nn
+import mindspore.ops as ops
+import numpy as np
+from mindspore import Parameter, Tensor
+
+from src.kernels import apply_conv, conv_geometry
+from src.quant.primitives import fake_quant_activation, per_channel
+
+
+class _Int8Params(nn.Cell):
+    def __init__(self, weight_shape):
+        super().__init__()
+        out_channels = weight_shape[0]
+        self.weight = Parameter(Tensor(np.zeros(weight_shape, np.int8)), name="weight", requires_grad=False)
+        self.weight_scale = Parameter(Tensor(np.ones(out_channels, np.float32)), name="weight_scale",
+                                      requires_grad=False)
+        self.bias = Parameter(Tensor(np.zeros(out_channels, np.int32)), name="bias", requires_grad=False)
+        self.act_scale = Parameter(Tensor(np.ones(1, np.float32)), name="act_scale", requires_grad=False)
+        self.act_zero_point = Parameter(Tensor(np.zeros(1, np.int32)), name="act_zero_point",
+                                        requires_grad=False)
+
+    def dequantized(self, x):
+        """(dequantized input, dequantized weight, dequantized bias)."""
+        scale = self.act_scale.squeeze()  # 0-d: see primitives.activation_qparams
+        x = fake_quant_activation(x, scale, self.act_zero_point.squeeze().astype(ms.float32))
+        weight = self.weight.astype(ms.float32) * per_channel(self.weight_scale, len(self.weight.shape))
+        bias = self.bias.astype(ms.float32) * (scale * self.weight_scale)
+        return x, weight, bias
+
+
+class Int8Conv2d(_Int8Params):
+    """Convolution with int8 weights, int32 bias and a uint8 input, as a deployment runs it.
+
+    ``output_min`` / ``output_max`` hold the observed output range, for exporters.
+    """
+    accepts_fast_conv = True  # see src.kernels.enable_fast_cpu_path
+
+    def __init__(self, conv):
+        super().__init__(conv.weight.shape)
+        self.geometry = conv_geometry(conv)
+        self.fast_conv = getattr(conv, "fast_conv", None)
+        self.output_min = Parameter(Tensor(np.zeros(1, np.float32)), name="output_min", requires_grad=False)
+        self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
+
+    def construct(self, x):
+        x, weight, bias = self.dequantized(x)
+        return apply_conv(x, weight, self.geometry, self.fast_conv) + bias.reshape(1, -1, 1, 1)
+
+
+class Int8Dense(_Int8Params):
+    def __init__(self, dense):
+        super().__init__(dense.weight.shape)
+
+    def construct(self, x):
+        x, weight, bias = self.dequantized(x)
+        return ops.matmul(x, weight.T) + bias
