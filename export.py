@@ -23,6 +23,7 @@ from src.dataset import copy_class_names
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.deploy.onnx_export import onnx_model_from_checkpoint
 from src.deploy.predictors import require_module
+from src.deploy.weight_storage import WEIGHT_STORAGES
 from src.errors import ConfigError, UserError
 from src.models import load_network
 
@@ -41,6 +42,10 @@ def get_args_parser():
     parser.add_argument("--batch_size", type=int, default=None,
                         help="batch size of the exported input (default: 1; ONNX: dynamic)")
     parser.add_argument("--image_size", type=int, default=224, help="side of the exported input")
+    parser.add_argument("--int8_weights", default="uint8", choices=WEIGHT_STORAGES,
+                        help="ONNX from an int8 checkpoint: how the int8 weights are stored. uint8 (zero "
+                             "point 128) is exact on every CPU; int8 is about 1.3x faster in onnxruntime on "
+                             "x86 CPUs with VNNI but wrong on x86 CPUs without it (README: Deploy int8)")
     add_network_arguments(parser)
     add_device_argument(parser)
     return parser
@@ -54,7 +59,7 @@ def output_path(file_name, file_format):
 def export_onnx(args, path):
     require_module("onnx", "ONNX export")
     model, kind = onnx_model_from_checkpoint(args.checkpoint_path, args.width, args.num_classes,
-                                             args.image_size, args.batch_size)
+                                             args.image_size, args.batch_size, int8_weights=args.int8_weights)
     partial = path + ".partial"
     with open(partial, "wb") as f:
         f.write(model.SerializeToString())

@@ -19,9 +19,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
+from src.deploy.weight_storage import int8_instruction_set  # noqa: E402
 
 
-BACKENDS = ("ort_int8", "ort_int8_ref", "ort_float", "ms_float", "ms_fakequant", "torch")
+BACKENDS = ("ort_int8", "ort_int8_u8", "ort_int8_ref", "ort_float", "ms_float", "ms_fakequant", "torch")
 
 
 class _RandomBatches:
@@ -44,6 +45,7 @@ def build_networks(args):
     from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor
     from src.models import load_network
     from src.deploy.onnx_export import ghostnet_to_onnx
+    from src.deploy.weight_storage import storage_for_this_cpu
     from src.quant import calibrate, convert, prepare
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -71,7 +73,8 @@ def build_networks(args):
     int8_ckpt = os.path.join(folder, "int8.ckpt")
     save_params({n: p.asnumpy() for n, p in int8_net.parameters_and_names()}, int8_ckpt)
     onnx_float = ghostnet_to_onnx(float_net, args.image_size).SerializeToString()
-    onnx_int8 = ghostnet_to_onnx(int8_net, args.image_size).SerializeToString()
+    onnx_int8 = ghostnet_to_onnx(int8_net, args.image_size).SerializeToString()  # weights as this CPU needs
+    onnx_int8_u8 = ghostnet_to_onnx(int8_net, args.image_size, int8_weights="uint8").SerializeToString()
     try:  # a reference: onnxruntime's own static quantizer on the same float model
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -84,22 +87,27 @@ def build_networks(args):
         float_path, reference_path = os.path.join(folder, "float.onnx"), os.path.join(folder, "ort_int8.onnx")
         with open(float_path, "wb") as f:
             f.write(onnx_float)
+        # its correct setting on this CPU: int8 weights only where they cannot saturate
+        weight_type = QuantType.QInt8 if storage_for_this_cpu() == "int8" else QuantType.QUInt8
         quantize_static(float_path, reference_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=weight_type)
         sizes["ort_int8_ref"] = os.path.getsize(reference_path)
     except ImportError:
         reference_path = None
-    sizes.update(ort_int8=len(onnx_int8), ort_float=len(onnx_float),
+    sizes.update(ort_int8=len(onnx_int8), ort_int8_u8=len(onnx_int8_u8), ort_float=len(onnx_float),
                  ms_float=os.path.getsize(float_ckpt), ms_fakequant=os.path.getsize(float_ckpt),
                  ms_int8=os.path.getsize(int8_ckpt))
     runners = {
         "ort_int8": OnnxRuntimePredictor(onnx_int8, "int8 QDQ ONNX"),
+        "ort_int8_u8": OnnxRuntimePredictor(onnx_int8_u8, "int8 QDQ ONNX, weights stored as uint8",
+                                            adapt_weights=False),
         "ort_float": OnnxRuntimePredictor(onnx_float, "float ONNX"),
         "ms_float": MindSporePredictor(float_net),
         "ms_fakequant": MindSporePredictor(fake_quant),
     }
     if reference_path:
-        runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX")
+        runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX",
+                                                       adapt_weights=False)
     return {name: runners[name] for name in args.backends if name in runners}, sizes
 
 
@@ -112,7 +120,9 @@ def main():
     parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to time")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS,
-                        help="what to time (ort_int8_ref: onnxruntime's own quantizer on our float model)")
+                        help="what to time (ort_int8: ours, weights stored as this CPU needs; ort_int8_u8: "
+                             "weights stored as uint8; ort_int8_ref: onnxruntime's own quantizer on our "
+                             "float model, uint8 weights where the CPU lacks VNNI)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one backend's turn in a round")
     args = parser.parse_args()
@@ -120,6 +130,7 @@ def main():
     runners, sizes = build_networks(args)
     print(f"GhostNet width {args.width}, {args.num_classes} classes, {args.image_size}px, CPU "
           f"({os.cpu_count()} cores); median of {args.rounds} alternating rounds of {args.seconds:g} s")
+    print(f"int8 instructions: {int8_instruction_set()}")
     for batch in args.batch_sizes:
         images = np.random.default_rng(batch).standard_normal(
             (batch, 3, args.image_size, args.image_size)).astype(np.float32)
@@ -129,7 +140,7 @@ def main():
         if worker is not None:
             timed["torch"] = worker
         medians = alternating_medians(timed, batch, args.rounds, args.seconds)
-        print(f"\nbatch {batch}")
+        print(f"\nbatch {batch} ({int8_instruction_set()})")
         print_table(medians, ("torch", "ort_float"),
                     {name: {"file MB": f"{sizes.get(name, 0) / 2**20:.1f}"} for name in medians})
     print(f"\nint8 checkpoint: {sizes['ms_int8'] / 2**20:.1f} MB")

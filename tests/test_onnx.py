@@ -12,9 +12,10 @@ from src.checkpoint import save_params
 from src.dataset import create_dataset
 from src.evaluation import predict_logits
 from src.ghostnet import GhostNet
-from src.deploy.predictors import BackendError, create_predictor
-from src.models import load_network
+from src.deploy import weight_storage
 from src.deploy.onnx_export import ghostnet_to_onnx
+from src.deploy.predictors import BackendError, OnnxRuntimePredictor, create_predictor
+from src.models import load_network
 from src.quant import calibrate, convert, prepare
 
 ort = pytest.importorskip("onnxruntime")
@@ -67,8 +68,9 @@ def test_int8_weights_scales_and_biases_reach_onnx_exactly(int8_net):
     np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
 
 
-def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp_path):
-    model = ghostnet_to_onnx(int8_net, 32)
+@pytest.mark.parametrize("storage", weight_storage.WEIGHT_STORAGES)
+def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp_path, storage):
+    model = ghostnet_to_onnx(int8_net, 32, int8_weights=storage)
     initializers = {init.name: init for init in model.graph.initializer}
     ops = [node.op_type for node in model.graph.node]
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
@@ -78,7 +80,7 @@ def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp
     for conv in convs:
         weight = producers[conv.input[1]]
         assert weight.op_type == "DequantizeLinear"
-        assert initializers[weight.input[0]].data_type == onnx.TensorProto.INT8
+        assert initializers[weight.input[0]].data_type == onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage))
         assert initializers[producers[conv.input[2]].input[0]].data_type == onnx.TensorProto.INT32
     # what onnxruntime makes of it: every convolution on its int8 kernel
     options = ort.SessionOptions()
@@ -88,6 +90,64 @@ def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp
     optimized = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert optimized.count("QLinearConv") == 95
     assert "Conv" not in optimized and "FusedConv" not in optimized
+
+
+def saturating_conv_model(storage):
+    """One QDQ convolution whose every pair of uint8 x int8 products overflows 16 bits: inputs
+    255, weights 127 (channel 0) and -128 (channel 1). Exact outputs: 27 and -27."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    stored, zero = weight_storage.encode(np.stack([np.full((3, 3, 3), 127), np.full((3, 3, 3), -128)]), storage)
+    constants = {"x_scale": np.float32(1 / 255), "x_zero": np.uint8(0), "w": stored,
+                 "w_scale": np.array([1 / 127, 1 / 128], np.float32), "w_zero": np.full(2, zero, stored.dtype),
+                 "y_scale": np.float32(0.25), "y_zero": np.uint8(128)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], kernel_shape=[3, 3]),
+             helper.make_node("QuantizeLinear", ["y", "y_scale", "y_zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zero"], ["out"])]
+    graph = helper.make_graph(nodes, "saturating", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 3, 3])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 1, 1])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_the_weight_storage_chosen_for_this_cpu_is_exact_where_pairs_would_saturate(tmp_path):
+    # on x86 without VNNI, int8 weights here give about +-13.6 instead of +-27: pairs saturate
+    x = np.ones((1, 3, 3, 3), np.float32)
+    for storage in {weight_storage.storage_for_this_cpu(), "uint8"}:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(tmp_path / f"{storage}.onnx")
+        (out,) = ort.InferenceSession(saturating_conv_model(storage).SerializeToString(), options,
+                                      providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        assert "QLinearConv" in [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        np.testing.assert_allclose(out.ravel(), [27.0, -27.0], err_msg=f"{storage} weights, "
+                                   f"{weight_storage.int8_instruction_set()}")
+
+
+@pytest.mark.parametrize("stored", weight_storage.WEIGHT_STORAGES)
+def test_the_predictor_stores_weights_as_the_cpu_needs(monkeypatch, int8_net, stored):
+    model = ghostnet_to_onnx(int8_net, 32, int8_weights=stored)
+    x = randn(2, 3, 32, 32, seed=5)
+    exact_here = {"uint8", weight_storage.storage_for_this_cpu()}
+    expected = session(ghostnet_to_onnx(int8_net, 32, int8_weights="uint8")).run(None, {"image": x})[0]
+    handed = []
+    real_session = ort.InferenceSession
+    monkeypatch.setattr(ort, "InferenceSession", lambda m, *a, **k: handed.append(m) or real_session(m, *a, **k))
+    for storage in weight_storage.WEIGHT_STORAGES:
+        monkeypatch.setattr(weight_storage, "storage_for_this_cpu", lambda s=storage: s)
+        OnnxRuntimePredictor(model.SerializeToString())
+        adapted = onnx.load_from_string(handed[-1])
+        weights = [t for t in adapted.graph.initializer if t.name.endswith(".weight_quantized")]
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage))
+        assert len(weights) == 96 and all(t.data_type == dtype for t in weights)
+        if storage in exact_here:  # the same numbers, stored otherwise
+            np.testing.assert_array_equal(real_session(handed[-1], providers=["CPUExecutionProvider"])
+                                          .run(None, {"image": x})[0], expected)
 
 
 def test_an_int8_checkpoint_without_output_ranges_still_loads_and_exports(int8_net, caplog, tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 from mindspore import Tensor
 
 from src.checkpoint import CheckpointKind
+from src.deploy import weight_storage
 from src.ghostnet import ConvBNAct, GhostBottleneck, GhostNet
 from src.kernels import conv_geometry
 from src.models import load_network
@@ -121,7 +122,8 @@ class GhostNetOnnxWriter:
     (``output_ranges``) is recorded for :func:`_insert_quantization`.
     """
 
-    def __init__(self, net):
+    def __init__(self, net, storage="int8"):
+        self.weight_storage = storage
         self.graph = GraphBuilder()
         self.layer_inputs = []   # (layer node, QParams of its input)
         self.output_ranges = {}  # conv output tensor -> (min, max)
@@ -134,8 +136,9 @@ class GhostNetOnnxWriter:
         if not params.quantized:
             return g.const(f"{prefix}.weight", params.weight), g.const(f"{prefix}.bias", params.bias)
         weight_scale = g.const(f"{prefix}.weight_scale", params.weight_scale)
-        weight_zero = g.const(f"{prefix}.weight_zero_point", np.zeros(len(params.weight_scale), np.int8))
-        weight = g.op("DequantizeLinear", [g.const(f"{prefix}.weight_int8", params.weight), weight_scale,
+        stored, zero = weight_storage.encode(params.weight, self.weight_storage)
+        weight_zero = g.const(f"{prefix}.weight_zero_point", np.full(len(params.weight_scale), zero, stored.dtype))
+        weight = g.op("DequantizeLinear", [g.const(f"{prefix}.weight_quantized", stored), weight_scale,
                                            weight_zero], f"{prefix}.weight", axis=0)
         bias_scale = g.const(f"{prefix}.bias_scale", (params.act_scale * params.weight_scale).astype(np.float32))
         bias_zero = g.const(f"{prefix}.bias_zero_point", np.zeros(len(params.weight_scale), np.int32))
@@ -357,16 +360,18 @@ def _topological(nodes):
 
 # --- the model ------------------------------------------------------------------------------
 
-def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True):
+def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True, int8_weights=None):
     """An ``onnx.ModelProto`` of ``net`` (a float ``GhostNet`` or an int8 network), eval mode.
 
     ``batch_size=None`` leaves the batch axis dynamic; ``requantize``: see _insert_quantization.
+    ``int8_weights``: how the int8 weights are stored, ``int8`` or ``uint8`` (see
+    src/deploy/weight_storage.py); None: what is exact and fastest on this CPU.
     """
     from onnx import TensorProto, checker, helper
 
     if not isinstance(net, GhostNet):
         raise TypeError(f"expected a GhostNet, got {type(net).__name__}")
-    writer = GhostNetOnnxWriter(net)
+    writer = GhostNetOnnxWriter(net, int8_weights or weight_storage.storage_for_this_cpu())
     logits = writer.network(net, INPUT_NAME)
     builder = writer.graph
     nodes = builder.nodes
@@ -397,14 +402,16 @@ def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True):
     return model
 
 
-def onnx_model_from_checkpoint(path, width=1.0, num_classes=37, image_size=224, batch_size=None, quant=False):
+def onnx_model_from_checkpoint(path, width=1.0, num_classes=37, image_size=224, batch_size=None, quant=False,
+                               int8_weights=None):
     """``(onnx.ModelProto, kind)`` for a float, fake-quant or int8 checkpoint (``quant``: int8 only).
 
-    A fake-quant (fine-tuning) checkpoint is turned into its int8 form first.
+    A fake-quant (fine-tuning) checkpoint is turned into its int8 form first; ``int8_weights``
+    as for :func:`ghostnet_to_onnx`.
     """
     # only the weights are read: no compiled CPU kernels needed
     net, kind = load_network(path, width, num_classes, quant, fast_cpu=False)
     if kind == CheckpointKind.FAKE_QUANT:
         net = convert(net)
     net.set_train(False)
-    return ghostnet_to_onnx(net, image_size, batch_size), kind
+    return ghostnet_to_onnx(net, image_size, batch_size, int8_weights=int8_weights), kind

@@ -15,6 +15,7 @@ import numpy as np
 from src.checkpoint import CheckpointKind
 from src.cli import BACKENDS
 from src.deploy.fold import fold_batchnorm_for_inference
+from src.deploy import weight_storage
 from src.deploy.onnx_export import onnx_model_from_checkpoint
 from src.errors import BackendError
 from src.models import load_network
@@ -55,11 +56,40 @@ class MindSporePredictor:
         return self.net(ms.Tensor(_pad_batch(images, self.batch_size))).asnumpy()[:count]
 
 
-class OnnxRuntimePredictor:
-    """An ONNX model in an onnxruntime CPU session (a fixed batch axis is padded to)."""
+def weights_for_this_cpu(model, description):
+    """``model`` (a path or serialized bytes) with its int8 weights stored as this CPU needs
+    (src/deploy/weight_storage.py: exact everywhere, fastest here); unchanged without onnx."""
+    try:
+        import onnx  # optional: only .onnx files from elsewhere need it
+    except ImportError:
+        if weight_storage.storage_for_this_cpu() == "uint8":
+            logger.warning("onnx is not installed, so %s runs as stored; if it holds int8 weights, this "
+                           "CPU (no VNNI) computes them wrongly: %s", description, ONNX_INSTALL_HINT)
+        return model
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    except Exception:  # not an ONNX file: onnxruntime says so below
+        return model
+    storage = weight_storage.storage_for_this_cpu()
+    changed = weight_storage.restore_weights(proto, storage)
+    if not changed:
+        return model
+    logger.info("%s: %d weight tensors stored as %s for this CPU (%s)", description, changed, storage,
+                weight_storage.int8_instruction_set())
+    return proto.SerializeToString()
 
-    def __init__(self, model, description="ONNX model", threads=0):
+
+class OnnxRuntimePredictor:
+    """An ONNX model in an onnxruntime CPU session (a fixed batch axis is padded to).
+
+    ``adapt_weights``: store int8 weights as this CPU needs first (:func:`weights_for_this_cpu`);
+    False runs the model exactly as given.
+    """
+
+    def __init__(self, model, description="ONNX model", threads=0, adapt_weights=True):
         ort = require_module("onnxruntime", "the onnxruntime backend")
+        if adapt_weights:
+            model = weights_for_this_cpu(model, description)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -106,4 +136,5 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
         return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
     require_module("onnx", "turning a checkpoint into an ONNX model")
     model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
-    return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)")
+    return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)",
+                                adapt_weights=False)  # already written for this CPU

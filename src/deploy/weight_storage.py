@@ -1,0 +1,82 @@
+"""How an int8 ONNX model stores its weights, and which storage is right for this CPU.
+
+onnxruntime's x86 int8 kernels for uint8 activations x int8 weights add pairs of products in
+int16 (``vpmaddubsw``) on CPUs without VNNI (AVX-512 VNNI or AVX-VNNI): with weights over the
+full [-128, 127] the pair sums saturate and the results are wrong. Its uint8 x uint8 kernels
+do not. The same int8 weights shifted by 128 into uint8, with zero point 128, dequantize to
+the same numbers, so the model computes exactly the same; on a VNNI CPU the int8 storage is
+faster (measured: 1.3x at batch 1 and 16, bench/bench_deploy.py ort_int8 vs ort_int8_u8).
+"""
+import platform
+
+import numpy as np
+
+WEIGHT_STORAGES = ("int8", "uint8")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+def cpu_flags():
+    """This CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def is_x86():
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def has_vnni():
+    return bool(VNNI_FLAGS and cpu_flags() & set(VNNI_FLAGS))
+
+
+def int8_instruction_set():
+    """A line for benchmark tables: which int8 dot-product instructions this CPU has."""
+    if not is_x86():
+        return f"{platform.machine()} (not x86: onnxruntime's int8 kernels do not saturate here)"
+    found = sorted(cpu_flags() & set(VNNI_FLAGS))
+    return "x86 with VNNI (" + ", ".join(found) + ")" if found else \
+        "x86 without VNNI (AVX2 int8 kernels: int8 weights saturate, uint8 weights are exact)"
+
+
+def storage_for_this_cpu():
+    """``int8`` where onnxruntime's u8 x s8 kernels are exact (VNNI, or not x86), else ``uint8``."""
+    return "int8" if has_vnni() or not is_x86() else "uint8"
+
+
+def encode(weight, storage):
+    """``(stored integers, zero point)`` of int8 ``weight`` values: as they are (zero point 0),
+    or shifted by 128 into uint8 (zero point 128). Both dequantize to the same numbers."""
+    if storage == "int8":
+        return weight.astype(np.int8), 0
+    if storage == "uint8":
+        return (weight.astype(np.int16) + 128).astype(np.uint8), 128
+    raise ValueError(f"weight storage must be one of {WEIGHT_STORAGES}, got {storage!r}")
+
+
+def restore_weights(model, storage):
+    """Store the 8-bit weights of ``model`` (an ``onnx.ModelProto``: every DequantizeLinear whose
+    input and zero point are initializers) as ``storage``, in place, shifting values and zero
+    points by 128; exact. Returns how many weight tensors changed."""
+    from onnx import numpy_helper  # optional package: only models read from files come here
+
+    source = np.uint8 if storage == "int8" else np.int8
+    shift = -128 if storage == "int8" else 128
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    done = set()
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) < 3:
+            continue
+        for name in node.input[0], node.input[2]:
+            tensor = initializers.get(name)
+            if name in done or tensor is None or numpy_helper.to_array(tensor).dtype != source:
+                break
+        else:
+            for name in node.input[0], node.input[2]:
+                values = numpy_helper.to_array(initializers[name]).astype(np.int16) + shift
+                initializers[name].CopyFrom(numpy_helper.from_array(values.astype(storage), name))
+                done.add(name)
+    return len(done) // 2
