@@ -57,6 +57,21 @@ def non_finite_copy(checkpoint, path, names=("conv_stem.weight", "bn1.moving_var
     return path
 
 
+# 12 ----------------------------------------------------------------------------------------
+
+def test_12_hub_arguments_are_checked_by_name():
+    spec = importlib.util.spec_from_file_location("hub_conf_12", REPO / "mindspore_hub_conf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    for width in (0, -1, "1.0", 2.0, True):
+        with pytest.raises(ValueError, match=rf"^width must be one of 0.5, 1.0, 1.3 \(a number\), got {width!r}$"):
+            hub.create_network("ghostnet", width=width)
+    for num_classes in (0, -3, 2.5, "37"):
+        with pytest.raises(ValueError, match=rf"^num_classes must be an integer of 1 or more, got {num_classes!r}$"):
+            hub.create_network("ghostnet_int8", num_classes=num_classes)
+    assert hub.create_network("ghostnet", width=1, num_classes=np.int64(3), fast_cpu=False).num_classes == 3
+
+
 # 14 ----------------------------------------------------------------------------------------
 
 def test_14_numpy_2_is_named_before_mindspore_fails(tmp_path, subprocess_env):
