@@ -21,6 +21,7 @@ from src.checkpoint import CheckpointError
 from src.dataset import copy_class_names
 from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
+from src.outputs import write_atomically
 from src.runtime import add_device_argument, add_network_arguments, run_script, set_device
 
 logger = logging.getLogger("export")
@@ -54,10 +55,12 @@ def export_onnx(args, path):
 
     model, kind = onnx_model_from_checkpoint(args.checkpoint_path, args.width, args.num_classes,
                                              args.image_size, args.batch_size)
-    partial = path + ".partial"
-    with open(partial, "wb") as f:
-        f.write(model.SerializeToString())
-    os.replace(partial, path)
+    data = model.SerializeToString()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomically(path, write)
     return kind
 
 
@@ -68,10 +71,9 @@ def export_with_mindspore(args, path):
         fold_batchnorm_for_inference(net)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch_size or 1, 3, args.image_size, args.image_size), np.float32))
-    # MindSpore appends the suffix itself; hand it the name without one
+    # MindSpore writes the file itself: to a temporary name with the suffix, renamed when complete
     try:
-        ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])],
-                  file_format=args.file_format)
+        write_atomically(path, lambda tmp: ms.export(net, sample, file_name=tmp, file_format=args.file_format))
     except RuntimeError as err:
         raise ValueError(f"MindSpore could not export the {kind} network to {args.file_format}: "
                          f"{str(err).splitlines()[0]}") from err

@@ -28,13 +28,14 @@ from src.config import add_config_arguments, config_from_args, validate
 from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
 from src.evaluation import evaluate
 from src.fast_cpu import enable_fast_cpu_path
+from src.outputs import write_text
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
 from src.models import require_kind, with_unrecorded_output_ranges
 from src.quant import calibrate, checkpoint_kind, export_int8_params, quantize_network, set_bn_frozen
 from src.runtime import DeviceError, add_device_argument, run_script, set_device, setup_logging
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
-                             TrainingDiverged, build_optimizer, init_distributed,
+                             TrainingDiverged, build_optimizer, check_parameters_finite, init_distributed,
                              parameter_fingerprint, resume_from, training_state)
 
 logger = logging.getLogger("train")
@@ -173,9 +174,9 @@ def main(args):
                               f"({keeper.epoch_checkpoints()[-1]}); pass "
                               "--resume to continue that run or choose another --output_dir")
     if rank == 0:
-        with open(os.path.join(args.output_dir, CONFIG_FILE), "w", encoding="utf-8") as f:
-            json.dump(dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
-                           quant=args.quant, dataset_path=args.dataset_path), f, indent=2)
+        saved = dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
+                     quant=args.quant, dataset_path=args.dataset_path)
+        write_text(os.path.join(args.output_dir, CONFIG_FILE), json.dumps(saved, indent=2))
         copy_class_names(args.dataset_path, args.output_dir)  # classify.py names breeds from it
 
     # int8 calibration ("without finetune")
@@ -199,6 +200,7 @@ def main(args):
         loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
                                              global_step, learning_rates)
         global_step += steps
+        check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved
         message = (f"epoch {epoch + 1}/{config.epoch_size}: loss {loss:.4f}, "
                    f"lr {learning_rates[global_step - 1]:.5f}, {speed * group_size:.1f} images/s")
         if rank != 0:

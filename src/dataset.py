@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from src.outputs import write_text
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -227,8 +229,7 @@ def copy_class_names(source_file, destination_folder):
     path = os.path.join(destination_folder, CLASS_NAMES_FILE)
     if os.path.abspath(path) != os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(source_file)),
                                                              CLASS_NAMES_FILE)):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(name + "\n" for name in names))
+        write_text(path, "".join(name + "\n" for name in names))
     return path
 
 

@@ -2,13 +2,15 @@
 import glob
 import hashlib
 import logging
+import math
 import os
 
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 
-from src.checkpoint import load_strict, read_checkpoint
+from src.checkpoint import (describe_non_finite, load_strict, non_finite_names,
+                            read_checkpoint, save_params)
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +59,25 @@ def training_state(net, optimizer, epoch, global_step, best_top1):
     return params
 
 
+def check_parameters_finite(net, optimizer, epoch):
+    """Raise TrainingDiverged when a parameter or momentum holds NaN or inf (a loss can stay
+    finite while BatchNorm statistics and weights overflow). Cheap: one float64 sum over all of
+    them, which float32 values cannot overflow, so it is finite exactly when they all are."""
+    params = dict(net.parameters_and_names())
+    params.update({p.name: p for p in optimizer.moments})
+    total = sum(float(np.sum(p.asnumpy(), dtype=np.float64)) for p in params.values())
+    if math.isfinite(total):
+        return
+    raise TrainingDiverged(
+        f"parameters became non-finite in epoch {epoch}: {describe_non_finite(non_finite_names(params), len(params))}; "
+        "no checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume from the "
+        "last good checkpoint.")
+
+
 def save_atomically(params, path):
-    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], tmp)
-    os.replace(tmp, path)
+    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint
+    (src.checkpoint.save_params; NaN or infinite values are refused)."""
+    return save_params(params, path)
 
 
 class CheckpointKeeper:

@@ -57,6 +57,81 @@ def non_finite_copy(checkpoint, path, names=("conv_stem.weight", "bn1.moving_var
     return path
 
 
+# 1 -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_1_non_finite_parameters_stop_training_and_no_reader_takes_them(sample_pets, checkpoint_4_classes,
+                                                                        tmp_path, subprocess_env):
+    from src.models import load_network
+    from src.train_utils import CheckpointKeeper
+
+    _, data, _ = sample_pets
+    # at this rate the loss stays finite (about 1e34) while BatchNorm statistics overflow in epoch 2
+    out = tmp_path / "diverged"
+    result = run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord", "--output_dir", out,
+                 "--epoch_size", 2, *NET, "--batch_size", 16, "--warmup_epochs", 1, "--lr", 1000,
+                 "--num_workers", 1, "--log_every", 100)
+    assert "parameters became non-finite in epoch" in error_line(result) or "loss became" in result.stderr
+    assert not (out / "ghostnet-final.ckpt").exists()
+    for checkpoint in out.glob("*.ckpt"):
+        assert all(np.isfinite(v.asnumpy()).all() for v in ms.load_checkpoint(str(checkpoint)).values())
+
+    bad = non_finite_copy(checkpoint_4_classes, tmp_path / "nan.ckpt")
+    message = r"holds NaN or infinite values in 2 of \d+ tensors \(conv_stem.weight, bn1.moving_variance\)"
+    with pytest.raises(CheckpointError, match=message):
+        read_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match=message):  # what eval.py, classify.py and export.py load through
+        load_network(str(bad), width=0.5, num_classes=4)
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in 2 of"):
+        load_strict(GhostNet(width=0.5, num_classes=4), ms.load_checkpoint(str(bad)))
+    resumable = tmp_path / "run"
+    resumable.mkdir()
+    shutil.copy(bad, resumable / "ghostnet-epoch0001.ckpt")
+    with pytest.raises(CheckpointError, match=message):  # train.py --resume
+        CheckpointKeeper(str(resumable), 5).newest()
+    with pytest.raises(CheckpointError, match=r"not writing .*again.ckpt: NaN or infinite values in 2 of"):
+        save_params(ms.load_checkpoint(str(bad)), str(tmp_path / "again.ckpt"))
+    assert not (tmp_path / "again.ckpt").exists()
+
+    line = error_line(run(subprocess_env, "eval.py", "--dataset_path", data / "test.mindrecord",
+                          "--checkpoint_path", bad, *NET))
+    assert f"{bad} holds NaN or infinite values in 2 of" in line and "lower --lr" in line
+    line = error_line(run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord",
+                          "--output_dir", tmp_path / "ft", "--pretrained", bad, *TRAIN))
+    assert f"{bad} holds NaN or infinite values" in line
+    assert not list((tmp_path / "ft").glob("*.ckpt"))
+
+
+# 4 -----------------------------------------------------------------------------------------
+
+def test_4_checkpoint_and_model_writes_are_atomic(checkpoint_4_classes, tmp_path, monkeypatch):
+    import export
+
+    def dies_half_way(entries, file_name, *args, **kwargs):
+        with open(file_name, "wb") as f:
+            f.write(b"half a file")
+        raise RuntimeError("disk full")
+
+    good = tmp_path / "good.ckpt"
+    shutil.copy(checkpoint_4_classes, good)
+    monkeypatch.setattr(ms, "save_checkpoint", dies_half_way)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_params({"w": np.ones(3, np.float32)}, str(tmp_path / "int8.ckpt"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_params({"w": np.ones(3, np.float32)}, str(good))
+    assert sorted(os.listdir(tmp_path)) == ["good.ckpt"]
+    assert good.read_bytes() == checkpoint_4_classes.read_bytes()
+
+    def export_dies_half_way(net, *inputs, file_name, file_format):
+        dies_half_way(None, file_name if file_name.endswith(".mindir") else file_name + ".mindir")
+    monkeypatch.setattr(ms, "export", export_dies_half_way)
+    args = export.get_args_parser().parse_args(["--checkpoint_path", str(checkpoint_4_classes),
+                                                "--file_format", "MINDIR", *NET])
+    with pytest.raises(ValueError, match="could not export the float network to MINDIR: disk full"):
+        export.export_with_mindspore(args, str(tmp_path / "net.mindir"))
+    assert sorted(os.listdir(tmp_path)) == ["good.ckpt"]
+
+
 # 12 ----------------------------------------------------------------------------------------
 
 def test_12_hub_arguments_are_checked_by_name():
