@@ -21,7 +21,7 @@ from src.checkpoint import CheckpointError
 from src.dataset import copy_class_names
 from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
-from src.outputs import write_atomically
+from src.outputs import make_folder, write_atomically
 from src.runtime import add_device_argument, add_network_arguments, run_script, set_device
 
 logger = logging.getLogger("export")
@@ -87,7 +87,9 @@ def main(args):
     set_device(args.device_target)
     path = output_path(args.file_name, args.file_format)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, "--file_name", ValueError, value=args.file_name)
+    if os.path.isdir(path):
+        raise ValueError(f"--file_name {args.file_name}: {path} is a folder; choose another --file_name")
     if args.file_format == "ONNX":
         kind = export_onnx(args, path)
     else:

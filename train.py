@@ -11,6 +11,7 @@ Every key of the training configuration (src/config.py) is a flag; the effective
 configuration is logged and saved as config.json beside the checkpoints.
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +29,7 @@ from src.config import add_config_arguments, config_from_args, validate
 from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
 from src.evaluation import evaluate
 from src.fast_cpu import enable_fast_cpu_path
-from src.outputs import write_text
+from src.outputs import FolderLock, make_folder, write_text
 from src.ghostnet import GhostNet
 from src.lr_generator import get_lr
 from src.models import require_kind, with_unrecorded_output_ranges
@@ -117,6 +118,16 @@ def main(args):
         raise CheckpointError("--quant needs --pretrained: the float checkpoint to quantize")
     if config.epoch_size == 0 and not args.quant:
         raise argparse.ArgumentTypeError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
+    make_folder(args.output_dir, "--output_dir", CheckpointError)
+    # one run per folder: rank 0 writes there and holds it until the end
+    lock = FolderLock(args.output_dir, "--output_dir", CheckpointError) if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return train(args, config, rank, group_size)
+
+
+def train(args, config, rank, group_size):
+    keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
+    saved_config = os.path.join(args.output_dir, CONFIG_FILE)
 
     # data
     check_num_classes(args.dataset_path, config.num_classes)
@@ -155,8 +166,6 @@ def main(args):
     train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
 
     # resume
-    os.makedirs(args.output_dir, exist_ok=True)
-    keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     newest = keeper.newest() if args.resume else None
     if newest:
@@ -176,7 +185,7 @@ def main(args):
     if rank == 0:
         saved = dict(dataclasses.asdict(config), workers=group_size, pretrained=args.pretrained,
                      quant=args.quant, dataset_path=args.dataset_path)
-        write_text(os.path.join(args.output_dir, CONFIG_FILE), json.dumps(saved, indent=2))
+        write_text(saved_config, json.dumps(saved, indent=2))
         copy_class_names(args.dataset_path, args.output_dir)  # classify.py names breeds from it
 
     # int8 calibration ("without finetune")

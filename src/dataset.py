@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from src.outputs import write_text
+from src.outputs import FolderLock, make_folder, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}}
 LABEL_COLUMNS = ("label", "label_list")  # ours, and the original package's
 # Modes MindSpore's JPEG decoder turns into RGB correctly; anything else is re-encoded.
 DECODABLE_JPEG_MODES = ("RGB", "L")
+STAGING_PREFIX = ".staging-"
 
 
 class DatasetError(ValueError):
@@ -81,10 +82,13 @@ def breed_name(image_name):
     return image_name.rsplit("_", 1)[0]
 
 
-def class_names_from(annotations):
+def class_names_from(annotations, source="the annotations"):
     names = {}
     for entry in annotations:
         names.setdefault(entry.label, breed_name(entry.image))
+    if not names:
+        raise DatasetError(f"{source} list no images (only comments or blank lines); expected lines "
+                           "'<image> <class_id> <species> <breed_id>' of the official Pets layout")
     missing = [i for i in range(max(names) + 1) if i not in names]
     if missing:
         raise DatasetError(f"no image for class_id(s) {[i + 1 for i in missing]} in the annotations")
@@ -148,7 +152,9 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
     """Write the MindRecord files and class names; return ``{split: SplitSummary}``.
 
     Everything is written in a staging folder inside ``output_dir`` and moved into place
-    (same file names, as a MindRecord must keep its name) only when both splits succeed.
+    (same file names, as a MindRecord must keep its name) only when both splits succeed. The
+    folder is locked for the whole conversion (src/outputs.py); staging folders found there
+    were left by killed conversions and are removed.
     """
     images_dir = os.path.join(data_root, "images")
     if not os.path.isdir(images_dir):
@@ -156,16 +162,44 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
                            "images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet into --data_root)")
     if shard_num < 1:
         raise DatasetError(f"--shard_num must be 1 or more, got {shard_num}")
-    annotations = {split: read_annotations(os.path.join(data_root, "annotations", name))
-                   for split, name in SPLITS.items()}
-    names = class_names_from(annotations["train"] + annotations["test"])
-    targets = output_files(output_dir, shard_num)
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
-        raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
+    annotation_files = {split: os.path.join(data_root, "annotations", name) for split, name in SPLITS.items()}
+    annotations = {split: read_annotations(path) for split, path in annotation_files.items()}
+    names = class_names_from(annotations["train"] + annotations["test"],
+                             " and ".join(annotation_files.values()))
+    make_folder(output_dir, "--output_dir", DatasetError)
+    with FolderLock(output_dir, "--output_dir", DatasetError):
+        targets = output_files(output_dir, shard_num)
+        existing = [t for t in targets if os.path.exists(t)]
+        if existing and not overwrite:
+            raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
+        remove_stale_staging(output_dir)
+        summaries = _convert_locked(annotations, annotation_files, images_dir, output_dir, names, targets,
+                                    existing, shard_num, max_skipped)
 
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
+    for split, summary in summaries.items():
+        logger.info("%s: %d images written to %s", split, summary.written,
+                    os.path.join(output_dir, f"{split}.mindrecord"))
+        for file, reason in summary.reencoded:
+            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
+        for file, reason in summary.skipped:
+            logger.warning("  skipped %s: %s", file, reason)
+    logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
+    return summaries
+
+
+def remove_stale_staging(output_dir):
+    """Remove the staging folders of killed conversions (called with the folder's lock held, so
+    no running conversion owns one)."""
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.startswith(STAGING_PREFIX) and os.path.isdir(path):
+            logger.info("removing %s, left by a conversion that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _convert_locked(annotations, annotation_files, images_dir, output_dir, names, targets, existing,
+                    shard_num, max_skipped):
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)
     try:
         total = sum(len(a) for a in annotations.values())
         done, start = [0], time.time()
@@ -187,6 +221,12 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
                 f"{len(skipped)} images skipped, more than --max_skipped {max_skipped}; first: "
                 + "; ".join(f"{f}: {why}" for f, why in skipped[:5])
                 + ". Check the download, or raise --max_skipped.")
+        for split, summary in summaries.items():
+            if summary.written == 0:
+                raise DatasetError(
+                    f"the {split} split would hold no images ({annotation_files[split]} lists "
+                    f"{len(annotations[split])}, {len(summary.skipped)} skipped): check the annotation "
+                    "file and the images folder. Nothing was written.")
         with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
             f.write("\n".join(names) + "\n")
         for target in existing:
@@ -195,15 +235,6 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
             os.replace(os.path.join(staging, os.path.basename(target)), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    for split, summary in summaries.items():
-        logger.info("%s: %d images written to %s", split, summary.written,
-                    os.path.join(output_dir, f"{split}.mindrecord"))
-        for file, reason in summary.reencoded:
-            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
-        for file, reason in summary.skipped:
-            logger.warning("  skipped %s: %s", file, reason)
-    logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
     return summaries
 
 

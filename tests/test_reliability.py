@@ -102,6 +102,32 @@ def test_1_non_finite_parameters_stop_training_and_no_reader_takes_them(sample_p
     assert not list((tmp_path / "ft").glob("*.ckpt"))
 
 
+# 2 -----------------------------------------------------------------------------------------
+
+def test_2_an_output_folder_is_held_by_one_run(sample_pets, tmp_path, subprocess_env):
+    from src.outputs import FolderLock
+
+    root, data, _ = sample_pets
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(str(out)):
+        line = error_line(run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord",
+                              "--output_dir", out, "--epoch_size", 1, *TRAIN))
+        assert f"--output_dir {out} is in use by pid {os.getpid()} on " in line
+        line = error_line(converter(subprocess_env, "--data_root", root, "--output_dir", out))
+        assert f"--output_dir {out} is in use by pid {os.getpid()} on " in line
+        assert sorted(os.listdir(out)) == [".lock"]
+    assert os.listdir(out) == []
+
+    # the lock of a killed run (its file stays, the kernel's lock does not) is taken over
+    (out / ".lock").write_text("pid 999999999 on somewhere\n")
+    result = converter(subprocess_env, "--data_root", root, "--output_dir", out)
+    assert result.returncode == 0, result.stderr
+    assert "taking over the lock of pid 999999999 on somewhere, which is no longer running" in result.stderr
+    assert sorted(os.listdir(out)) == ["class_names.txt", "test.mindrecord", "test.mindrecord.db",
+                                       "train.mindrecord", "train.mindrecord.db"]
+
+
 # 4 -----------------------------------------------------------------------------------------
 
 def test_4_checkpoint_and_model_writes_are_atomic(checkpoint_4_classes, tmp_path, monkeypatch):
@@ -130,6 +156,58 @@ def test_4_checkpoint_and_model_writes_are_atomic(checkpoint_4_classes, tmp_path
     with pytest.raises(ValueError, match="could not export the float network to MINDIR: disk full"):
         export.export_with_mindspore(args, str(tmp_path / "net.mindir"))
     assert sorted(os.listdir(tmp_path)) == ["good.ckpt"]
+
+
+# 5 -----------------------------------------------------------------------------------------
+
+def test_5_staging_folders_of_killed_conversions_are_removed(tmp_path, caplog):
+    root = tiny_pets(tmp_path / "pets")
+    out = tmp_path / "out"
+    stale = out / ".staging-k1ll3d"
+    stale.mkdir(parents=True)
+    (stale / "train.mindrecord").write_bytes(b"\0" * 1000)
+    with caplog.at_level("INFO"):
+        convert_pets(str(root), str(out))
+    assert f"removing {stale}, left by a conversion that did not finish" in caplog.text
+    assert not [name for name in os.listdir(out) if name.startswith(".")]
+    assert (out / "train.mindrecord").exists()
+
+
+# 8 -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_8_an_output_path_through_a_file_gets_a_message(sample_pets, checkpoint_4_classes, tmp_path,
+                                                        subprocess_env):
+    root, data, _ = sample_pets
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    line = error_line(converter(subprocess_env, "--data_root", root, "--output_dir", blocker / "mr"))
+    assert f"--output_dir {blocker / 'mr'}: {blocker} is a file, not a folder" in line
+    line = error_line(run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord",
+                          "--output_dir", blocker / "run" / "a", "--epoch_size", 1, *TRAIN))
+    assert f"--output_dir {blocker / 'run' / 'a'}: {blocker} is a file, not a folder" in line
+    line = error_line(run(subprocess_env, "export.py", "--checkpoint_path", checkpoint_4_classes,
+                          "--file_format", "MINDIR", "--file_name", blocker / "net", *NET))
+    assert f"--file_name {blocker / 'net'}: {blocker} is a file, not a folder" in line
+    assert os.listdir(tmp_path) == ["notes.txt"] and blocker.read_text() == "a file, not a folder"
+
+
+# 9 -----------------------------------------------------------------------------------------
+
+def test_9_annotations_without_images_are_an_error(tmp_path, subprocess_env):
+    root = tiny_pets(tmp_path / "pets")
+    header = "#Image CLASS-ID SPECIES BREED ID\n"
+    test_lines = (root / "annotations" / "test.txt").read_text()
+    for name in ("trainval.txt", "test.txt"):
+        (root / "annotations" / name).write_text(header)
+    line = error_line(converter(subprocess_env, "--data_root", root, "--output_dir", tmp_path / "out"))
+    assert "list no images (only comments or blank lines)" in line and "trainval.txt" in line
+
+    (root / "annotations" / "test.txt").write_text(header + test_lines)
+    line = error_line(converter(subprocess_env, "--data_root", root, "--output_dir", tmp_path / "out"))
+    assert (f"the train split would hold no images ({root / 'annotations' / 'trainval.txt'} lists 0, "
+            "0 skipped)") in line
+    assert os.listdir(tmp_path / "out") == []
 
 
 # 12 ----------------------------------------------------------------------------------------
