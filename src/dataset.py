@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,10 @@ SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}}
 LABEL_COLUMNS = ("label", "label_list")  # ours, and the original package's
 # Modes MindSpore's JPEG decoder turns into RGB correctly; anything else is re-encoded.
 DECODABLE_JPEG_MODES = ("RGB", "L")
+# What PIL raises for files it cannot read; DecompressionBombError/Warning: more pixels than
+# Image.MAX_IMAGE_PIXELS (the warning is turned into an error, see read_image).
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                           Image.DecompressionBombWarning)
 STAGING_PREFIX = ".staging-"
 
 
@@ -95,17 +100,52 @@ def class_names_from(annotations, source="the annotations"):
     return [names[i] for i in range(len(names))]
 
 
+def read_image(file):
+    """Open and fully decode an image (a path or file object) with PIL.
+
+    Raises one of UNREADABLE_IMAGE_ERRORS for what cannot be read: truncated or corrupt files,
+    and images over PIL's pixel limit (a DecompressionBombWarning is raised as an error too, so
+    that a huge picture is refused before it is decoded).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(file)
+        try:
+            img.load()  # decodes fully: truncated or corrupt files raise here
+        except BaseException:
+            img.close()
+            raise
+    return img
+
+
+def to_rgb(img):
+    """``img`` as 8-bit RGB. 16-bit and 32-bit grayscale (modes I;16, I, F) are scaled by their
+    range first, where PIL's own conversion clips at 255 and makes them white: I;16 by 65535; I by
+    65535 when its values lie in [0, 65535] (16-bit files read as I), else by its min..max; F by 1
+    when its values lie in [0, 1], else by its min..max."""
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        if img.mode.startswith("I;16") or (img.mode == "I" and low >= 0 and high <= 65535):
+            low, high = 0.0, 65535.0
+        elif img.mode == "F" and low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+        scaled = np.round((values - low) * 255.0 / max(high - low, 1e-12))
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def load_image_bytes(path):
-    """Return ``(jpeg_bytes, reencoded_reason)``; raise OSError for what PIL cannot read."""
+    """Return ``(jpeg_bytes, reencoded_reason)``; raise one of UNREADABLE_IMAGE_ERRORS for what
+    PIL cannot read."""
     with open(path, "rb") as f:
         raw = f.read()
-    with Image.open(io.BytesIO(raw)) as img:
-        img.load()  # decodes fully: truncated or corrupt files raise here
+    with read_image(io.BytesIO(raw)) as img:
         if img.format == "JPEG" and img.mode in DECODABLE_JPEG_MODES:
             return raw, None
         reason = f"{img.format} {img.mode}"
         out = io.BytesIO()
-        img.convert("RGB").save(out, "JPEG", quality=95)
+        to_rgb(img).save(out, "JPEG", quality=95)
         return out.getvalue(), reason
 
 
@@ -122,7 +162,7 @@ def _write_split(annotations, images_dir, path, shard_num, summary, progress):
         else:
             try:
                 data, reason = load_image_bytes(file)
-            except (OSError, SyntaxError, ValueError) as err:
+            except UNREADABLE_IMAGE_ERRORS as err:
                 summary.skipped.append((file, f"unreadable: {err}"))
             else:
                 if reason:
@@ -334,14 +374,12 @@ def eval_transforms(image_size):
 
 def load_image(path, image_size):
     """One image file (any format PIL reads) as the eval pipeline's CHW float32 array."""
-    from PIL import UnidentifiedImageError
-
     if not os.path.isfile(path):
         raise DatasetError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+        with read_image(path) as image:
+            pixels = np.asarray(to_rgb(image))
+    except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"{path} is not an image file PIL can read ({err})") from None
     for transform in eval_transforms(image_size):
         pixels = transform(pixels)

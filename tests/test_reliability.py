@@ -128,6 +128,26 @@ def test_2_an_output_folder_is_held_by_one_run(sample_pets, tmp_path, subprocess
                                        "train.mindrecord", "train.mindrecord.db"]
 
 
+# 3 -----------------------------------------------------------------------------------------
+
+def test_3_sixteen_bit_and_float_grayscale_match_their_8_bit_twin(tmp_path):
+    gray = np.add.outer(np.arange(48), np.arange(64)).astype(np.uint8) * 2  # 0..220, a gradient
+    Image.fromarray(gray).save(tmp_path / "8bit.png")
+    twins = {"I;16": (Image.fromarray(gray.astype(np.uint16) * 257), "PNG"),
+             "I": (Image.fromarray(gray.astype(np.int32) * 257, mode="I"), "TIFF"),
+             "F": (Image.fromarray(gray.astype(np.float32) / 255, mode="F"), "TIFF")}
+    expected_bytes, _ = load_image_bytes(str(tmp_path / "8bit.png"))
+    expected_pixels = load_image(str(tmp_path / "8bit.png"), 32)
+    for mode, (image, file_format) in twins.items():
+        path = tmp_path / f"{mode.replace(';', '')}.{file_format.lower()}"
+        image.save(path, file_format)
+        assert Image.open(path).mode == mode
+        data, reason = load_image_bytes(str(path))  # what the converter writes
+        assert reason == f"{file_format} {mode}"
+        assert data == expected_bytes, mode
+        np.testing.assert_array_equal(load_image(str(path), 32), expected_pixels, err_msg=mode)  # classify.py
+
+
 # 4 -----------------------------------------------------------------------------------------
 
 def test_4_checkpoint_and_model_writes_are_atomic(checkpoint_4_classes, tmp_path, monkeypatch):
@@ -208,6 +228,38 @@ def test_9_annotations_without_images_are_an_error(tmp_path, subprocess_env):
     assert (f"the train split would hold no images ({root / 'annotations' / 'trainval.txt'} lists 0, "
             "0 skipped)") in line
     assert os.listdir(tmp_path / "out") == []
+
+
+# 10 ----------------------------------------------------------------------------------------
+
+def png_declaring(path, width, height):
+    """A black 1-bit PNG of width x height: a few kB on disk whatever size it declares."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    packer = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte, then the row's bits
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+    return path
+
+
+def test_10_huge_images_are_skipped_and_named(tmp_path):
+    assert Image.MAX_IMAGE_PIXELS == 89478485  # PIL's default: no lower limit set for this test
+    root = tiny_pets(tmp_path / "pets")
+    over_error = png_declaring(root / "images" / "Abyssinian_900.jpg", 15000, 15000)  # PIL raises
+    over_warning = png_declaring(root / "images" / "Abyssinian_901.jpg", 10000, 10000)  # PIL warns
+    assert over_error.stat().st_size < 100_000
+    with open(root / "annotations" / "test.txt", "a", encoding="utf-8") as f:
+        f.write("Abyssinian_900 1 1 1\nAbyssinian_901 1 1 1\n")
+    summaries = convert_pets(str(root), str(tmp_path / "out"))
+    skipped = dict(summaries["test"].skipped)
+    assert set(skipped) == {str(over_error), str(over_warning)}
+    assert "225000000 pixels" in skipped[str(over_error)] and "exceeds limit" in skipped[str(over_error)]
+    assert "100000000 pixels" in skipped[str(over_warning)]
+    assert summaries["test"].written == 2
+    with pytest.raises(DatasetError, match=rf"{over_error} is not an image file PIL can read .*225000000 pixels"):
+        load_image(str(over_error), 32)  # classify.py's image loading
 
 
 # 12 ----------------------------------------------------------------------------------------
