@@ -305,11 +305,30 @@ def copy_class_names(source_file, destination_folder):
 
 
 def check_num_classes(dataset_path, num_classes):
-    """Refuse a classifier smaller than the labels of the dataset (known from class_names.txt)."""
+    """Refuse a classifier smaller than the labels of the dataset: known from class_names.txt,
+    else read from the label column (which is small: the images are not read)."""
     names = read_class_names(dataset_path)
-    if names is not None and len(names) > num_classes:
-        raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
-                           f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
+    if names is not None:
+        if len(names) > num_classes:
+            raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
+                               f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
+        return
+    top = max_label(dataset_path)
+    if top >= num_classes:
+        raise DatasetError(f"{dataset_path} has labels up to {top} ({top + 1} classes) but --num_classes "
+                           f"is {num_classes}; pass --num_classes {top + 1} or more")
+
+
+def max_label(dataset_path):
+    """The largest label in a MindRecord (-1 when it is empty)."""
+    import mindspore.dataset as ds
+
+    label = label_column(dataset_path)
+    data = ds.MindDataset(dataset_path, columns_list=[label], shuffle=False)
+    top = -1
+    for (labels,) in data.batch(4096).create_tuple_iterator(output_numpy=True, num_epochs=1):
+        top = max(top, int(labels.max()))
+    return top
 
 
 # --- input pipelines -------------------------------------------------------------------

@@ -193,6 +193,22 @@ def test_5_staging_folders_of_killed_conversions_are_removed(tmp_path, caplog):
     assert (out / "train.mindrecord").exists()
 
 
+# 6 -----------------------------------------------------------------------------------------
+
+def test_6_labels_beyond_num_classes_are_found_without_class_names(sample_pets, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    bare = tmp_path / "bare"  # the MindRecord without the class_names.txt beside it
+    bare.mkdir()
+    for name in ("train.mindrecord", "train.mindrecord.db"):
+        shutil.copy(data / name, bare / name)
+    result = run(subprocess_env, "train.py", "--dataset_path", bare / "train.mindrecord", "--output_dir",
+                 tmp_path / "out", "--epoch_size", 1, *[a if a != "4" else "3" for a in TRAIN])
+    line = error_line(result)
+    assert (f"{bare / 'train.mindrecord'} has labels up to 3 (4 classes) but --num_classes is 3; "
+            "pass --num_classes 4") in line
+    assert os.listdir(tmp_path / "out") == []
+
+
 # 8 -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
