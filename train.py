@@ -25,7 +25,7 @@ import mindspore.nn as nn
 import numpy as np
 
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
-from src.config import add_config_arguments, config_from_args, validate
+from src.config import add_config_arguments, check_resume_config, config_from_args, validate
 from src.dataset import DatasetError, check_num_classes, copy_class_names, create_dataset
 from src.evaluation import evaluate
 from src.fast_cpu import enable_fast_cpu_path
@@ -128,6 +128,8 @@ def main(args):
 def train(args, config, rank, group_size):
     keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
     saved_config = os.path.join(args.output_dir, CONFIG_FILE)
+    if args.resume and keeper.epoch_checkpoints() and os.path.isfile(saved_config):
+        check_resume_config(saved_config, config, group_size)
 
     # data
     check_num_classes(args.dataset_path, config.num_classes)

@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field, fields
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
+# Keys a resumed run may change: they do not alter the schedule, the network or the data order.
+RESUMABLE_CHANGES = ("num_workers", "log_every", "keep_checkpoint_max")
 
 
 @dataclass
@@ -76,3 +78,18 @@ def validate(config):
     if problems:
         raise argparse.ArgumentTypeError("; ".join(problems))
     return config
+
+
+def check_resume_config(path, config, workers):
+    """Refuse to resume the run whose config.json is ``path`` with another schedule, network or
+    data set-up: every key but RESUMABLE_CHANGES must keep its value."""
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    current = dict(dataclasses.asdict(config), workers=workers)
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items()
+               if key in saved and key not in RESUMABLE_CHANGES and saved[key] != value]
+    if changed:
+        raise argparse.ArgumentTypeError(
+            f"--resume with another configuration than {path}: {', '.join(changed)}. The schedule "
+            "would no longer fit the run: pass the saved values to continue it, or start a new run "
+            "in another --output_dir")

@@ -209,6 +209,27 @@ def test_6_labels_beyond_num_classes_are_found_without_class_names(sample_pets, 
     assert os.listdir(tmp_path / "out") == []
 
 
+# 7 -----------------------------------------------------------------------------------------
+
+def test_7_resume_refuses_a_changed_schedule(sample_pets, checkpoint_4_classes, tmp_path, subprocess_env):
+    _, data, _ = sample_pets
+    saved = TrainConfig(width=0.5, num_classes=4, image_size=32, batch_size=8, epoch_size=2, warmup_epochs=1,
+                        lr=0.8, num_workers=1, log_every=100)
+    config_json = json.dumps(dict(dataclasses.asdict(saved), workers=1, pretrained=None, quant=False,
+                                  dataset_path=str(data / "train.mindrecord")), indent=2)
+    (tmp_path / "config.json").write_text(config_json)
+    shutil.copy(checkpoint_4_classes, tmp_path / "ghostnet-epoch0001.ckpt")
+    changed = [a if a != "8" else "16" for a in TRAIN] + ["--lr_schedule", "step", "--num_workers", 2]
+    result = run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord", "--output_dir",
+                 tmp_path, "--resume", "--epoch_size", 3, *changed)
+    line = error_line(result)
+    assert (f"--resume with another configuration than {tmp_path / 'config.json'}: batch_size 8 -> 16, "
+            "epoch_size 2 -> 3, lr_schedule cosine -> step.") in line
+    assert "num_workers" not in line  # does not change the run
+    assert (tmp_path / "config.json").read_text() == config_json
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "ghostnet-epoch0001.ckpt"]
+
+
 # 8 -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
