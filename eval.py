@@ -11,6 +11,7 @@ import argparse
 import logging
 
 from src.checkpoint import CheckpointError
+from src.config import check_at_least_one
 from src.dataset import DatasetError, check_num_classes, create_dataset
 from src.evaluation import evaluate
 from src.inference import BackendError, add_backend_argument, create_predictor
@@ -38,6 +39,8 @@ def get_args_parser():
 
 
 def main(args):
+    check_at_least_one(batch_size=args.batch_size, image_size=args.image_size, num_classes=args.num_classes,
+                       num_workers=args.num_workers)
     if args.backend == "mindspore":
         set_device(args.device_target)
     check_num_classes(args.dataset_path, args.num_classes)
@@ -53,4 +56,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError), logger)
+    run_script(main, get_args_parser(), (BackendError, CheckpointError, DatasetError, DeviceError,
+                                         argparse.ArgumentTypeError), logger)

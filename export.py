@@ -18,6 +18,7 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import CheckpointError
+from src.config import check_at_least_one
 from src.dataset import copy_class_names
 from src.inference import fold_batchnorm_for_inference, require_module
 from src.models import load_network
@@ -81,6 +82,7 @@ def export_with_mindspore(args, path):
 
 
 def main(args):
+    check_at_least_one(batch_size=args.batch_size, image_size=args.image_size, num_classes=args.num_classes)
     if args.file_format == "AIR" and args.device_target != "Ascend":
         raise ValueError("AIR export needs an Ascend device (--device_target Ascend); "
                          "on CPU and GPU export MINDIR or ONNX instead")
@@ -101,4 +103,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run_script(main, get_args_parser(), (CheckpointError, ValueError), logger)
+    run_script(main, get_args_parser(), (CheckpointError, ValueError, argparse.ArgumentTypeError), logger)

@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
@@ -63,12 +64,25 @@ def config_from_args(args, config_class=TrainConfig):
     return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
 
 
+def at_least_one(values):
+    """Problems for ``{flag name: value}`` entries below 1 (None: not given, fine)."""
+    return [f"--{name} must be at least 1, got {value}" for name, value in values.items()
+            if value is not None and value < 1]
+
+
+def check_at_least_one(**values):
+    """For the scripts' own flags: ``check_at_least_one(batch_size=args.batch_size, ...)``."""
+    problems = at_least_one(values)
+    if problems:
+        raise argparse.ArgumentTypeError("; ".join(problems))
+
+
 def validate(config):
     """Reject values that cannot train, naming the flag."""
-    problems = []
-    for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches"):
-        if getattr(config, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(config, name)}")
+    problems = [f"--{f.name} must be a finite number, got {getattr(config, f.name)}"
+                for f in fields(config) if f.type is float and not math.isfinite(getattr(config, f.name))]
+    problems += at_least_one({name: getattr(config, name) for name in
+                              ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches")})
     for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale",
                  "quant_lr", "quant_bn_freeze_epoch"):
         if getattr(config, name) < 0:

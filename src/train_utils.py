@@ -9,7 +9,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 
-from src.checkpoint import (describe_non_finite, load_strict, non_finite_names,
+from src.checkpoint import (CheckpointError, describe_non_finite, load_strict, non_finite_names,
                             read_checkpoint, save_params)
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ def resume_from(checkpoint, net, optimizer, source="checkpoint"):
     moments = {p.name: p for p in optimizer.moments}
     missing = [name for name in moments if name not in state]
     if missing:
-        raise ValueError(f"{source} has no optimizer state for {missing[:3]}...; it cannot be resumed")
+        raise CheckpointError(f"{source} has no optimizer state ({len(missing)} momentum tensors missing, "
+                              f"first {missing[0]}), so it cannot be resumed: start a new run with "
+                              f"--pretrained {source} in another --output_dir")
     for name, moment in moments.items():
         moment.set_data(ms.Tensor(state[name].asnumpy()))
     global_step = int(state["train_state.global_step"].asnumpy()[0])

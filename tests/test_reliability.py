@@ -299,6 +299,32 @@ def test_10_huge_images_are_skipped_and_named(tmp_path):
         load_image(str(over_error), 32)  # classify.py's image loading
 
 
+# 11 ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_11_sizes_of_zero_and_nan_rates_are_refused_by_name(sample_pets, checkpoint_4_classes, tmp_path,
+                                                            subprocess_env):
+    from src.train_utils import build_optimizer, resume_from
+
+    _, data, _ = sample_pets
+    line = error_line(run(subprocess_env, "eval.py", "--dataset_path", data / "test.mindrecord",
+                          "--checkpoint_path", checkpoint_4_classes, "--image_size", 0, "--batch_size", 0))
+    assert "--batch_size must be at least 1, got 0; --image_size must be at least 1, got 0" in line
+    line = error_line(run(subprocess_env, "export.py", "--checkpoint_path", checkpoint_4_classes,
+                          "--file_format", "MINDIR", "--file_name", tmp_path / "net", "--batch_size", 0))
+    assert "--batch_size must be at least 1, got 0" in line
+    line = error_line(run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord",
+                          "--output_dir", tmp_path / "run", *TRAIN, "--lr", "nan", "--lr_end", "inf"))
+    assert "--lr must be a finite number, got nan; --lr_end must be a finite number, got inf" in line
+    assert os.listdir(tmp_path) == []
+
+    # a checkpoint without momentum cannot be resumed: a CheckpointError, which train.py reports
+    net = GhostNet(width=0.5, num_classes=4)
+    optimizer = build_optimizer(net, np.full(4, 0.1, np.float32), 0.9, 4e-5, 1.0)
+    with pytest.raises(CheckpointError, match=r"has no optimizer state \(\d+ momentum tensors missing, first "):
+        resume_from(str(checkpoint_4_classes), net, optimizer)
+
+
 # 12 ----------------------------------------------------------------------------------------
 
 def test_12_hub_arguments_are_checked_by_name():
