@@ -340,6 +340,35 @@ def test_12_hub_arguments_are_checked_by_name():
     assert hub.create_network("ghostnet", width=1, num_classes=np.int64(3), fast_cpu=False).num_classes == 3
 
 
+# 13 ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_13_classify_names_every_bad_file_and_classifies_the_rest(checkpoint_4_classes, tmp_path,
+                                                                   subprocess_env):
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("b.png", "a.jpg"):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(pictures / name)
+    (pictures / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (pictures / "readme.txt").write_text("not a picture, and not named like one")
+    absent = tmp_path / "absent.png"
+    result = run(subprocess_env, "classify.py", "--checkpoint_path", checkpoint_4_classes, *NET, "--top_k", 2,
+                 absent, pictures)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 2
+    assert f"image not found: {absent}" in errors[0]
+    assert f"{pictures / 'broken.jpg'} is not an image file PIL can read" in errors[1]
+    classified = [line for line in result.stdout.splitlines() if not line.startswith("  ")]
+    assert classified == [str(pictures / "a.jpg"), str(pictures / "b.png")]
+    assert len(result.stdout.splitlines()) == 2 * 3
+
+    line = error_line(run(subprocess_env, "classify.py", "--checkpoint_path", checkpoint_4_classes, *NET,
+                          "--top_k", 0, pictures / "a.jpg"))
+    assert "--top_k must be at least 1, got 0" in line
+
+
 # 14 ----------------------------------------------------------------------------------------
 
 def test_14_numpy_2_is_named_before_mindspore_fails(tmp_path, subprocess_env):
