@@ -1,19 +1,25 @@
 """Classify image files with a GhostNet checkpoint or ONNX model: top-5 breeds with probabilities.
 
     python classify.py --checkpoint_path CKPT_OR_ONNX cat.jpg dog.png [--backend onnxruntime]
+    python classify.py --checkpoint_path CKPT_OR_ONNX my_pictures/
 
 Images go through the eval pipeline's resize, centre crop and normalisation; any format PIL
-reads works (JPEG, PNG, ...). Breed names come from --class_names, else from the
-class_names.txt that train.py and export.py put beside their checkpoints and models.
+reads works (JPEG, PNG, ...); a folder stands for the image files in it, sorted. Every
+readable picture is classified; each one that cannot be read is named, and the exit code is
+then 2. Breed names come from --class_names, else from the class_names.txt that train.py and
+export.py put beside their checkpoints and models.
 """
 import argparse
 import logging
 import os
+import sys
 
 import numpy as np
+from PIL import Image
 
 from src.cli import (add_backend_argument, add_device_argument, add_network_arguments, run_script,
                      set_device)
+from src.config import check_at_least_one
 from src.dataset import CLASS_NAMES_FILE, load_image, read_class_names, read_names_file
 from src.deploy.predictors import create_predictor
 from src.errors import DatasetError
@@ -24,7 +30,7 @@ logger = logging.getLogger("classify")
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("images", nargs="+", help="image files to classify")
+    parser.add_argument("images", nargs="+", help="image files to classify, or folders of them")
     parser.add_argument("--checkpoint_path", required=True,
                         help="checkpoint (.ckpt: float or int8), or an .onnx model with --backend onnxruntime")
     add_backend_argument(parser)
@@ -55,13 +61,54 @@ def class_names(args, num_classes):
     return names
 
 
+def image_suffixes():
+    """File name suffixes of the formats PIL can open (.jpg, .png, ...)."""
+    Image.init()
+    return tuple(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def image_files(paths):
+    """``paths`` with each folder replaced by the image files in it (sorted by name)."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        suffixes = image_suffixes()
+        found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(suffixes) and not name.startswith(".")
+                       and os.path.isfile(os.path.join(path, name)))
+        if not found:
+            raise DatasetError(f"{path} holds no image files (.jpg, .png, ... that PIL reads); "
+                               "pass image files or a folder of them")
+        files += found
+    return files
+
+
 def softmax(logits):
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def main(args):
-    images = np.stack([load_image(path, args.image_size) for path in args.images])
+    check_at_least_one(top_k=args.top_k, image_size=args.image_size, batch_size=args.batch_size,
+                       num_classes=args.num_classes)
+    paths, images, failed = [], [], []
+    for path in image_files(args.images):
+        try:
+            images.append(load_image(path, args.image_size))
+            paths.append(path)
+        except DatasetError as err:  # named now, the others are still classified
+            logger.error("%s", err)
+            failed.append(path)
+    results = classify(args, paths, np.stack(images)) if images else []
+    if failed:
+        sys.exit(2)
+    return results
+
+
+def classify(args, paths, images):
+    """Print and return the top-k classes of each of ``images`` (named by ``paths``)."""
     if args.backend == "mindspore":
         set_device(args.device_target, graph_mode=False)  # a few images: no graph compilation
     predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,
@@ -72,7 +119,7 @@ def main(args):
     probabilities = softmax(logits.astype(np.float64))
     top_k = min(args.top_k, logits.shape[1])
     results = []
-    for path, row in zip(args.images, probabilities):
+    for path, row in zip(paths, probabilities):
         best = np.argsort(-row)[:top_k]
         print(path)
         for index in best:

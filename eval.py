@@ -12,6 +12,7 @@ import logging
 
 from src.cli import (add_backend_argument, add_device_argument, add_network_arguments, run_script,
                      set_device)
+from src.config import check_at_least_one
 from src.dataset import check_num_classes, create_dataset
 from src.deploy.predictors import create_predictor
 from src.evaluation import evaluate
@@ -37,6 +38,8 @@ def get_args_parser():
 
 
 def main(args):
+    check_at_least_one(batch_size=args.batch_size, image_size=args.image_size, num_classes=args.num_classes,
+                       num_workers=args.num_workers)
     if args.backend == "mindspore":
         set_device(args.device_target)
     check_num_classes(args.dataset_path, args.num_classes)

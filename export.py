@@ -19,6 +19,7 @@ import numpy as np
 
 from src.checkpoint import CheckpointKind
 from src.cli import add_device_argument, add_network_arguments, run_script, set_device
+from src.config import check_at_least_one
 from src.dataset import copy_class_names
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.deploy.onnx_export import onnx_model_from_checkpoint
@@ -26,6 +27,7 @@ from src.deploy.predictors import require_module
 from src.deploy.weight_storage import WEIGHT_STORAGES
 from src.errors import ConfigError, UserError
 from src.models import load_network
+from src.outputs import make_folder, write_atomically
 
 logger = logging.getLogger("export")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -60,10 +62,12 @@ def export_onnx(args, path):
     require_module("onnx", "ONNX export")
     model, kind = onnx_model_from_checkpoint(args.checkpoint_path, args.width, args.num_classes,
                                              args.image_size, args.batch_size, int8_weights=args.int8_weights)
-    partial = path + ".partial"
-    with open(partial, "wb") as f:
-        f.write(model.SerializeToString())
-    os.replace(partial, path)
+    data = model.SerializeToString()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomically(path, write)
     return kind
 
 
@@ -74,10 +78,9 @@ def export_with_mindspore(args, path):
         fold_batchnorm_for_inference(net)
     net.set_train(False)
     sample = ms.Tensor(np.zeros((args.batch_size or 1, 3, args.image_size, args.image_size), np.float32))
-    # MindSpore appends the suffix itself; hand it the name without one
+    # MindSpore writes the file itself: to a temporary name with the suffix, renamed when complete
     try:
-        ms.export(net, sample, file_name=path[:-len(SUFFIXES[args.file_format])],
-                  file_format=args.file_format)
+        write_atomically(path, lambda tmp: ms.export(net, sample, file_name=tmp, file_format=args.file_format))
     except RuntimeError as err:
         raise UserError(f"MindSpore could not export the {kind} network to {args.file_format}: "
                          f"{str(err).splitlines()[0]}") from err
@@ -85,13 +88,16 @@ def export_with_mindspore(args, path):
 
 
 def main(args):
+    check_at_least_one(batch_size=args.batch_size, image_size=args.image_size, num_classes=args.num_classes)
     if args.file_format == "AIR" and args.device_target != "Ascend":
         raise ConfigError("AIR export needs an Ascend device (--device_target Ascend); "
                          "on CPU and GPU export MINDIR or ONNX instead")
     set_device(args.device_target)
     path = output_path(args.file_name, args.file_format)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    make_folder(folder, "--file_name", value=args.file_name)
+    if os.path.isdir(path):
+        raise ConfigError(f"--file_name {args.file_name}: {path} is a folder; choose another --file_name")
     if args.file_format == "ONNX":
         kind = export_onnx(args, path)
     else:

@@ -11,6 +11,7 @@ Every key of the training configuration (src/config.py) is a flag; the effective
 configuration is logged and saved as config.json beside the checkpoints.
 """
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -25,17 +26,19 @@ import numpy as np
 from src.checkpoint import (CheckpointKind, load_strict, read_checkpoint, require_kind, save_params,
                             with_unrecorded_output_ranges)
 from src.cli import add_device_argument, run_script, set_device, setup_logging
-from src.config import REFERENCE_BATCH, add_config_arguments, config_from_args, validate
+from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_config, config_from_args,
+                        validate)
 from src.dataset import check_num_classes, copy_class_names, create_dataset
 from src.errors import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
+from src.outputs import FolderLock, make_folder, write_text
 from src.quant import calibrate, int8_params, prepare, set_bn_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
-                             build_optimizer, init_distributed, parameter_fingerprint, resume_from,
-                             training_state, write_text_atomically)
+                             build_optimizer, check_parameters_finite, init_distributed,
+                             parameter_fingerprint, resume_from, training_state)
 
 logger = logging.getLogger("train")
 INT8_CHECKPOINT = "ghostnet-int8.ckpt"
@@ -116,6 +119,18 @@ def main(args):
         raise CheckpointError("--quant needs --pretrained: the float checkpoint to quantize")
     if config.epoch_size == 0 and not args.quant:
         raise ConfigError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
+    make_folder(args.output_dir, "--output_dir")
+    # one run per folder: rank 0 writes there and holds it until the end
+    lock = FolderLock(args.output_dir, "--output_dir") if rank == 0 else contextlib.nullcontext()
+    with lock:
+        return train(args, config, rank, group_size)
+
+
+def train(args, config, rank, group_size):
+    keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
+    saved_config = os.path.join(args.output_dir, CONFIG_FILE)
+    if args.resume and keeper.epoch_checkpoints() and os.path.isfile(saved_config):
+        check_resume_config(saved_config, config, group_size)
 
     # data
     check_num_classes(args.dataset_path, config.num_classes)
@@ -154,8 +169,6 @@ def main(args):
     train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
 
     # resume
-    os.makedirs(args.output_dir, exist_ok=True)
-    keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     newest = keeper.newest() if args.resume else None
     if newest:
@@ -173,9 +186,8 @@ def main(args):
                               f"({keeper.epoch_checkpoints()[-1]}); pass "
                               "--resume to continue that run or choose another --output_dir")
     if rank == 0:
-        write_text_atomically(os.path.join(args.output_dir, CONFIG_FILE),
-                              config.to_json(workers=group_size, pretrained=args.pretrained,
-                                             quant=args.quant, dataset_path=args.dataset_path))
+        write_text(saved_config, config.to_json(workers=group_size, pretrained=args.pretrained,
+                                                quant=args.quant, dataset_path=args.dataset_path))
         copy_class_names(args.dataset_path, args.output_dir)  # classify.py names breeds from it
 
     # int8 calibration ("without finetune")
@@ -199,6 +211,7 @@ def main(args):
         loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
                                              global_step, learning_rates)
         global_step += steps
+        check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved
         message = (f"epoch {epoch + 1}/{config.epoch_size}: loss {loss:.4f}, "
                    f"lr {learning_rates[global_step - 1]:.5f}, {speed * group_size:.1f} images/s")
         if rank != 0:

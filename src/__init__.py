@@ -5,3 +5,23 @@ import os
 # from MindSpore's own threads between two kernels: on CPU, GhostNet ran 2x slower. libgomp
 # reads this once, when MindSpore first loads it, so entry scripts import src first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _require_numpy_1():
+    """MindSpore 2.10 is compiled against numpy 1.x and fails deep inside under numpy 2 (which
+    pip installs when another package asks for it): say so at once, without importing MindSpore."""
+    import sys
+
+    try:
+        import numpy
+    except ImportError:
+        return  # the import that needs it names it
+    version = str(getattr(numpy, "__version__", "0"))
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) >= 2:
+        sys.stderr.write(f"ERROR numpy {version} is installed, but MindSpore 2.10 needs numpy 1.x: "
+                         'run pip install "numpy<2"\n')
+        raise SystemExit(2)
+
+
+_require_numpy_1()

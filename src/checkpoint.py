@@ -4,7 +4,9 @@ All knowledge of the checkpoint formats sits here: the three kinds (:class:`Chec
 and the parameter-name suffixes that tell them apart. MindSpore's ``load_param_into_net``
 silently skips parameters it cannot match; a network with random weights then evaluates
 without complaint. Everything in this package loads through :func:`load_strict` instead:
-every mismatch is reported and refused unless asked otherwise.
+every mismatch is reported and refused unless asked otherwise, and files are read through
+:func:`read_checkpoint`. Both refuse NaN or infinite values; :func:`save_params` writes
+atomically (src.outputs.write_atomically) and never with non-finite values.
 """
 import enum
 import logging
@@ -15,6 +17,7 @@ import mindspore as ms
 import numpy as np
 
 from src.errors import CheckpointError
+from src.outputs import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -95,20 +98,53 @@ class LoadReport:
     training_state: dict = field(default_factory=dict)
 
 
+def _as_numpy(value):
+    return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+
+
+def non_finite_names(params):
+    """Names of the float tensors of ``{name: Parameter|Tensor|ndarray}`` holding NaN or inf."""
+    bad = []
+    for name, value in params.items():
+        data = _as_numpy(value)
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            bad.append(name)
+    return bad
+
+
+def describe_non_finite(bad, total):
+    """``NaN or infinite values in N of M tensors (a, b, c, ...)``."""
+    shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+    return f"NaN or infinite values in {len(bad)} of {total} tensors ({shown})"
+
+
+def check_finite(params, source):
+    """Refuse NaN or infinite float tensors (what a diverged run leaves), naming how many and the first few."""
+    bad = non_finite_names(params)
+    if bad:
+        raise CheckpointError(f"{source} holds {describe_non_finite(bad, len(params))}: it comes from a "
+                              "diverged run. Use an earlier checkpoint, or train again with a lower --lr.")
+    return params
+
+
 def read_checkpoint(path, names=None):
     """Read a MindSpore checkpoint into ``{name: Parameter}`` with errors that name the file.
 
-    ``names``: a predicate on parameter names; only those it accepts are read.
+    ``names``: a predicate on parameter names; only those it accepts are read. A checkpoint
+    with NaN or infinite values is refused (:func:`check_finite`).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return ms.load_checkpoint(path, choice_func=names)
+        params = ms.load_checkpoint(path, choice_func=names)
     except Exception as err:  # MindSpore raises ValueError/RuntimeError with long internals
+        if names is not None and isinstance(err, ValueError) and "empty after filter" in str(err):
+            return {}  # MindSpore's way of saying that no name passed the filter
         raise CheckpointError(
             f"cannot read checkpoint {path}: {str(err).splitlines()[0]}. "
             "Is it a MindSpore .ckpt? Convert timm weights with `python -m src.convert_weights`."
         ) from err
+    return check_finite(params, path)
 
 
 def _shape(value):
@@ -132,6 +168,8 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
     if isinstance(checkpoint, (str, os.PathLike)):
         source = str(checkpoint)
         checkpoint = read_checkpoint(source)
+    else:
+        check_finite(checkpoint, source)
     report = LoadReport()
     params = {name: value for name, value in checkpoint.items()
               if not name.startswith(TRAINING_STATE_PREFIXES)}
@@ -173,15 +211,21 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
                               + f". {hint}.")
 
     for name, target in targets.items():
-        value = params[name]
-        data = value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
+        data = _as_numpy(params[name])
         target.set_data(ms.Tensor(data.astype(ms.dtype_to_nptype(target.dtype))))
     report.loaded = len(targets)
     return report
 
 
 def save_params(params, path):
-    """Save ``{name: ndarray|Tensor|Parameter}`` as a MindSpore checkpoint."""
+    """Save ``{name: ndarray|Tensor|Parameter}`` as a MindSpore checkpoint, atomically.
+
+    NaN or infinite values are refused (:class:`CheckpointError`): nothing is written.
+    """
+    bad = non_finite_names(params)
+    if bad:
+        raise CheckpointError(f"not writing {path}: {describe_non_finite(bad, len(params))}. The run "
+                              "diverged: train again with a lower --lr.")
     entries = [{"name": name, "data": value if isinstance(value, ms.Tensor) else ms.Tensor(value)}
                for name, value in params.items()]
-    ms.save_checkpoint(entries, path)
+    return write_atomically(path, lambda tmp: ms.save_checkpoint(entries, tmp))

@@ -1,12 +1,15 @@
 """Training configuration: one dataclass, every key a command-line flag, saved beside checkpoints."""
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 
 from src.errors import ConfigError
 from src.ghostnet import WIDTHS
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
+# Keys a resumed run may change: they do not alter the schedule, the network or the data order.
+RESUMABLE_CHANGES = ("num_workers", "log_every", "keep_checkpoint_max")
 
 
 @dataclass
@@ -66,12 +69,25 @@ def config_from_args(args, config_class=TrainConfig):
     return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
 
 
+def at_least_one(values):
+    """Problems for ``{flag name: value}`` entries below 1 (None: not given, fine)."""
+    return [f"--{name} must be at least 1, got {value}" for name, value in values.items()
+            if value is not None and value < 1]
+
+
+def check_at_least_one(**values):
+    """For the scripts' own flags: ``check_at_least_one(batch_size=args.batch_size, ...)``."""
+    problems = at_least_one(values)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def validate(config):
     """Reject values that cannot train, naming the flag."""
-    problems = []
-    for name in ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches"):
-        if getattr(config, name) < 1:
-            problems.append(f"--{name} must be at least 1, got {getattr(config, name)}")
+    problems = [f"--{f.name} must be a finite number, got {getattr(config, f.name)}"
+                for f in fields(config) if f.type is float and not math.isfinite(getattr(config, f.name))]
+    problems += at_least_one({name: getattr(config, name) for name in
+                              ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches")})
     for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale",
                  "quant_lr", "quant_bn_freeze_epoch"):
         if getattr(config, name) < 0:
@@ -82,3 +98,18 @@ def validate(config):
     if problems:
         raise ConfigError("; ".join(problems))
     return config
+
+
+def check_resume_config(path, config, workers):
+    """Refuse to resume the run whose config.json is ``path`` with another schedule, network or
+    data set-up: every key but RESUMABLE_CHANGES must keep its value."""
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    current = dict(dataclasses.asdict(config), workers=workers)
+    changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items()
+               if key in saved and key not in RESUMABLE_CHANGES and saved[key] != value]
+    if changed:
+        raise ConfigError(
+            f"--resume with another configuration than {path}: {', '.join(changed)}. The schedule "
+            "would no longer fit the run: pass the saved values to continue it, or start a new run "
+            "in another --output_dir")

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import mindspore as ms
@@ -23,10 +24,12 @@ import numpy as np
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 from mindspore.dataset.vision import Inter
 from mindspore.mindrecord import FileReader, FileWriter
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from src.cli import run_script
 from src.errors import DatasetError
+
+from src.outputs import FolderLock, make_folder, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ SCHEMA = {"image": {"type": "bytes"}, "label": {"type": "int32"}}
 LABEL_COLUMNS = ("label", "label_list")  # ours, and the original package's
 # Modes MindSpore's JPEG decoder turns into RGB correctly; anything else is re-encoded.
 DECODABLE_JPEG_MODES = ("RGB", "L")
+# What PIL raises for files it cannot read; DecompressionBombError/Warning: more pixels than
+# Image.MAX_IMAGE_PIXELS (the warning is turned into an error, see read_image).
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                           Image.DecompressionBombWarning)
+STAGING_PREFIX = ".staging-"
 
 
 # --- conversion ------------------------------------------------------------------------
@@ -84,27 +92,65 @@ def breed_name(image_name):
     return image_name.rsplit("_", 1)[0]
 
 
-def class_names_from(annotations):
+def class_names_from(annotations, source="the annotations"):
     names = {}
     for entry in annotations:
         names.setdefault(entry.label, breed_name(entry.image))
+    if not names:
+        raise DatasetError(f"{source} list no images (only comments or blank lines); expected lines "
+                           "'<image> <class_id> <species> <breed_id>' of the official Pets layout")
     missing = [i for i in range(max(names) + 1) if i not in names]
     if missing:
         raise DatasetError(f"no image for class_id(s) {[i + 1 for i in missing]} in the annotations")
     return [names[i] for i in range(len(names))]
 
 
+def read_image(file):
+    """Open and fully decode an image (a path or file object) with PIL.
+
+    Raises one of UNREADABLE_IMAGE_ERRORS for what cannot be read: truncated or corrupt files,
+    and images over PIL's pixel limit (a DecompressionBombWarning is raised as an error too, so
+    that a huge picture is refused before it is decoded).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(file)
+        try:
+            img.load()  # decodes fully: truncated or corrupt files raise here
+        except BaseException:
+            img.close()
+            raise
+    return img
+
+
+def to_rgb(img):
+    """``img`` as 8-bit RGB. 16-bit and 32-bit grayscale (modes I;16, I, F) are scaled by their
+    range first, where PIL's own conversion clips at 255 and makes them white: I;16 by 65535; I by
+    65535 when its values lie in [0, 65535] (16-bit files read as I), else by its min..max; F by 1
+    when its values lie in [0, 1], else by its min..max."""
+    if img.mode.startswith("I") or img.mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        if img.mode.startswith("I;16") or (img.mode == "I" and low >= 0 and high <= 65535):
+            low, high = 0.0, 65535.0
+        elif img.mode == "F" and low >= 0 and high <= 1:
+            low, high = 0.0, 1.0
+        scaled = np.round((values - low) * 255.0 / max(high - low, 1e-12))
+        img = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def load_image_bytes(path):
-    """Return ``(jpeg_bytes, reencoded_reason)``; raise OSError for what PIL cannot read."""
+    """Return ``(jpeg_bytes, reencoded_reason)``; raise one of UNREADABLE_IMAGE_ERRORS for what
+    PIL cannot read."""
     with open(path, "rb") as f:
         raw = f.read()
-    with Image.open(io.BytesIO(raw)) as img:
-        img.load()  # decodes fully: truncated or corrupt files raise here
+    with read_image(io.BytesIO(raw)) as img:
         if img.format == "JPEG" and img.mode in DECODABLE_JPEG_MODES:
             return raw, None
         reason = f"{img.format} {img.mode}"
         out = io.BytesIO()
-        img.convert("RGB").save(out, "JPEG", quality=95)
+        to_rgb(img).save(out, "JPEG", quality=95)
         return out.getvalue(), reason
 
 
@@ -120,7 +166,7 @@ def _write_split(annotations, images_dir, path, shard_num, summary, progress):
         else:
             try:
                 data, reason = load_image_bytes(file)
-            except (OSError, SyntaxError, ValueError) as err:
+            except UNREADABLE_IMAGE_ERRORS as err:
                 summary.skipped.append((file, f"unreadable: {err}"))
             else:
                 if reason:
@@ -150,7 +196,9 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
     """Write the MindRecord files and class names; return ``{split: SplitSummary}``.
 
     Everything is written in a staging folder inside ``output_dir`` and moved into place
-    (same file names, as a MindRecord must keep its name) only when both splits succeed.
+    (same file names, as a MindRecord must keep its name) only when both splits succeed. The
+    folder is locked for the whole conversion (src/outputs.py); staging folders found there
+    were left by killed conversions and are removed.
     """
     images_dir = os.path.join(data_root, "images")
     if not os.path.isdir(images_dir):
@@ -158,16 +206,44 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
                            "images.tar.gz and annotations.tar.gz of Oxford-IIIT Pet into --data_root)")
     if shard_num < 1:
         raise DatasetError(f"--shard_num must be 1 or more, got {shard_num}")
-    annotations = {split: read_annotations(os.path.join(data_root, "annotations", name))
-                   for split, name in SPLITS.items()}
-    names = class_names_from(annotations["train"] + annotations["test"])
-    targets = output_files(output_dir, shard_num)
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
-        raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
+    annotation_files = {split: os.path.join(data_root, "annotations", name) for split, name in SPLITS.items()}
+    annotations = {split: read_annotations(path) for split, path in annotation_files.items()}
+    names = class_names_from(annotations["train"] + annotations["test"],
+                             " and ".join(annotation_files.values()))
+    make_folder(output_dir, "--output_dir", DatasetError)
+    with FolderLock(output_dir, "--output_dir", DatasetError):
+        targets = output_files(output_dir, shard_num)
+        existing = [t for t in targets if os.path.exists(t)]
+        if existing and not overwrite:
+            raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
+        remove_stale_staging(output_dir)
+        summaries = _convert_locked(annotations, annotation_files, images_dir, output_dir, names, targets,
+                                    existing, shard_num, max_skipped)
 
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=output_dir)
+    for split, summary in summaries.items():
+        logger.info("%s: %d images written to %s", split, summary.written,
+                    os.path.join(output_dir, f"{split}.mindrecord"))
+        for file, reason in summary.reencoded:
+            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
+        for file, reason in summary.skipped:
+            logger.warning("  skipped %s: %s", file, reason)
+    logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
+    return summaries
+
+
+def remove_stale_staging(output_dir):
+    """Remove the staging folders of killed conversions (called with the folder's lock held, so
+    no running conversion owns one)."""
+    for name in sorted(os.listdir(output_dir)):
+        path = os.path.join(output_dir, name)
+        if name.startswith(STAGING_PREFIX) and os.path.isdir(path):
+            logger.info("removing %s, left by a conversion that did not finish", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _convert_locked(annotations, annotation_files, images_dir, output_dir, names, targets, existing,
+                    shard_num, max_skipped):
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir)
     try:
         total = sum(len(a) for a in annotations.values())
         done, start = [0], time.time()
@@ -189,6 +265,12 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
                 f"{len(skipped)} images skipped, more than --max_skipped {max_skipped}; first: "
                 + "; ".join(f"{f}: {why}" for f, why in skipped[:5])
                 + ". Check the download, or raise --max_skipped.")
+        for split, summary in summaries.items():
+            if summary.written == 0:
+                raise DatasetError(
+                    f"the {split} split would hold no images ({annotation_files[split]} lists "
+                    f"{len(annotations[split])}, {len(summary.skipped)} skipped): check the annotation "
+                    "file and the images folder. Nothing was written.")
         with open(os.path.join(staging, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
             f.write("\n".join(names) + "\n")
         for target in existing:
@@ -197,15 +279,6 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
             os.replace(os.path.join(staging, os.path.basename(target)), target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    for split, summary in summaries.items():
-        logger.info("%s: %d images written to %s", split, summary.written,
-                    os.path.join(output_dir, f"{split}.mindrecord"))
-        for file, reason in summary.reencoded:
-            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
-        for file, reason in summary.skipped:
-            logger.warning("  skipped %s: %s", file, reason)
-    logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
     return summaries
 
 
@@ -231,17 +304,35 @@ def copy_class_names(source_file, destination_folder):
     path = os.path.join(destination_folder, CLASS_NAMES_FILE)
     if os.path.abspath(path) != os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(source_file)),
                                                              CLASS_NAMES_FILE)):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write("".join(name + "\n" for name in names))
+        write_text(path, "".join(name + "\n" for name in names))
     return path
 
 
 def check_num_classes(dataset_path, num_classes):
-    """Refuse a classifier smaller than the labels of the dataset (known from class_names.txt)."""
+    """Refuse a classifier smaller than the labels of the dataset: known from class_names.txt,
+    else read from the label column (which is small: the images are not read)."""
     names = read_class_names(dataset_path)
-    if names is not None and len(names) > num_classes:
-        raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
-                           f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
+    if names is not None:
+        if len(names) > num_classes:
+            raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
+                               f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
+        return
+    top = max_label(dataset_path)
+    if top >= num_classes:
+        raise DatasetError(f"{dataset_path} has labels up to {top} ({top + 1} classes) but --num_classes "
+                           f"is {num_classes}; pass --num_classes {top + 1} or more")
+
+
+def max_label(dataset_path):
+    """The largest label in a MindRecord (-1 when it is empty)."""
+    import mindspore.dataset as ds
+
+    label = label_column(dataset_path)
+    data = ds.MindDataset(dataset_path, columns_list=[label], shuffle=False)
+    top = -1
+    for (labels,) in data.batch(4096).create_tuple_iterator(output_numpy=True, num_epochs=1):
+        top = max(top, int(labels.max()))
+    return top
 
 
 # --- input pipelines -------------------------------------------------------------------
@@ -305,9 +396,9 @@ def load_image(path, image_size):
     if not os.path.isfile(path):
         raise DatasetError(f"image not found: {path}")
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+        with read_image(path) as image:
+            pixels = np.asarray(to_rgb(image))
+    except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"{path} is not an image file PIL can read ({err})") from None
     for transform in eval_transforms(image_size):
         pixels = transform(pixels)

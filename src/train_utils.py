@@ -2,6 +2,7 @@
 import glob
 import hashlib
 import logging
+import math
 import os
 
 import mindspore as ms
@@ -9,8 +10,8 @@ import mindspore.nn as nn
 import numpy as np
 from mindspore.communication import get_group_size, get_rank, init
 
-from src.checkpoint import load_strict, read_checkpoint
-from src.errors import CheckpointError
+from src.checkpoint import describe_non_finite, load_strict, non_finite_names, read_checkpoint, save_params
+from src.errors import CheckpointError, TrainingDiverged
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +54,25 @@ def training_state(net, optimizer, epoch, global_step, best_top1):
     return params
 
 
+def check_parameters_finite(net, optimizer, epoch):
+    """Raise TrainingDiverged when a parameter or momentum holds NaN or inf (a loss can stay
+    finite while BatchNorm statistics and weights overflow). Cheap: one float64 sum over all of
+    them, which float32 values cannot overflow, so it is finite exactly when they all are."""
+    params = dict(net.parameters_and_names())
+    params.update({p.name: p for p in optimizer.moments})
+    total = sum(float(np.sum(p.asnumpy(), dtype=np.float64)) for p in params.values())
+    if math.isfinite(total):
+        return
+    raise TrainingDiverged(
+        f"parameters became non-finite in epoch {epoch}: {describe_non_finite(non_finite_names(params), len(params))}; "
+        "no checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume from the "
+        "last good checkpoint.")
+
+
 def save_atomically(params, path):
-    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint."""
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomically(path, text):
-    folder, name = os.path.split(path)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint
+    (src.checkpoint.save_params; NaN or infinite values are refused)."""
+    return save_params(params, path)
 
 
 class CheckpointKeeper:
@@ -118,7 +124,9 @@ def resume_from(checkpoint, net, optimizer, source="checkpoint"):
     moments = {p.name: p for p in optimizer.moments}
     missing = [name for name in moments if name not in state]
     if missing:
-        raise CheckpointError(f"{source} has no optimizer state for {missing[:3]}...; it cannot be resumed")
+        raise CheckpointError(f"{source} has no optimizer state ({len(missing)} momentum tensors missing, "
+                              f"first {missing[0]}), so it cannot be resumed: start a new run with "
+                              f"--pretrained {source} in another --output_dir")
     for name, moment in moments.items():
         moment.set_data(ms.Tensor(state[name].asnumpy()))
     global_step = int(state["train_state.global_step"].asnumpy()[0])
