@@ -12,7 +12,6 @@ export.py put beside their checkpoints and models.
 import argparse
 import logging
 import os
-import sys
 
 import numpy as np
 from PIL import Image
@@ -102,9 +101,7 @@ def main(args):
             logger.error("%s", err)
             failed.append(path)
     results = classify(args, paths, np.stack(images)) if images else []
-    if failed:
-        sys.exit(2)
-    return results
+    return 2 if failed else results  # run_script exits with 2 after every good file was classified
 
 
 def classify(args, paths, images):

@@ -4,8 +4,8 @@
     python eval.py --dataset_path OUT_DIR/test.mindrecord --checkpoint_path CKPT_OR_ONNX --backend onnxruntime
 
 prints the original package's line ``result: {'acc': 0.xxxx} ckpt= PATH`` and then the
-top-5 accuracy and sample count. With ``--backend onnxruntime`` a checkpoint is turned into
-ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
+top-5 accuracy and sample count. With ``--backend onnxruntime`` (or ``openvino``) a checkpoint
+is turned into ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
 """
 import argparse
 import logging

@@ -1,4 +1,6 @@
-"""Deployment speed on the CPU: onnxruntime int8 / float, MindSpore float / fake-quant, PyTorch eager.
+"""Deployment speed on the CPU: onnxruntime int8 / float, MindSpore float / fake-quant, PyTorch eager,
+and what a user would do without us: timm's ghostnet exported to ONNX and quantized by
+onnxruntime's own ``quantize_static``.
 
     python bench/bench_deploy.py [--checkpoint INT8_OR_QAT.ckpt] [--batch_sizes 1 16] [--rounds 5]
 
@@ -6,7 +8,9 @@ Without --checkpoint the weights are random (seeded), calibrated on random image
 not depend on the values. The backends take turns, in alternating rounds of
 --seconds each; the table gives the median images/s over the rounds, the ratio to PyTorch
 eager (timm's ghostnet, where torch and timm are installed; in a worker process with its
-own OpenMP settings) and to the float ONNX model, and the size of each model file.
+own OpenMP settings), to our float ONNX model and to the peer int8 model (timm_int8), and the
+size of each model file. The peer is quantized as is correct on this CPU: QDQ, per channel,
+uint8 activations, int8 weights where the CPU has VNNI and uint8 weights where it has not.
 """
 import argparse
 import os
@@ -19,10 +23,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
-from src.deploy.weight_storage import int8_instruction_set  # noqa: E402
+from src.deploy.weight_storage import int8_instruction_set, storage_for_this_cpu  # noqa: E402
 
 
-BACKENDS = ("ort_int8", "ort_int8_u8", "ort_int8_ref", "ort_float", "ms_float", "ms_fakequant", "torch")
+BACKENDS = ("ort_int8", "ort_int8_u8", "ort_int8_ref", "ort_float", "timm_int8", "timm_float", "ov_int8",
+            "ov_float", "ms_float", "ms_fake_quant", "torch")
 
 
 class _RandomBatches:
@@ -34,6 +39,27 @@ class _RandomBatches:
         return iter([(ms.Tensor(b), None) for b in self.batches])
 
 
+def ort_quantize(float_path, path, image_size):
+    """onnxruntime's ``quantize_static`` of ``float_path`` into ``path``, as is correct on this CPU
+    (see the module docstring), calibrated on 4 random images; None without onnxruntime's tools."""
+    try:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    except ImportError:
+        return None
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(_RandomBatches((1, 3, image_size, image_size), 4).batches)
+
+        def get_next(self):
+            return {"image": batch} if (batch := next(self.batches, None)) is not None else None
+
+    weight_type = QuantType.QInt8 if storage_for_this_cpu() == "int8" else QuantType.QUInt8
+    quantize_static(float_path, path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=weight_type)
+    return path
+
+
 def build_networks(args):
     """``{name: (predict, model file bytes)}``."""
     import mindspore as ms
@@ -42,10 +68,10 @@ def build_networks(args):
     from src.kernels.fast_cpu import enable_fast_cpu_path
     from src.checkpoint import CheckpointKind
     from src.deploy.fold import fold_batchnorm_for_inference
-    from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor
+    from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor, OpenVinoPredictor
+    from src.errors import BackendError
     from src.models import load_network
     from src.deploy.onnx_export import ghostnet_to_onnx
-    from src.deploy.weight_storage import storage_for_this_cpu
     from src.quant import calibrate, convert, prepare
 
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -75,27 +101,22 @@ def build_networks(args):
     onnx_float = ghostnet_to_onnx(float_net, args.image_size).SerializeToString()
     onnx_int8 = ghostnet_to_onnx(int8_net, args.image_size).SerializeToString()  # weights as this CPU needs
     onnx_int8_u8 = ghostnet_to_onnx(int8_net, args.image_size, int8_weights="uint8").SerializeToString()
-    try:  # a reference: onnxruntime's own static quantizer on the same float model
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.batches = iter(_RandomBatches((1, 3, args.image_size, args.image_size), 4).batches)
-
-            def get_next(self):
-                return {"image": batch} if (batch := next(self.batches, None)) is not None else None
-        float_path, reference_path = os.path.join(folder, "float.onnx"), os.path.join(folder, "ort_int8.onnx")
-        with open(float_path, "wb") as f:
-            f.write(onnx_float)
-        # its correct setting on this CPU: int8 weights only where they cannot saturate
-        weight_type = QuantType.QInt8 if storage_for_this_cpu() == "int8" else QuantType.QUInt8
-        quantize_static(float_path, reference_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=weight_type)
+    float_path = os.path.join(folder, "float.onnx")
+    with open(float_path, "wb") as f:
+        f.write(onnx_float)
+    # references: onnxruntime's own static quantizer on our float model, and on timm's
+    reference_path = ort_quantize(float_path, os.path.join(folder, "ort_int8.onnx"), args.image_size)
+    if reference_path:
         sizes["ort_int8_ref"] = os.path.getsize(reference_path)
-    except ImportError:
-        reference_path = None
+    timm_float = os.path.join(folder, "timm_float.onnx")
+    timm_int8 = None
+    if {"timm_int8", "timm_float"} & set(args.backends) and \
+            TorchWorker.export_onnx(timm_float, args.image_size, args.num_classes, args.width):
+        timm_int8 = ort_quantize(timm_float, os.path.join(folder, "timm_int8.onnx"), args.image_size)
+        if timm_int8:
+            sizes.update(timm_float=os.path.getsize(timm_float), timm_int8=os.path.getsize(timm_int8))
     sizes.update(ort_int8=len(onnx_int8), ort_int8_u8=len(onnx_int8_u8), ort_float=len(onnx_float),
-                 ms_float=os.path.getsize(float_ckpt), ms_fakequant=os.path.getsize(float_ckpt),
+                 ms_float=os.path.getsize(float_ckpt), ms_fake_quant=os.path.getsize(float_ckpt),
                  ms_int8=os.path.getsize(int8_ckpt))
     runners = {
         "ort_int8": OnnxRuntimePredictor(onnx_int8, "int8 QDQ ONNX"),
@@ -103,11 +124,20 @@ def build_networks(args):
                                             adapt_weights=False),
         "ort_float": OnnxRuntimePredictor(onnx_float, "float ONNX"),
         "ms_float": MindSporePredictor(float_net),
-        "ms_fakequant": MindSporePredictor(fake_quant),
+        "ms_fake_quant": MindSporePredictor(fake_quant),
     }
     if reference_path:
         runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX",
                                                        adapt_weights=False)
+    try:  # OpenVINO on the same two ONNX models, where it is installed
+        runners["ov_int8"] = OpenVinoPredictor(onnx_int8, "int8 QDQ ONNX, OpenVINO")
+        runners["ov_float"] = OpenVinoPredictor(onnx_float, "float ONNX, OpenVINO")
+        sizes.update(ov_int8=len(onnx_int8), ov_float=len(onnx_float))
+    except BackendError:
+        print("(OpenVINO: not installed here; skipped)")
+    if timm_int8:
+        runners["timm_int8"] = OnnxRuntimePredictor(timm_int8, "timm's ONNX, quantize_static", adapt_weights=False)
+        runners["timm_float"] = OnnxRuntimePredictor(timm_float, "timm's ONNX", adapt_weights=False)
     return {name: runners[name] for name in args.backends if name in runners}, sizes
 
 
@@ -141,7 +171,7 @@ def main():
             timed["torch"] = worker
         medians = alternating_medians(timed, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch} ({int8_instruction_set()})")
-        print_table(medians, ("torch", "ort_float"),
+        print_table(medians, ("torch", "ort_float", "timm_int8"),
                     {name: {"file MB": f"{sizes.get(name, 0) / 2**20:.1f}"} for name in medians})
     print(f"\nint8 checkpoint: {sizes['ms_int8'] / 2**20:.1f} MB")
 

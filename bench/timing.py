@@ -24,25 +24,41 @@ class TorchWorker:
     def __init__(self, process):
         self.process = process
 
-    @classmethod
-    def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
-        """The worker for timm's ghostnet of ``width``; None, saying so, without torch or timm."""
+    @staticmethod
+    def command(mode, batch_size, image_size, num_classes, width):
+        """``(argv, env)`` of the worker for timm's ghostnet of ``width``."""
         # here, not at the top: the worker imports this module and must not load MindSpore
         from src.ghostnet import WIDTHS  # our model names are timm's
 
         model = next(name for name, value in WIDTHS.items() if value == width)
         env = dict(os.environ)
         env.pop("OMP_WAIT_POLICY", None)  # PyTorch with its own defaults
-        process = subprocess.Popen(
-            [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
-             "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
-             "--num_classes", str(num_classes), "--model", model],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        return ([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
+                 "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
+                 "--num_classes", str(num_classes), "--model", model], env)
+
+    @classmethod
+    def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
+        """The worker for timm's ghostnet of ``width``; None, saying so, without torch or timm."""
+        argv, env = cls.command(mode, batch_size, image_size, num_classes, width)
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True, env=env)
         if process.stdout.readline().strip() != "ready":
             process.wait()
             print("(PyTorch eager: torch and timm are not installed here; skipped)")
             return None
         return cls(process)
+
+    @classmethod
+    def export_onnx(cls, path, image_size, num_classes, width=1.0):
+        """Write timm's ghostnet as ONNX to ``path`` (in the worker); False without torch or timm."""
+        argv, env = cls.command("export", 1, image_size, num_classes, width)
+        result = subprocess.run(argv + ["--output", path], capture_output=True, text=True, env=env)
+        if "exported" not in result.stdout:
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"(timm's ONNX model could not be made, skipped: {reason})")
+            return False
+        return True
 
     def measure(self, seconds):
         self.process.stdin.write(f"{seconds}\n")

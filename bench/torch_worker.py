@@ -2,7 +2,8 @@
 
 Runs in its own process with PyTorch's default OpenMP settings (this package sets
 OMP_WAIT_POLICY=PASSIVE for MindSpore, which would slow PyTorch down). Prints "ready",
-then for each line "SECONDS" on stdin runs for that long and prints images/s.
+then for each line "SECONDS" on stdin runs for that long and prints images/s. With
+``--mode export`` it writes the model as ONNX to ``--output`` instead and prints "exported".
 """
 import argparse
 import sys
@@ -14,11 +15,12 @@ from timing import images_per_second  # this folder is on the path of a script r
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("infer", "train"), required=True)
+    parser.add_argument("--mode", choices=("infer", "train", "export"), required=True)
     parser.add_argument("--model", default="ghostnet_100")
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, required=True)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--output", help="--mode export: the ONNX file to write")
     args = parser.parse_args()
     import timm
     import torch
@@ -27,6 +29,13 @@ def main():
     rng = np.random.default_rng(args.batch_size)
     images = torch.from_numpy(rng.standard_normal(
         (args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
+    if args.mode == "export":  # what a user would hand onnxruntime: batch axis dynamic, opset 13
+        model.eval()
+        torch.onnx.export(model, images, args.output, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=13,
+                          dynamo=False)
+        print("exported", flush=True)
+        return
     if args.mode == "infer":
         model.eval()
 

@@ -9,7 +9,7 @@ from src.errors import DeviceError, UserError
 from src.ghostnet import WIDTHS
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
-BACKENDS = ("mindspore", "onnxruntime")
+BACKENDS = ("mindspore", "onnxruntime", "openvino")
 WIDTH_CHOICES = tuple(sorted(WIDTHS.values()))
 
 
@@ -73,4 +73,5 @@ def add_network_arguments(parser):
 
 def add_backend_argument(parser):
     parser.add_argument("--backend", default="mindspore", choices=BACKENDS,
-                        help="what runs the network: MindSpore on --device_target, or onnxruntime on the CPU")
+                        help="what runs the network: MindSpore on --device_target, or onnxruntime or OpenVINO "
+                             "(pip install openvino) on the CPU")

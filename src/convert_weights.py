@@ -25,7 +25,10 @@ def read_state_dict(path):
         raise CheckpointError(f"input not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as err:  # safetensors raises its own error type for a damaged file
+            raise CheckpointError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
     if path.endswith((".pth", ".pt", ".bin")):
         try:
             import torch
@@ -34,7 +37,11 @@ def read_state_dict(path):
                 f"{path} is a PyTorch file and torch is not installed. Install it "
                 "(pip install torch) or save the state dict as .safetensors "
                 "(safetensors.torch.save_file(model.state_dict(), 'w.safetensors')).") from err
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged file, or one holding more than tensors
+            raise CheckpointError(f"cannot read {path} as a state dict of tensors: "
+                                  f"{str(err).splitlines()[0]}") from None
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
                 state = state[key]

@@ -212,11 +212,11 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
                              " and ".join(annotation_files.values()))
     make_folder(output_dir, "--output_dir", DatasetError)
     with FolderLock(output_dir, "--output_dir", DatasetError):
+        remove_stale_staging(output_dir)
         targets = output_files(output_dir, shard_num)
         existing = [t for t in targets if os.path.exists(t)]
         if existing and not overwrite:
             raise DatasetError(f"{existing[0]} already exists; pass --overwrite to replace the output")
-        remove_stale_staging(output_dir)
         summaries = _convert_locked(annotations, annotation_files, images_dir, output_dir, names, targets,
                                     existing, shard_num, max_skipped)
 
@@ -325,8 +325,6 @@ def check_num_classes(dataset_path, num_classes):
 
 def max_label(dataset_path):
     """The largest label in a MindRecord (-1 when it is empty)."""
-    import mindspore.dataset as ds
-
     label = label_column(dataset_path)
     data = ds.MindDataset(dataset_path, columns_list=[label], shuffle=False)
     top = -1

@@ -111,8 +111,13 @@ class FolderLock:
         return self
 
     def release(self):
-        if self.fd is not None:
+        if self.fd is None:
+            return
+        try:
             os.remove(self.path)  # while still locked: the next run creates a fresh file
+        except FileNotFoundError:
+            pass  # removed by hand meanwhile: nothing left to clean
+        finally:
             os.close(self.fd)
             self.fd = None
 

@@ -129,6 +129,37 @@ def test_the_weight_storage_chosen_for_this_cpu_is_exact_where_pairs_would_satur
                                    f"{weight_storage.int8_instruction_set()}")
 
 
+def dequantized_initializers(model, types):
+    """The initializers of ``types`` that DequantizeLinear nodes read as their first input."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    return [initializers[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in initializers and initializers[n.input[0]].data_type in types]
+
+
+def test_restoring_weights_keeps_shared_zero_points_consistent():
+    # two convolutions whose weights share one scale and zero point, as onnxsim leaves them
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w1, w2 = (rng.integers(-128, 128, (3, 3, 3, 3)).astype(np.int8) for _ in range(2))
+    constants = {"w1": w1, "w2": w2, "scale": np.full(3, 0.01, np.float32), "zero": np.zeros(3, np.int8)}
+    nodes = [helper.make_node("DequantizeLinear", [w, "scale", "zero"], [f"{w}d"], axis=0) for w in ("w1", "w2")]
+    nodes += [helper.make_node("Conv", ["x", "w1d"], ["h"], pads=[1, 1, 1, 1]),
+              helper.make_node("Conv", ["h", "w2d"], ["y"], pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = randn(1, 3, 5, 5, seed=9)
+    expected = session(model).run(None, {"x": x})[0]
+    assert weight_storage.restore_weights(model, "uint8") == 2
+    onnx.checker.check_model(model)
+    assert len(dequantized_initializers(model, {TensorProto.UINT8})) == 2
+    assert not dequantized_initializers(model, {TensorProto.INT8})
+    np.testing.assert_allclose(session(model).run(None, {"x": x})[0], expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("stored", weight_storage.WEIGHT_STORAGES)
 def test_the_predictor_stores_weights_as_the_cpu_needs(monkeypatch, int8_net, stored):
     model = ghostnet_to_onnx(int8_net, 32, int8_weights=stored)
@@ -142,7 +173,7 @@ def test_the_predictor_stores_weights_as_the_cpu_needs(monkeypatch, int8_net, st
         monkeypatch.setattr(weight_storage, "storage_for_this_cpu", lambda s=storage: s)
         OnnxRuntimePredictor(model.SerializeToString())
         adapted = onnx.load_from_string(handed[-1])
-        weights = [t for t in adapted.graph.initializer if t.name.endswith(".weight_quantized")]
+        weights = dequantized_initializers(adapted, {onnx.TensorProto.INT8, onnx.TensorProto.UINT8})
         dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(storage))
         assert len(weights) == 96 and all(t.data_type == dtype for t in weights)
         if storage in exact_here:  # the same numbers, stored otherwise
@@ -206,6 +237,28 @@ def test_int8_onnxruntime_agrees_with_the_fake_quant_network(int8_recipe):
     difference = np.abs(fake_quant - onnx_int8)
     assert difference.mean() < 0.03 * spread
     assert difference.max() < 0.2 * spread
+
+
+def test_openvino_agrees_with_the_mindspore_int8_network(int8_recipe):
+    pytest.importorskip("openvino")
+    root, _ = int8_recipe
+    checkpoint = str(root / "qat" / "ghostnet-int8.ckpt")
+
+    def logits_of(backend):
+        dataset = create_dataset(str(root / "data" / "test.mindrecord"), train=False, image_size=32,
+                                 batch_size=16, num_workers=1)
+        predictor = create_predictor(backend, checkpoint, width=0.5, num_classes=4, image_size=32)
+        return np.concatenate([logits for logits, _ in predict_logits(predictor, dataset, log_progress=False)])
+
+    int8, openvino = logits_of("mindspore"), logits_of("openvino")
+    assert len(openvino) == 100  # the last batch of 4 padded to the compiled 16, and cut back
+    assert (int8.argmax(1) == openvino.argmax(1)).mean() >= 0.99
+
+
+def test_a_missing_openvino_is_named_with_the_install_command(monkeypatch, checkpoint_4_classes):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(BackendError, match=r"'openvino'.*pip install openvino"):
+        create_predictor("openvino", str(checkpoint_4_classes), width=0.5, num_classes=4, image_size=32)
 
 
 @pytest.mark.slow

@@ -109,6 +109,20 @@ def test_1_non_finite_parameters_stop_training_and_no_reader_takes_them(sample_p
     assert not list((tmp_path / "ft").glob("*.ckpt"))
 
 
+def test_1_the_parameter_check_names_non_finite_parameters_and_moments():
+    from src.errors import TrainingDiverged
+    from src.train_utils import build_optimizer, check_parameters_finite
+
+    net = GhostNet(width=0.5, num_classes=4)
+    optimizer = build_optimizer(net, np.full(2, 0.1, np.float32), 0.9, 4e-5, 1.0)
+    check_parameters_finite(net, optimizer, 1)  # all finite: nothing raised
+    variance = net.blocks[3].ghost1.primary_conv.bn.moving_variance
+    variance.set_data(ms.Tensor(np.full(variance.shape, np.inf, np.float32)))
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: NaN or infinite values in 1 of \d+ tensors "
+                                               r"\(blocks\.3\.ghost1\.primary_conv\.bn\.moving_variance\)"):
+        check_parameters_finite(net, optimizer, 2)
+
+
 # 2 -----------------------------------------------------------------------------------------
 
 def test_2_an_output_folder_is_held_by_one_run(sample_pets, tmp_path, subprocess_env):

@@ -2,12 +2,17 @@
 
 * ``mindspore``: the network a checkpoint holds (float, fake-quant or int8), through MindSpore;
 * ``onnxruntime``: an ``.onnx`` file, or a checkpoint turned into ONNX in memory (a float
-  model, or the int8 QDQ model of src/deploy/onnx_export.py), through onnxruntime on the CPU.
+  model, or the int8 QDQ model of src/deploy/onnx_export.py), through onnxruntime on the CPU;
+* ``openvino``: the same ONNX models through OpenVINO on the CPU (it reads the QDQ pairs as
+  its own int8 quantization).
 
-onnxruntime and onnx are optional: ``pip install -r requirements-onnx.txt``.
+onnxruntime and onnx are optional (``pip install -r requirements-onnx.txt``), and so is
+OpenVINO (``pip install openvino``).
 """
 import importlib
 import logging
+import os
+import tempfile
 
 import mindspore as ms
 import numpy as np
@@ -23,14 +28,15 @@ from src.models import load_network
 logger = logging.getLogger(__name__)
 
 ONNX_INSTALL_HINT = "pip install -r requirements-onnx.txt (onnx and onnxruntime)"
+OPENVINO_INSTALL_HINT = "pip install openvino"
 
 
-def require_module(name, purpose):
+def require_module(name, purpose, install_hint=ONNX_INSTALL_HINT):
     try:
         return importlib.import_module(name)
     except ImportError:
         raise BackendError(f"{purpose} needs the Python package {name!r}, which is not installed: "
-                           f"{ONNX_INSTALL_HINT}") from None
+                           f"{install_hint}") from None
 
 
 def _pad_batch(images, size):
@@ -116,15 +122,59 @@ class OnnxRuntimePredictor:
         return np.concatenate(outputs)
 
 
+class OpenVinoPredictor:
+    """An ONNX model compiled by OpenVINO for the CPU. The batch axis is fixed at the first
+    batch's size (a smaller last batch is padded), so one compiled model serves every call."""
+
+    def __init__(self, model, description="ONNX model", threads=0):
+        ov = require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
+        self.core = ov.Core()
+        self.config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        try:
+            if isinstance(model, bytes):  # OpenVINO reads ONNX from a file
+                with tempfile.TemporaryDirectory() as folder:
+                    path = os.path.join(folder, "model.onnx")
+                    with open(path, "wb") as f:
+                        f.write(model)
+                    self.model = self.core.read_model(path)
+            else:
+                self.model = self.core.read_model(model)
+        except Exception as err:  # OpenVINO raises its own types for unreadable models
+            raise BackendError(f"OpenVINO cannot load {description}: {str(err).splitlines()[0]}") from None
+        self.description = description
+        shape = self.model.inputs[0].get_partial_shape()
+        self.image_size = shape[2].get_length() if shape[2].is_static else None
+        self.batch_size = None
+        self.compiled = None
+
+    def __call__(self, images):
+        if self.compiled is None:
+            self.batch_size = images.shape[0]
+            try:
+                self.model.reshape({self.model.inputs[0]: list(images.shape)})
+                self.compiled = self.core.compile_model(self.model, "CPU", self.config)
+            except Exception as err:  # OpenVINO raises its own types
+                raise BackendError(f"OpenVINO cannot compile {self.description} for the CPU: "
+                                   f"{str(err).splitlines()[0]}") from None
+        outputs = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            logits = self.compiled(_pad_batch(chunk, self.batch_size))[self.compiled.outputs[0]]
+            outputs.append(np.asarray(logits)[:chunk.shape[0]])
+        return np.concatenate(outputs)
+
+
 def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=224, quant=False):
-    """A predictor (see the module docstring) for a checkpoint (``.ckpt``) or, with onnxruntime,
-    an ``.onnx`` file; its ``description`` says what runs."""
+    """A predictor (see the module docstring) for a checkpoint (``.ckpt``) or, with onnxruntime or
+    OpenVINO, an ``.onnx`` file; its ``description`` says what runs."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if model_path.endswith(".onnx"):
-        if backend != "onnxruntime":
-            raise BackendError(f"{model_path} is an ONNX model; evaluate it with --backend onnxruntime")
-        predictor = OnnxRuntimePredictor(model_path, model_path)
+        if backend == "mindspore":
+            raise BackendError(f"{model_path} is an ONNX model; evaluate it with --backend onnxruntime "
+                               "(or openvino)")
+        runner = OnnxRuntimePredictor if backend == "onnxruntime" else OpenVinoPredictor
+        predictor = runner(model_path, model_path)
         if predictor.image_size not in (None, image_size):
             raise BackendError(f"{model_path} takes {predictor.image_size}x{predictor.image_size} images but "
                                f"--image_size is {image_size}; pass --image_size {predictor.image_size}")
@@ -135,6 +185,10 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
             fold_batchnorm_for_inference(net)
         return MindSporePredictor(net, f"{model_path} ({kind} network, MindSpore)")
     require_module("onnx", "turning a checkpoint into an ONNX model")
+    if backend == "openvino":
+        require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
     model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
+    if backend == "openvino":
+        return OpenVinoPredictor(model.SerializeToString(), f"{model_path} ({kind} model, OpenVINO)")
     return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)",
                                 adapt_weights=False)  # already written for this CPU

@@ -58,25 +58,41 @@ def encode(weight, storage):
 
 
 def restore_weights(model, storage):
-    """Store the 8-bit weights of ``model`` (an ``onnx.ModelProto``: every DequantizeLinear whose
-    input and zero point are initializers) as ``storage``, in place, shifting values and zero
-    points by 128; exact. Returns how many weight tensors changed."""
+    """Store the 8-bit weights of ``model`` (an ``onnx.ModelProto``: the inputs and zero points of
+    DequantizeLinear nodes that are initializers) as ``storage``, in place, shifting values and
+    zero points by 128; exact. An initializer shared with other nodes keeps its place there:
+    the weight's node gets a re-stored copy. Returns how many weight nodes changed."""
     from onnx import numpy_helper  # optional package: only models read from files come here
 
     source = np.uint8 if storage == "int8" else np.int8
     shift = -128 if storage == "int8" else 128
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    done = set()
+    arrays = {}
+
+    def array(name):
+        if name not in arrays and name in initializers:
+            arrays[name] = numpy_helper.to_array(initializers[name])
+        return arrays.get(name)
+
+    restored = {}  # original name -> name of its re-stored copy
+    changed = 0
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) < 3:
             continue
-        for name in node.input[0], node.input[2]:
-            tensor = initializers.get(name)
-            if name in done or tensor is None or numpy_helper.to_array(tensor).dtype != source:
-                break
-        else:
-            for name in node.input[0], node.input[2]:
-                values = numpy_helper.to_array(initializers[name]).astype(np.int16) + shift
-                initializers[name].CopyFrom(numpy_helper.from_array(values.astype(storage), name))
-                done.add(name)
-    return len(done) // 2
+        values, zero = array(node.input[0]), array(node.input[2])
+        if values is None or zero is None or values.dtype != source or zero.dtype != source:
+            continue
+        for position in (0, 2):
+            name = node.input[position]
+            if name not in restored:
+                restored[name] = f"{name}_{storage}"
+                copy = (arrays[name].astype(np.int16) + shift).astype(storage)
+                model.graph.initializer.append(numpy_helper.from_array(copy, restored[name]))
+            node.input[position] = restored[name]
+        changed += 1
+    used = {name for node in model.graph.node for name in node.input}
+    used.update(output.name for output in model.graph.output)
+    for name in restored:
+        if name not in used:
+            model.graph.initializer.remove(initializers[name])
+    return changed
