@@ -13,9 +13,11 @@ size of each model file. The peer is quantized as is correct on this CPU: QDQ, p
 uint8 activations, int8 weights where the CPU has VNNI and uint8 weights where it has not.
 """
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
+from functools import partial
 
 import numpy as np
 
@@ -61,7 +63,7 @@ def ort_quantize(float_path, path, image_size):
 
 
 def build_networks(args):
-    """``{name: (predict, model file bytes)}``."""
+    """``({name: predictor maker}, {name: model file bytes})``."""
     import mindspore as ms
     from src.checkpoint import save_params
     from src.ghostnet import GhostNet
@@ -69,7 +71,6 @@ def build_networks(args):
     from src.checkpoint import CheckpointKind
     from src.deploy.fold import fold_batchnorm_for_inference
     from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor, OpenVinoPredictor
-    from src.errors import BackendError
     from src.models import load_network
     from src.deploy.onnx_export import ghostnet_to_onnx
     from src.quant import calibrate, convert, prepare
@@ -118,27 +119,29 @@ def build_networks(args):
     sizes.update(ort_int8=len(onnx_int8), ort_int8_u8=len(onnx_int8_u8), ort_float=len(onnx_float),
                  ms_float=os.path.getsize(float_ckpt), ms_fake_quant=os.path.getsize(float_ckpt),
                  ms_int8=os.path.getsize(int8_ckpt))
-    runners = {
-        "ort_int8": OnnxRuntimePredictor(onnx_int8, "int8 QDQ ONNX"),
-        "ort_int8_u8": OnnxRuntimePredictor(onnx_int8_u8, "int8 QDQ ONNX, weights stored as uint8",
-                                            adapt_weights=False),
-        "ort_float": OnnxRuntimePredictor(onnx_float, "float ONNX"),
-        "ms_float": MindSporePredictor(float_net),
-        "ms_fake_quant": MindSporePredictor(fake_quant),
+    # made anew for each batch size: MindSpore and OpenVINO fix their batch at the first call
+    makers = {
+        "ort_int8": partial(OnnxRuntimePredictor, onnx_int8, "int8 QDQ ONNX"),
+        "ort_int8_u8": partial(OnnxRuntimePredictor, onnx_int8_u8, "int8 QDQ ONNX, weights stored as uint8",
+                               adapt_weights=False),
+        "ort_float": partial(OnnxRuntimePredictor, onnx_float, "float ONNX"),
+        "ms_float": partial(MindSporePredictor, float_net),
+        "ms_fake_quant": partial(MindSporePredictor, fake_quant),
     }
     if reference_path:
-        runners["ort_int8_ref"] = OnnxRuntimePredictor(reference_path, "onnxruntime-quantized ONNX",
-                                                       adapt_weights=False)
-    try:  # OpenVINO on the same two ONNX models, where it is installed
-        runners["ov_int8"] = OpenVinoPredictor(onnx_int8, "int8 QDQ ONNX, OpenVINO")
-        runners["ov_float"] = OpenVinoPredictor(onnx_float, "float ONNX, OpenVINO")
+        makers["ort_int8_ref"] = partial(OnnxRuntimePredictor, reference_path, "onnxruntime-quantized ONNX",
+                                         adapt_weights=False)
+    if importlib.util.find_spec("openvino"):  # OpenVINO on the same two ONNX models
+        makers["ov_int8"] = partial(OpenVinoPredictor, onnx_int8, "int8 QDQ ONNX, OpenVINO")
+        makers["ov_float"] = partial(OpenVinoPredictor, onnx_float, "float ONNX, OpenVINO")
         sizes.update(ov_int8=len(onnx_int8), ov_float=len(onnx_float))
-    except BackendError:
+    else:
         print("(OpenVINO: not installed here; skipped)")
     if timm_int8:
-        runners["timm_int8"] = OnnxRuntimePredictor(timm_int8, "timm's ONNX, quantize_static", adapt_weights=False)
-        runners["timm_float"] = OnnxRuntimePredictor(timm_float, "timm's ONNX", adapt_weights=False)
-    return {name: runners[name] for name in args.backends if name in runners}, sizes
+        makers["timm_int8"] = partial(OnnxRuntimePredictor, timm_int8, "timm's ONNX, quantize_static",
+                                      adapt_weights=False)
+        makers["timm_float"] = partial(OnnxRuntimePredictor, timm_float, "timm's ONNX", adapt_weights=False)
+    return {name: makers[name] for name in args.backends if name in makers}, sizes
 
 
 def main():
@@ -157,14 +160,14 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one backend's turn in a round")
     args = parser.parse_args()
 
-    runners, sizes = build_networks(args)
+    makers, sizes = build_networks(args)
     print(f"GhostNet width {args.width}, {args.num_classes} classes, {args.image_size}px, CPU "
           f"({os.cpu_count()} cores); median of {args.rounds} alternating rounds of {args.seconds:g} s")
     print(f"int8 instructions: {int8_instruction_set()}")
     for batch in args.batch_sizes:
         images = np.random.default_rng(batch).standard_normal(
             (batch, 3, args.image_size, args.image_size)).astype(np.float32)
-        timed = {name: (lambda p=predict: p(images)) for name, predict in runners.items()}
+        timed = {name: (lambda p=make(): p(images)) for name, make in makers.items()}
         worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, args.width) \
             if "torch" in args.backends else None
         if worker is not None:

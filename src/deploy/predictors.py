@@ -46,6 +46,16 @@ def _pad_batch(images, size):
     return np.concatenate([images, np.zeros((size - images.shape[0],) + images.shape[1:], images.dtype)])
 
 
+def in_fixed_batches(run, images, batch_size):
+    """``run`` (a batch of exactly ``batch_size`` images -> logits) over ``images`` of any count:
+    chunks of ``batch_size``, the last one padded and its padding cut from the logits."""
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        chunk = images[start:start + batch_size]
+        outputs.append(np.asarray(run(_pad_batch(chunk, batch_size)))[:chunk.shape[0]])
+    return np.concatenate(outputs)
+
+
 class MindSporePredictor:
     """A MindSpore cell in eval mode; batches are padded to the first batch's size so that a
     smaller last batch reuses the compiled graph."""
@@ -57,9 +67,8 @@ class MindSporePredictor:
         self.batch_size = None
 
     def __call__(self, images):
-        count = images.shape[0]
-        self.batch_size = self.batch_size or count
-        return self.net(ms.Tensor(_pad_batch(images, self.batch_size))).asnumpy()[:count]
+        self.batch_size = self.batch_size or images.shape[0]
+        return in_fixed_batches(lambda batch: self.net(ms.Tensor(batch)).asnumpy(), images, self.batch_size)
 
 
 def weights_for_this_cpu(model, description):
@@ -113,13 +122,11 @@ class OnnxRuntimePredictor:
 
     def __call__(self, images):
         if self.batch_size is None:
-            return self.session.run(None, {self.input_name: images})[0]
-        outputs = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            padded = _pad_batch(chunk, self.batch_size)
-            outputs.append(self.session.run(None, {self.input_name: padded})[0][:chunk.shape[0]])
-        return np.concatenate(outputs)
+            return self._run(images)
+        return in_fixed_batches(self._run, images, self.batch_size)
+
+    def _run(self, batch):
+        return self.session.run(None, {self.input_name: batch})[0]
 
 
 class OpenVinoPredictor:
@@ -156,12 +163,8 @@ class OpenVinoPredictor:
             except Exception as err:  # OpenVINO raises its own types
                 raise BackendError(f"OpenVINO cannot compile {self.description} for the CPU: "
                                    f"{str(err).splitlines()[0]}") from None
-        outputs = []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            logits = self.compiled(_pad_batch(chunk, self.batch_size))[self.compiled.outputs[0]]
-            outputs.append(np.asarray(logits)[:chunk.shape[0]])
-        return np.concatenate(outputs)
+        return in_fixed_batches(lambda batch: self.compiled(batch)[self.compiled.outputs[0]], images,
+                                self.batch_size)
 
 
 def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=224, quant=False):
