@@ -14,7 +14,7 @@ from src.evaluation import predict_logits
 from src.ghostnet import GhostNet
 from src.deploy import weight_storage
 from src.deploy.onnx_export import ghostnet_to_onnx
-from src.deploy.predictors import BackendError, OnnxRuntimePredictor, create_predictor
+from src.deploy.predictors import BackendError, MindSporePredictor, OnnxRuntimePredictor, create_predictor
 from src.models import load_network
 from src.quant import calibrate, convert, prepare
 
@@ -58,6 +58,13 @@ def session(model):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def test_a_predictor_takes_more_images_than_its_first_batch(int8_net):
+    predictor = MindSporePredictor(int8_net)  # its batch is fixed at the first call's 2
+    x = randn(5, 3, 32, 32, seed=11)
+    assert predictor(x[:2]).shape == (2, 4)
+    np.testing.assert_allclose(predictor(x), int8_net(ms.Tensor(x)).asnumpy(), atol=1e-5)
 
 
 def test_int8_weights_scales_and_biases_reach_onnx_exactly(int8_net):
