@@ -222,17 +222,18 @@ def test_an_onnx_file_for_another_image_size_is_refused(checkpoint_4_classes, tm
 
 # --- on the trained int8 recipe (tests/conftest.py: int8_recipe) ----------------------------
 
+def recipe_logits(root, checkpoint, backend):
+    """Logits of the recipe's 100 test images, ``checkpoint`` run by ``backend`` (batches of 16)."""
+    dataset = create_dataset(str(root / "data" / "test.mindrecord"), train=False, image_size=32,
+                             batch_size=16, num_workers=1)
+    predictor = create_predictor(backend, str(checkpoint), width=0.5, num_classes=4, image_size=32)
+    return np.concatenate([logits for logits, _ in predict_logits(predictor, dataset, log_progress=False)])
+
+
 def test_int8_onnxruntime_agrees_with_the_fake_quant_network(int8_recipe):
     root, _ = int8_recipe
-    checkpoint = str(root / "qat" / "ghostnet-final.ckpt")  # the fake-quant fine-tuning state
-
-    def logits_of(backend):
-        dataset = create_dataset(str(root / "data" / "test.mindrecord"), train=False, image_size=32,
-                                 batch_size=16, num_workers=1)
-        predictor = create_predictor(backend, checkpoint, width=0.5, num_classes=4, image_size=32)
-        return np.concatenate([logits for logits, _ in predict_logits(predictor, dataset, log_progress=False)])
-
-    fake_quant, onnx_int8 = logits_of("mindspore"), logits_of("onnxruntime")
+    checkpoint = root / "qat" / "ghostnet-final.ckpt"  # the fake-quant fine-tuning state
+    fake_quant, onnx_int8 = (recipe_logits(root, checkpoint, backend) for backend in ("mindspore", "onnxruntime"))
     assert len(fake_quant) == 100
     agreement = (fake_quant.argmax(1) == onnx_int8.argmax(1)).mean()
     assert agreement >= 0.99
@@ -249,15 +250,8 @@ def test_int8_onnxruntime_agrees_with_the_fake_quant_network(int8_recipe):
 def test_openvino_agrees_with_the_mindspore_int8_network(int8_recipe):
     pytest.importorskip("openvino")
     root, _ = int8_recipe
-    checkpoint = str(root / "qat" / "ghostnet-int8.ckpt")
-
-    def logits_of(backend):
-        dataset = create_dataset(str(root / "data" / "test.mindrecord"), train=False, image_size=32,
-                                 batch_size=16, num_workers=1)
-        predictor = create_predictor(backend, checkpoint, width=0.5, num_classes=4, image_size=32)
-        return np.concatenate([logits for logits, _ in predict_logits(predictor, dataset, log_progress=False)])
-
-    int8, openvino = logits_of("mindspore"), logits_of("openvino")
+    checkpoint = root / "qat" / "ghostnet-int8.ckpt"
+    int8, openvino = (recipe_logits(root, checkpoint, backend) for backend in ("mindspore", "openvino"))
     assert len(openvino) == 100  # the last batch of 4 padded to the compiled 16, and cut back
     assert (int8.argmax(1) == openvino.argmax(1)).mean() >= 0.99
 
