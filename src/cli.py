@@ -6,11 +6,10 @@ import sys
 import mindspore as ms
 
 from src.errors import DeviceError, UserError
-from src.ghostnet import WIDTHS
+from src.ghostnet import WIDTH_CHOICES
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
 BACKENDS = ("mindspore", "onnxruntime", "openvino")
-WIDTH_CHOICES = tuple(sorted(WIDTHS.values()))
 
 
 def setup_logging(rank=0):

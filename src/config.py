@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from src.errors import ConfigError
-from src.ghostnet import WIDTHS
+from src.ghostnet import WIDTH_CHOICES
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
 # Keys a resumed run may change: they do not alter the schedule, the network or the data order.
@@ -16,7 +16,7 @@ RESUMABLE_CHANGES = ("num_workers", "log_every", "keep_checkpoint_max")
 class TrainConfig:
     num_classes: int = field(default=37, metadata={"help": "classes of the classifier"})
     width: float = field(default=1.0, metadata={
-        "help": f"GhostNet width multiplier ({', '.join(map(str, sorted(WIDTHS.values())))})"})
+        "help": f"GhostNet width multiplier ({', '.join(map(str, WIDTH_CHOICES))})"})
     image_size: int = field(default=224, metadata={"help": "side of the training crop"})
     batch_size: int = field(default=128, metadata={"help": "images per batch on each worker"})
     epoch_size: int = field(default=200, metadata={"help": "epochs to train"})
@@ -92,9 +92,8 @@ def validate(config):
                  "quant_lr", "quant_bn_freeze_epoch"):
         if getattr(config, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
-    widths = sorted(WIDTHS.values())
-    if config.width not in widths:
-        problems.append(f"--width must be one of {', '.join(map(str, widths))}, got {config.width}")
+    if config.width not in WIDTH_CHOICES:
+        problems.append(f"--width must be one of {', '.join(map(str, WIDTH_CHOICES))}, got {config.width}")
     if problems:
         raise ConfigError("; ".join(problems))
     return config

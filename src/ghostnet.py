@@ -40,6 +40,7 @@ DROPOUT = 0.2
 BN_MOMENTUM = 0.9  # MindSpore convention: 1 - PyTorch's 0.1
 BN_EPS = 1e-5
 WIDTHS = {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3}
+WIDTH_CHOICES = tuple(sorted(WIDTHS.values()))
 
 
 def make_divisible(value, divisor=4):

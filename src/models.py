@@ -4,7 +4,7 @@ import numbers
 
 from src.checkpoint import (CheckpointKind, load_strict, read_checkpoint, require_kind,
                             with_unrecorded_output_ranges)
-from src.ghostnet import WIDTHS, GhostNet
+from src.ghostnet import WIDTH_CHOICES, GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.quant import build_int8_network, prepare
 
@@ -20,9 +20,8 @@ def create_network(name, width=1.0, num_classes=37, fast_cpu=True, **kwargs):
     """
     if name not in NETWORK_KINDS:
         raise ValueError(f"unknown network {name!r}; known: {', '.join(NETWORK_KINDS)}")
-    widths = sorted(WIDTHS.values())
-    if not _is_number(width, numbers.Real) or width not in widths:
-        raise ValueError(f"width must be one of {', '.join(map(str, widths))} (a number), got {width!r}")
+    if not _is_number(width, numbers.Real) or width not in WIDTH_CHOICES:
+        raise ValueError(f"width must be one of {', '.join(map(str, WIDTH_CHOICES))} (a number), got {width!r}")
     if not _is_number(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer of 1 or more, got {num_classes!r}")
     return network_for_kind(NETWORK_KINDS[name], float(width), int(num_classes), fast_cpu, **kwargs)
