@@ -28,7 +28,6 @@ from PIL import Image
 
 from src.cli import run_script
 from src.errors import DatasetError
-
 from src.outputs import FolderLock, make_folder, write_text
 
 logger = logging.getLogger(__name__)

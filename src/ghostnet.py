@@ -250,17 +250,13 @@ class GhostNet(nn.Cell):
         return self.forward_head(self.forward_features(x))
 
 
-def _array(value):
-    return value.asnumpy() if hasattr(value, "asnumpy") else np.asarray(value)
-
-
 def fold_batchnorm(weight, bias, bn):
     """``(weight, bias)`` (numpy) of a convolution followed by ``bn`` (eval mode) as one convolution."""
-    std = np.sqrt(_array(bn.moving_variance).astype(np.float64) + bn.eps)
-    factor = _array(bn.gamma) / std
+    std = np.sqrt(bn.moving_variance.asnumpy().astype(np.float64) + bn.eps)
+    factor = bn.gamma.asnumpy() / std
     folded_weight = weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))
     base = np.zeros(weight.shape[0]) if bias is None else bias
-    folded_bias = _array(bn.beta) + (base - _array(bn.moving_mean)) * factor
+    folded_bias = bn.beta.asnumpy() + (base - bn.moving_mean.asnumpy()) * factor
     return folded_weight.astype(np.float32), folded_bias.astype(np.float32)
 
 
@@ -300,8 +296,8 @@ class ConvSlot:
         """``(weight, bias)`` as numpy float32, the BatchNorm (if any) folded in; a float
         ``nn.Conv2d`` only. The network is left as it is."""
         conv = self.conv
-        weight = _array(conv.weight).astype(np.float32)
-        bias = _array(conv.bias).astype(np.float32) if conv.has_bias else None
+        weight = conv.weight.asnumpy().astype(np.float32)
+        bias = conv.bias.asnumpy().astype(np.float32) if conv.has_bias else None
         if self.bn is not None:
             return fold_batchnorm(weight, bias, self.bn)
         return weight, bias if bias is not None else np.zeros(weight.shape[0], np.float32)

@@ -69,12 +69,6 @@ def check_parameters_finite(net, optimizer, epoch):
         "last good checkpoint.")
 
 
-def save_atomically(params, path):
-    """Write to a temporary name and rename, so a crash never leaves a half-written checkpoint
-    (src.checkpoint.save_params; NaN or infinite values are refused)."""
-    return save_params(params, path)
-
-
 class CheckpointKeeper:
     """Epoch checkpoints (the last ``keep``), the best by eval top-1, and the final one."""
 
@@ -87,14 +81,14 @@ class CheckpointKeeper:
 
     def save_epoch(self, params, epoch):
         path = os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=epoch))
-        save_atomically(params, path)
+        save_params(params, path)  # atomically, and never with NaN or inf
         for old in self.epoch_checkpoints()[:-self.keep]:
             os.remove(old)
         return path
 
     def save_named(self, params, name):
         path = os.path.join(self.output_dir, name)
-        save_atomically(params, path)
+        save_params(params, path)  # atomically, and never with NaN or inf
         return path
 
     def newest(self):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run
-from src.checkpoint import read_checkpoint
+from src.checkpoint import read_checkpoint, save_params
 from src.launch import build_command, get_args_parser
 
 TINY = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "8",
@@ -80,7 +80,7 @@ def test_resume_after_a_kill_ends_where_an_uninterrupted_run_ends(sample_pets, t
 
 def test_resume_restores_weights_momentum_and_position(tmp_path):
     from src.ghostnet import GhostNet
-    from src.train_utils import build_optimizer, resume_from, save_atomically, training_state
+    from src.train_utils import build_optimizer, resume_from, training_state
 
     def fresh():
         net = GhostNet(width=0.5, num_classes=4)
@@ -90,7 +90,7 @@ def test_resume_restores_weights_momentum_and_position(tmp_path):
     for i, moment in enumerate(optimizer.moments):
         moment.set_data(ms.Tensor(np.full(moment.shape, i + 1.0, np.float32)))
     path = str(tmp_path / "state.ckpt")
-    save_atomically(training_state(net, optimizer, epoch=3, global_step=6, best_top1=0.5), path)
+    save_params(training_state(net, optimizer, epoch=3, global_step=6, best_top1=0.5), path)
 
     net2, optimizer2 = fresh()
     assert resume_from(path, net2, optimizer2) == (3, 6, 0.5)

@@ -11,18 +11,10 @@ import platform
 
 import numpy as np
 
+from src.kernels import cpu_flags
+
 WEIGHT_STORAGES = ("int8", "uint8")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
-
-
-def cpu_flags():
-    """This CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
 
 
 def is_x86():
@@ -30,7 +22,7 @@ def is_x86():
 
 
 def has_vnni():
-    return bool(VNNI_FLAGS and cpu_flags() & set(VNNI_FLAGS))
+    return bool(cpu_flags() & set(VNNI_FLAGS))
 
 
 def int8_instruction_set():

@@ -52,13 +52,19 @@ def _compiler():
     return None
 
 
-def _cpu_signature():
-    """What -march=native depends on: the CPU's flags."""
+def cpu_flags():
+    """This CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
     except OSError:
-        return platform.processor()
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def _cpu_signature():
+    """What -march=native depends on: the CPU's flags."""
+    return " ".join(sorted(cpu_flags())) or platform.processor()
 
 
 def _cache_key(compiler, source):
