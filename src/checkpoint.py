@@ -88,6 +88,9 @@ def with_unrecorded_output_ranges(params, net, source):
 # Entries a training checkpoint carries beside the network: optimizer state and the
 # position to resume from. Loading a network ignores them.
 TRAINING_STATE_PREFIXES = ("moments.", "train_state.")
+# Entries that earlier releases wrote and that hold nothing now: fake-quant checkpoints held
+# each observer's calibration switch (always 0 when saved) until it became a compile-time flag.
+RETIRED_SUFFIXES = (".calibrating",)
 CLASSIFIER_PREFIX = "classifier."
 
 
@@ -172,7 +175,7 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
         check_finite(checkpoint, source)
     report = LoadReport()
     params = {name: value for name, value in checkpoint.items()
-              if not name.startswith(TRAINING_STATE_PREFIXES)}
+              if not name.startswith(TRAINING_STATE_PREFIXES) and not name.endswith(RETIRED_SUFFIXES)}
     report.training_state = {name: value for name, value in checkpoint.items()
                              if name.startswith(TRAINING_STATE_PREFIXES)}
     targets = dict(net.parameters_and_names())

@@ -10,7 +10,7 @@ from conftest import REPO
 from src.checkpoint import save_params
 from src.ghostnet import GhostNet
 from src.models import load_network
-from src.quant import RangeObserver, int8_params, prepare
+from src.quant import int8_params, observe_ranges, prepare
 
 SHAPE = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "2"]
 
@@ -19,13 +19,7 @@ SHAPE = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_
 def int8_checkpoint(tmp_path_factory):
     ms.set_seed(11)
     net = prepare(GhostNet(width=0.5, num_classes=4))
-    net.set_train(False)
-    quantizers = [q for _, q in net.cells_and_names() if isinstance(q, RangeObserver)]
-    for q in quantizers:
-        q.calibrating.set_data(ms.Tensor(np.ones(1, np.float32)))
-    net(ms.Tensor(np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32)))
-    for q in quantizers:
-        q.calibrating.set_data(ms.Tensor(np.zeros(1, np.float32)))
+    observe_ranges(net, [ms.Tensor(np.random.default_rng(2).standard_normal((4, 3, 32, 32)).astype(np.float32))])
     path = tmp_path_factory.mktemp("int8") / "int8.ckpt"
     save_params(int8_params(net), str(path))
     return path

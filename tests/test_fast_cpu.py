@@ -10,13 +10,15 @@ import mindspore.ops as ops
 import numpy as np
 import pytest
 
-import src.kernels.fast_cpu as fast_cpu
+import src.kernels.library as library
+import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
 from src.kernels.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depthwise_conv_ops, enable_fast_cpu_path
 from src.ghostnet import GhostNet
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
-from src.quant import calibrate
+from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges
+from src.quant.primitives import fake_quant_activation, fake_quant_weight, weight_scales
 
 # (batch, channels, height, width, kernel, stride): GhostNet's kernels and strides, odd sizes, batch 1
 DEPTHWISE_SHAPES = [(2, 8, 9, 7, 3, 1), (1, 4, 11, 6, 5, 2), (3, 5, 8, 8, 3, 2), (1, 3, 1, 1, 5, 1),
@@ -29,8 +31,8 @@ def randn(*shape, seed=0):
 
 @pytest.fixture(scope="module")
 def kernels():
-    if fast_cpu.build_kernel_library() is None:
-        pytest.fail("the depthwise kernels did not build: is a C++ compiler installed?")
+    if library.build_kernel_library() is None:
+        pytest.fail("the CPU kernels did not build: is a C++ compiler installed?")
 
 
 def framework_depthwise(x, weight, stride):
@@ -169,8 +171,9 @@ def test_folding_batchnorm_keeps_the_outputs(kernels, fast):
 
 
 def test_without_a_compiler_the_framework_convolution_is_used_with_one_warning(monkeypatch, caplog):
-    monkeypatch.setattr(fast_cpu, "_library", {})
-    monkeypatch.setattr(fast_cpu, "_compiler", lambda: None)
+    monkeypatch.setattr(library, "_library", {})
+    monkeypatch.setattr(quant_cpu, "_kernels", {})
+    monkeypatch.setattr(library, "_compiler", lambda: None)
     with caplog.at_level("WARNING"):
         nets = [enable_fast_cpu_path(GhostNet(width=0.5, num_classes=4)) for _ in range(2)]
     assert caplog.text.count("no C++ compiler") == 1
@@ -181,20 +184,20 @@ def test_without_a_compiler_the_framework_convolution_is_used_with_one_warning(m
 
 
 def test_the_kernel_cache_is_keyed_by_source_and_flags(monkeypatch):
-    compiler = fast_cpu._compiler()
+    compiler = library._compiler()
     if compiler is None:
         pytest.skip("no C++ compiler")
-    key = fast_cpu._cache_key(compiler, b"source")
-    assert fast_cpu._cache_key(compiler, b"source") == key
-    assert fast_cpu._cache_key(compiler, b"other source") != key
-    monkeypatch.setattr(fast_cpu, "COMPILE_FLAGS", fast_cpu.COMPILE_FLAGS + ("-DEXTRA",))
-    assert fast_cpu._cache_key(compiler, b"source") != key
+    key = library._cache_key(compiler, b"source")
+    assert library._cache_key(compiler, b"source") == key
+    assert library._cache_key(compiler, b"other source") != key
+    monkeypatch.setattr(library, "COMPILE_FLAGS", library.COMPILE_FLAGS + ("-DEXTRA",))
+    assert library._cache_key(compiler, b"source") != key
 
 
 def test_processes_building_at_once_share_one_cached_library(tmp_path):
-    if fast_cpu._compiler() is None:
+    if library._compiler() is None:
         pytest.skip("no C++ compiler")
-    script = ("import src.kernels.fast_cpu as f, sys; path = f.build_kernel_library(); "
+    script = ("import src.kernels.library as f, sys; path = f.build_kernel_library(); "
               "assert path and path.startswith(sys.argv[1]), path; print(path)")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path), PYTHONPATH=str(REPO), GLOG_v="3")
     workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
@@ -204,4 +207,96 @@ def test_processes_building_at_once_share_one_cached_library(tmp_path):
     paths = {out.strip() for out, _ in outputs}
     assert len(paths) == 1
     folder = os.path.dirname(paths.pop())
-    assert os.listdir(folder) == ["depthwise_conv.so"]  # no partial files left behind
+    assert os.listdir(folder) == [library.LIBRARY_NAME]  # no partial files left behind
+
+
+def test_the_fake_quant_kernels_equal_the_framework_arithmetic_bit_for_bit(kernels):
+    fq = quant_cpu.fake_quant_kernels()
+    scale, zero_point = ms.Tensor(np.float32(0.037)), ms.Tensor(np.float32(61.0))
+    rng = np.random.default_rng(21)
+    steps = np.arange(-70, 200) + 0.5  # every value on a rounding tie, and beyond both ends
+    values = np.concatenate([steps * 0.037, rng.normal(0, 3, 70000)]).astype(np.float32)
+    x = ms.Tensor(values.reshape(2, -1))
+    np.testing.assert_array_equal(fq.activation(x, scale, zero_point).asnumpy(),
+                                  fake_quant_activation(x, scale, zero_point).asnumpy())
+    direction = ms.Tensor(rng.normal(0, 1, values.shape).astype(np.float32).reshape(2, -1))
+    grads = [ms.grad(lambda v, k=k: (fake_quant_activation(v, scale, zero_point, k) * direction).sum())(x)
+             for k in (fq, None)]
+    np.testing.assert_array_equal(grads[0].asnumpy(), grads[1].asnumpy())
+
+    weight = rng.normal(0, 0.2, (6, 3, 3, 3)).astype(np.float32)
+    weight[2] = 0.0  # an all-zero channel: the tiny scale
+    weight[4, 0, 0, 0] = 5.0  # one large value: the others round to few steps
+    ours, our_scales = fq.weight(ms.Tensor(weight))
+    theirs_scales = weight_scales(ms.Tensor(weight))
+    np.testing.assert_array_equal(our_scales.asnumpy(), theirs_scales.asnumpy())
+    np.testing.assert_array_equal(ours.asnumpy(), fake_quant_weight(ms.Tensor(weight), theirs_scales).asnumpy())
+    grad = ms.grad(lambda v: (fq.weight(v)[0] * 3.0).sum())(ms.Tensor(weight))
+    np.testing.assert_array_equal(grad.asnumpy(), np.full(weight.shape, 3.0, np.float32))
+
+    values[-3], values[5] = 1e6, -1e6  # the extremes in the first and the last chunk
+    np.testing.assert_array_equal(fq.min_max(ms.Tensor(values)).asnumpy(), [-1e6, 1e6])
+
+
+def test_eval_graphs_leave_the_ranges_alone_and_calibration_compiles_its_own(kernels):
+    fast, _ = twin_networks("fake-quant")
+    observers = [c for _, c in fast.cells_and_names() if isinstance(c, RangeObserver)]
+    assert all(o.fast_quant is not None for o in observers)
+    fast.set_train(False)
+    x = randn(2, 3, 32, 32, seed=15)
+    fast(x)  # an eval graph compiled before any calibration
+    assert all(float(o.act_max.asnumpy()[0]) == 0.0 for o in observers)
+    observe_ranges(fast, [x])
+    ranges = [(o.act_min.asnumpy().copy(), o.act_max.asnumpy().copy()) for o in observers]
+    assert all(high[0] > low[0] for low, high in ranges)
+    calibrated = fast(x).asnumpy()  # the earlier eval graph reads the ranges set since
+    fast(x * 10.0)
+    assert all((o.act_min.asnumpy() == low).all() and (o.act_max.asnumpy() == high).all()
+               for o, (low, high) in zip(observers, ranges))
+    observe_ranges(fast, [x * 10.0])
+    assert max(float(o.act_max.asnumpy()[0]) for o in observers) > max(float(h[0]) for _, h in ranges)
+    assert not np.array_equal(fast(x).asnumpy(), calibrated)
+
+
+def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_kernels(kernels):
+    _, framework = twin_networks("fake-quant")
+    _, fast = twin_networks("fake-quant")  # framework convolutions, so that only the fake-quant arithmetic differs
+    for _, cell in fast.cells_and_names():
+        if getattr(cell, "accepts_fast_quant", False):
+            cell.fast_quant = quant_cpu.fake_quant_kernels()
+    x, direction = randn(2, 3, 32, 32, seed=16), randn(2, 4, seed=17)
+    results = []
+    for net in (fast, framework):
+        observe_ranges(net, [x])
+        net.set_train(True)
+        net.dropout.p = 0.0
+        params = net.trainable_params()
+        grads = ms.grad(lambda images: (net(images) * direction).sum(), grad_position=0, weights=params)(x)
+        ranges = [p.asnumpy() for name, p in net.parameters_and_names() if name.endswith(("act_min", "act_max"))]
+        results.append((grads[0].asnumpy(), [g.asnumpy() for g in grads[1]], ranges))
+    (input_a, weights_a, ranges_a), (input_b, weights_b, ranges_b) = results
+    np.testing.assert_allclose(input_a, input_b, atol=1e-5, rtol=1e-4)
+    for got, want in zip(weights_a + ranges_a, weights_b + ranges_b):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_the_eval_parameter_kernel_equals_the_framework_arithmetic_bit_for_bit(kernels, batchnorm):
+    rng = np.random.default_rng(22)
+    bn = nn.BatchNorm2d(8) if batchnorm else None
+    layer = QuantConv2d(nn.Conv2d(4, 8, 3, has_bias=not batchnorm, pad_mode="pad", padding=1), bn)
+    for _, param in layer.parameters_and_names():
+        if param.name.endswith(("act_min", "act_max")):
+            continue
+        values = rng.normal(0, 0.5, param.shape)
+        if param.name.endswith("moving_variance"):
+            values = np.abs(values) + 0.01
+        param.set_data(ms.Tensor(values.astype(np.float32)))
+    layer.input_quant.act_min.set_data(ms.Tensor(np.array([-0.7], np.float32)))
+    layer.input_quant.act_max.set_data(ms.Tensor(np.array([2.3], np.float32)))
+    layer.set_train(False)
+    framework = [t.asnumpy() for t in layer.eval_params()]
+    layer.fast_quant = quant_cpu.fake_quant_kernels()
+    fast = [t.asnumpy() for t in layer.eval_params()]
+    for got, want in zip(fast, framework):
+        np.testing.assert_array_equal(got.reshape(want.shape), want)

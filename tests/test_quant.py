@@ -6,7 +6,7 @@ from mindspore import Tensor
 
 from src.ghostnet import GhostNet, conv2d
 from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, RangeObserver, QuantConv2d,
-                       QuantDense, build_int8_network, int8_params, prepare, set_bn_frozen)
+                       QuantDense, build_int8_network, int8_params, observe_ranges, prepare, set_bn_frozen)
 from src.quant.primitives import fake_quant_activation, fake_quant_weight
 from src.checkpoint import CheckpointKind, load_strict
 
@@ -18,21 +18,11 @@ def randn(*shape, scale=1.0):
 
 
 def calibrate_layer(layer, *batches):
-    layer.set_train(False)
-    layer.input_quant.calibrating.set_data(Tensor(np.ones(1, np.float32)))
-    for batch in batches:
-        layer(batch)
-    layer.input_quant.calibrating.set_data(Tensor(np.zeros(1, np.float32)))
+    observe_ranges(layer, batches)
 
 
 def calibrate_network(net, x):
-    net.set_train(False)
-    quantizers = [q for _, q in net.cells_and_names() if isinstance(q, RangeObserver)]
-    for q in quantizers:
-        q.calibrating.set_data(Tensor(np.ones(1, np.float32)))
-    net(x)
-    for q in quantizers:
-        q.calibrating.set_data(Tensor(np.zeros(1, np.float32)))
+    observe_ranges(net, [x])
 
 
 def integer_conv(x, w, stride, pad, groups):

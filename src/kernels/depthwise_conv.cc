@@ -8,89 +8,16 @@
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then output.
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <mutex>
-#include <thread>
 #include <vector>
 
-namespace {
-
-// Workers that sleep between jobs. OpenMP's spinning workers would take the cores from
-// MindSpore's own threads between two kernels (measured: 2-3x slower networks).
-class ThreadPool {
- public:
-  explicit ThreadPool(int size) : size_(size) {
-    for (int i = 1; i < size; ++i) workers_.emplace_back([this, i] { Loop(i); });
-  }
-
-  // Split [0, count) into contiguous ranges, one per thread but none under kMinWork
-  // multiply-adds (waking a thread costs more than that), and run fn(begin, end) on each.
-  void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn) {
-    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({size_, count, count * work_per_item / kMinWork}));
-    if (parts <= 1) {
-      fn(0, count);
-      return;
-    }
-    std::lock_guard<std::mutex> one_job_at_a_time(run_mutex_);
-    std::function<void(int)> job = [&](int index) {
-      if (index < parts) fn(count * index / parts, count * (index + 1) / parts);
-    };
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      job_ = &job;
-      pending_ = size_ - 1;
-      ++generation_;
-    }
-    wake_.notify_all();
-    job(0);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-  }
-
- private:
-  void Loop(int index) {
-    int64_t seen = 0;
-    for (;;) {
-      const std::function<void(int)> *job;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
-        job = job_;
-      }
-      (*job)(index);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
-    }
-  }
-
-  static constexpr int64_t kMinWork = 1 << 16;
-  int size_;
-  std::vector<std::thread> workers_;
-  std::mutex run_mutex_, mutex_;
-  std::condition_variable wake_, done_;
-  const std::function<void(int)> *job_ = nullptr;
-  int64_t generation_ = 0;
-  int pending_ = 0;
-};
-
-ThreadPool *g_pool = nullptr;  // never destroyed: its sleeping workers end with the process
-
-void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn) {
-  if (g_pool == nullptr) g_pool = new ThreadPool(1);
-  g_pool->ParallelFor(count, work_per_item, fn);
-}
-
-}  // namespace
-
-extern "C" void DepthwiseSetThreads(int threads) {
-  if (g_pool == nullptr) g_pool = new ThreadPool(threads > 0 ? threads : 1);
-}
+#include "common.h"
 
 namespace {
+
+using kernels::IsFloat32;
+using kernels::ParallelFor;
 
 struct Geometry {
   int64_t n, c, h, w, k, pad, stride, oh, ow, ph, pw;  // ph, pw: padded input height, width
@@ -130,6 +57,18 @@ void PadPlane(const float *src, const Geometry &g, float *dst) {
   std::fill(dst, dst + g.ph * g.pw, 0.0f);
   const int64_t rows = InnerRows(g), cols = InnerCols(g);
   for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + (y + g.pad) * g.pw + g.pad, src + y * g.w, cols * sizeof(float));
+}
+
+// PadPlane of the plane fake-quantized to uint8 (for an int8 layer's input, in eval).
+void PadPlaneQuantized(const float *src, const Geometry &g, const kernels::ActivationQuant &quant, float *dst) {
+  std::fill(dst, dst + g.ph * g.pw, 0.0f);
+  const kernels::ActivationQuant q = quant;
+  const int64_t rows = InnerRows(g), cols = InnerCols(g);
+  for (int64_t y = 0; y < rows; ++y) {
+    const float *in = src + y * g.w;
+    float *out = dst + (y + g.pad) * g.pw + g.pad;
+    for (int64_t x = 0; x < cols; ++x) out[x] = q(in[x]);
+  }
 }
 
 // The inverse: the H x W plane of a padded buffer, zero where the buffer does not reach.
@@ -192,8 +131,6 @@ void WeightGradPlane(const float *padded, const float *grad_out, const Geometry 
   }
 }
 
-bool IsFloat32(const char *dtype) { return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0; }
-
 // The gradients' shared checks: four parameters, the first two float32 tensors read and the
 // last one written all 4-D (the third is read for its shape only); then the geometry from the
 // shapes at positions input, weight and output. Returns 0, or the error code.
@@ -204,24 +141,30 @@ int GradientGeometry(int nparam, int *ndims, int64_t **shapes, const char **dtyp
   return MakeGeometry(shapes[input], shapes[weight], shapes[output], g) ? 0 : 3;
 }
 
-// y = conv(x, w) [+ b] [then ReLU]; params: x, w, [b,] y
-int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias, bool relu) {
+// y = conv(x, w) [+ b] [then ReLU]; params: x, w, [b, [scale, zero_point,]] y. With
+// quantized_input, x is fake-quantized to uint8 (scale, zero_point) as it is read.
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias, bool relu,
+            bool quantized_input = false) {
   Geometry g;
-  const int out = has_bias ? 3 : 2;
+  const int out = quantized_input ? 5 : has_bias ? 3 : 2;
   if (nparam != out + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[out] != 4) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || (has_bias && !IsFloat32(dtypes[2]))) return 2;
+  if (quantized_input && (!IsFloat32(dtypes[3]) || !IsFloat32(dtypes[4]))) return 2;
   if (!MakeGeometry(shapes[0], shapes[1], shapes[out], &g)) return 3;
   if (has_bias && (ndims[2] != 1 || shapes[2][0] != g.c)) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = has_bias ? static_cast<const float *>(params[2]) : nullptr;
+  const kernels::ActivationQuant quant(quantized_input ? *static_cast<const float *>(params[3]) : 1.0f,
+                                       quantized_input ? *static_cast<const float *>(params[4]) : 0.0f);
   float *y = static_cast<float *>(params[out]);
   ParallelFor(g.n * g.c, g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(g.ph * g.pw);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t c = p % g.c;
       const float bias = b ? b[c] : 0.0f;
-      PadPlane(x + p * g.h * g.w, g, padded.data());
+      if (quantized_input) PadPlaneQuantized(x + p * g.h * g.w, g, quant, padded.data());
+      else PadPlane(x + p * g.h * g.w, g, padded.data());
       if (g.stride == 1) ForwardPlane<1>(padded.data(), w + c * g.k * g.k, bias, relu, g, y + p * g.oh * g.ow);
       else ForwardPlane<2>(padded.data(), w + c * g.k * g.k, bias, relu, g, y + p * g.oh * g.ow);
     }
@@ -247,6 +190,13 @@ extern "C" int DepthwiseBiasForward(int nparam, void **params, int *ndims, int64
 extern "C" int DepthwiseBiasReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
                                         const char **dtypes, void *, void *) {
   return Forward(nparam, params, ndims, shapes, dtypes, true, true);
+}
+
+// params: x, weight, bias (C), scale, zero_point (one float each) -> conv(fake-quantized x) + bias;
+// an int8 layer in eval, its input quantized as it is read
+extern "C" int DepthwiseQuantizedInputForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                              const char **dtypes, void *, void *) {
+  return Forward(nparam, params, ndims, shapes, dtypes, true, false, true);
 }
 
 // params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (read for its shape only) -> grad_x (N, C, H, W)

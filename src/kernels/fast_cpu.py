@@ -5,128 +5,28 @@ convolutions oneDNN then falls back to its reference kernel, tens of times slowe
 plain loop. Here:
 
 * depthwise convolutions run ``src/kernels/depthwise_conv.cc`` (forward, input gradient,
-  weight gradient) as MindSpore AOT custom operators. The source is compiled on first use
-  by the machine's C++ compiler into a cache folder keyed by the source, the flags, the
-  compiler and the CPU (``$XDG_CACHE_HOME/ghostnet_pets/kernels``, default ``~/.cache``),
-  atomically, so concurrent processes are safe. Without a compiler the framework's
-  convolution is used and one warning says so;
-* the stem runs as unfold + matrix product, both fast framework ops with gradients.
+  weight gradient) as MindSpore AOT custom operators, compiled on first use
+  (:mod:`src.kernels.library`). Without a compiler the framework's convolution is used and
+  one warning says so;
+* the stem runs as unfold + matrix product, both fast framework ops with gradients;
+* the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
+  (:mod:`src.kernels.quant_cpu`).
 
 :func:`enable_fast_cpu_path` switches a built network's convolutions over, in place, on CPU
-only; parameters and their names stay as they are. Kernel threads: ``OMP_NUM_THREADS``
-when set (as for MindSpore's oneDNN), else MindSpore's CPU op thread setting where it can
-be read, else the process's usable cores (at most MindSpore's default of 25).
+only; parameters and their names stay as they are.
 """
-import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 
 import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from src.kernels.library import build_kernel_library
+from src.kernels.quant_cpu import fake_quant_kernels
+
 logger = logging.getLogger(__name__)
 
-KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv.cc")
-COMPILE_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c++17", "-pthread")
-FRAMEWORK_THREAD_CAP = 25  # MindSpore's default CPU op thread count, when not configured
-_library = {}  # "path": built library or None once tried
 _ops = {}
-
-
-def cache_folder():
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ghostnet_pets", "kernels")
-
-
-def _compiler():
-    for name in ("c++", "g++", "clang++"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def cpu_flags():
-    """This CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return set()
-    return set(line.partition(":")[2].split())
-
-
-def _cpu_signature():
-    """What -march=native depends on: the CPU's flags."""
-    return " ".join(sorted(cpu_flags())) or platform.processor()
-
-
-def _cache_key(compiler, source):
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    digest = hashlib.sha256()
-    for part in (source, " ".join(COMPILE_FLAGS), compiler, "".join(version), platform.machine(), _cpu_signature()):
-        digest.update(part.encode() if isinstance(part, str) else part)
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
-
-
-def build_kernel_library():
-    """Path of the compiled kernel library, compiling it if needed; None (one warning) if impossible."""
-    if "path" in _library:
-        return _library["path"]
-    compiler = _compiler()
-    path = None
-    if compiler is None:
-        logger.warning("no C++ compiler (c++, g++ or clang++) found: depthwise convolutions use "
-                       "MindSpore's CPU convolution, several times slower. Install one (e.g. "
-                       "`apt install g++`) for the fast CPU path.")
-    else:
-        with open(KERNEL_SOURCE, "rb") as f:
-            source = f.read()
-        target_folder = os.path.join(cache_folder(), _cache_key(compiler, source))
-        path = os.path.join(target_folder, "depthwise_conv.so")
-        if not os.path.isfile(path):
-            path = _compile(compiler, target_folder, path)
-    if path is not None:
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or _framework_threads()
-        ctypes.CDLL(path).DepthwiseSetThreads(threads)
-    _library["path"] = path
-    return path
-
-
-def _framework_threads():
-    try:  # private API: read only to match MindSpore's own thread count
-        from mindspore._c_expression import RuntimeConf
-        conf = RuntimeConf.get_instance()
-        if conf.is_op_threads_num_configured() and hasattr(conf, "get_op_threads_num"):
-            return conf.get_op_threads_num()
-    except (ImportError, AttributeError):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(usable or 1, FRAMEWORK_THREAD_CAP)
-
-
-def _compile(compiler, folder, path):
-    os.makedirs(folder, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)
-    os.close(handle)
-    command = [compiler, *COMPILE_FLAGS, KERNEL_SOURCE, "-o", partial]
-    logger.info("compiling the CPU depthwise kernels into %s", folder)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        os.unlink(partial)
-        logger.warning("compiling %s failed (%s); depthwise convolutions use MindSpore's CPU "
-                       "convolution. Compiler output:\n%s", KERNEL_SOURCE, " ".join(command),
-                       result.stderr.strip()[-2000:])
-        return None
-    os.replace(partial, path)  # atomic: a concurrent build leaves one complete file
-    return path
 
 
 def conv_geometry(conv):
@@ -135,12 +35,18 @@ def conv_geometry(conv):
     return stride, conv.padding, conv.group
 
 
-def apply_conv(x, weight, geometry, fast_conv=None):
-    """The convolution; ``fast_conv`` is its fast cell (:func:`fast_conv_for`), if any."""
+def apply_conv(x, weight, geometry, fast_conv=None, bias=None):
+    """The convolution, plus ``bias`` per output channel if given; ``fast_conv`` is its fast
+    cell (:func:`fast_conv_for`), if any."""
+    if bias is not None and is_fast_depthwise(fast_conv):
+        return fast_conv(x, weight, bias)
     if fast_conv is not None:
-        return fast_conv(x, weight)
-    stride, padding, groups = geometry
-    return ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
+        out = fast_conv(x, weight)
+    else:
+        stride, padding, groups = geometry
+        out = ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
+    # BiasAdd, not a broadcast Add: MindSpore's CPU kernel for it is about 2.5x faster
+    return out if bias is None else ops.bias_add(out, bias)
 
 
 def conv_out_size(size, kernel, stride, padding):
@@ -152,7 +58,8 @@ def depthwise_conv_ops(stride):
     """``{variant: custom op}`` for ``stride``, with their backward; None without the library.
 
     Variants: ``plain`` (x, w), ``bias`` (x, w, b) and ``bias_relu`` (x, w, b), the last two
-    for inference with BatchNorm folded.
+    for inference with BatchNorm folded, and ``quantized_input`` (x, w, b, scale, zero_point),
+    an int8 layer in eval: x fake-quantized to uint8 as it is read; no gradient.
     """
     library = build_kernel_library()
     if library is None:
@@ -182,17 +89,21 @@ def depthwise_conv_ops(stride):
         for variant, function, backward in (("plain", "DepthwiseForward", bprop),
                                             ("bias", "DepthwiseBiasForward", bprop_bias),
                                             ("bias_relu", "DepthwiseBiasReluForward", bprop_bias_relu))}
+    _ops[stride]["quantized_input"] = ops.Custom(f"{library}:DepthwiseQuantizedInputForward", out_shape=out_shape,
+                                                 out_dtype=lambda x, *rest: x, func_type="aot")
     return _ops[stride]
 
 
 class DepthwiseConvCPU(nn.Cell):
     """Depthwise convolution (padding kernel // 2) through the compiled kernels; with a bias,
-    optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`)."""
+    optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`).
+    ``quantized_input(x, w, b, scale, zero_point)``: on x fake-quantized to uint8, for eval."""
 
     def __init__(self, variants, relu=False):
         super().__init__()
         self.plain = variants["plain"]
         self.with_bias = variants["bias_relu" if relu else "bias"]
+        self.quantized_input = variants["quantized_input"]
         self.variants = variants
         self.relu = relu  # whether the ReLU is fused: what fuse_relu_for_inference did, for a reader
 
@@ -200,6 +111,10 @@ class DepthwiseConvCPU(nn.Cell):
         if bias is None:
             return self.plain(x, weight)
         return self.with_bias(x, weight, bias)
+
+
+def is_fast_depthwise(fast_conv):
+    return isinstance(fast_conv, DepthwiseConvCPU)
 
 
 class UnfoldConv(nn.Cell):
@@ -253,12 +168,15 @@ def enable_fast_cpu_path(net):
 
     Besides ``nn.Conv2d``, a cell with ``accepts_fast_conv = True`` (the quantized layers of
     src/quant/) takes one: it has ``weight``, ``geometry`` and a ``fast_conv`` it calls
-    through :func:`apply_conv`.
+    through :func:`apply_conv`. A cell with ``accepts_fast_quant = True`` (those layers and
+    their observers) takes the compiled fake-quant arithmetic as ``fast_quant``.
     """
     if ms.get_context("device_target") != "CPU":
         return net
     switched = 0
     for _, cell in list(net.cells_and_names()):
+        if getattr(cell, "accepts_fast_quant", False) and cell.fast_quant is None:
+            cell.fast_quant = fake_quant_kernels()
         if type(cell) is nn.Conv2d:  # pylint: disable=unidiomatic-typecheck (subclasses stay)
             fast = fast_conv_for(cell.weight.shape, *conv_geometry(cell))
             if fast is not None:

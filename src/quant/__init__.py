@@ -6,11 +6,11 @@ The pieces, as torch.ao / torchao name them:
 * :mod:`.observers`: cells that watch a tensor's range;
 * :mod:`.fake_quant`: the fake-quant (QAT) layers, each holding the observer of its input;
 * :mod:`.int8`: the int8 layers an int8 checkpoint loads into;
-* :mod:`.convert`: ``prepare`` (float -> fake-quant), ``calibrate``, ``convert``
+* :mod:`.convert`: ``prepare`` (float -> fake-quant), ``calibrate`` / ``observe_ranges``, ``convert``
   (fake-quant -> int8) and ``int8_params`` (an int8 checkpoint's content).
 """
 from src.quant.convert import (build_int8_network, calibrate, convert, fake_quant_layers,
-                               int8_params, prepare, set_bn_frozen)
+                               int8_params, observe_ranges, prepare, set_bn_frozen)
 from src.quant.fake_quant import QuantConv2d, QuantDense
 from src.quant.int8 import Int8Conv2d, Int8Dense
 from src.quant.observers import RangeObserver
@@ -19,4 +19,4 @@ from src.quant.primitives import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN,
 
 __all__ = ["ACT_QMAX", "ACT_QMIN", "WEIGHT_QMAX", "WEIGHT_QMIN", "Int8Conv2d", "Int8Dense", "QuantConv2d",
            "QuantDense", "RangeObserver", "activation_qparams", "build_int8_network", "calibrate", "convert",
-           "fake_quant_layers", "int8_params", "prepare", "set_bn_frozen"]
+           "fake_quant_layers", "int8_params", "observe_ranges", "prepare", "set_bn_frozen"]

@@ -4,6 +4,7 @@ int8). The layers are swapped through ``GhostNet.conv_bn_pairs()``."""
 import logging
 
 import mindspore as ms
+import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
 
@@ -86,27 +87,47 @@ def set_bn_frozen(net, frozen):
             layer.bn_frozen.set_data(ms.Tensor(np.full(1, float(frozen), np.float32)))
 
 
-def calibrate(net, dataset, num_batches):
-    """Set every activation range from ``num_batches`` batches (eval mode, BN statistics fixed)."""
+class _ObservingRun(nn.Cell):
+    """``net`` as a top-level cell of its own, so that its graph compiles with the observers'
+    ``calibrating`` as set now, apart from the eval graph of ``net`` itself."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x):
+        return self.net(x)
+
+
+def observe_ranges(net, batches):
+    """Run ``net`` in eval mode on each input of ``batches`` while every observer widens its
+    range, from empty, to every value seen (BatchNorm statistics fixed). Returns the count run."""
     observers = [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
-
-    def set_all(calibrating):
-        for observer in observers:
-            observer.set_calibrating(calibrating)
-
     for observer in observers:
         observer.reset()
-    net.set_train(False)
+        observer.calibrating = True
+    run = _ObservingRun(net)
+    run.set_train(False)
     seen = 0
-    set_all(True)
     try:
+        for seen, images in enumerate(batches, 1):
+            run(images)
+    finally:
+        for observer in observers:
+            observer.calibrating = False
+    return seen
+
+
+def calibrate(net, dataset, num_batches):
+    """Set every activation range from ``num_batches`` batches of ``dataset`` (see :func:`observe_ranges`)."""
+    def batches():
         for seen, (images, _) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
-            net(images)
+            yield images
             logger.info("calibration batch %d/%d", seen, num_batches)
             if seen >= num_batches:
-                break
-    finally:
-        set_all(False)
+                return
+
+    seen = observe_ranges(net, batches())
     if seen < num_batches:
         logger.warning("calibrated on %d batches: the dataset has no more", seen)
     return seen

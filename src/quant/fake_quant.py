@@ -7,23 +7,57 @@ import numpy as np
 from mindspore import Parameter, Tensor
 
 from src.kernels import apply_conv, conv_geometry
+from src.kernels.fast_cpu import is_fast_depthwise
 from src.quant.observers import RangeObserver
 from src.quant.primitives import (activation_qparams, fake_quant_activation, fake_quant_bias,
-                                  fake_quant_weight, weight_scales)
+                                  fake_quant_weight_per_channel)
+
+
+def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv, fast_quant):
+    """:func:`~src.kernels.apply_conv` of ``x`` fake-quantized to uint8 (``scale``,
+    ``zero_point``), for eval. Where the compiled depthwise kernel runs, it quantizes ``x`` as
+    it reads it (no gradient)."""
+    if fast_quant is not None and bias is not None and is_fast_depthwise(fast_conv):
+        return fast_conv.quantized_input(x, weight, bias, scale, zero_point)
+    x = fake_quant_activation(x, scale, zero_point, fast_quant)
+    return apply_conv(x, weight, geometry, fast_conv, bias)
 
 
 class _FakeQuantLayer(nn.Cell):
     """Quantizes its input to uint8 with the range its observer holds."""
+    accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
     def __init__(self):
         super().__init__()
         self.input_quant = RangeObserver()
+        self.fast_quant = None
 
     def quantize_input(self, x):
         """``(fake-quantized x, its scale)``, after the observer has seen ``x``."""
         x = self.input_quant(x)
         scale, zero_point = activation_qparams(self.input_quant.act_min, self.input_quant.act_max)
-        return fake_quant_activation(x, scale, zero_point), scale
+        return fake_quant_activation(x, scale, zero_point, self.fast_quant), scale
+
+    def quantize_weight(self, weight):
+        """``(fake-quantized weight, its per-output-channel scales)``."""
+        return fake_quant_weight_per_channel(weight, self.fast_quant)
+
+    def eval_params(self):
+        """``(weight, bias, input scale, input zero point)`` as the int8 layer holds them,
+        dequantized: BatchNorm folded with its moving statistics; the bias may be None."""
+        observer = self.input_quant
+        if self.fast_quant is not None and self.bn is not None:
+            bn = self.bn
+            return self.fast_quant.eval_params_batchnorm(self.weight, bn.beta, observer.act_min, observer.act_max,
+                                                         bn.gamma, bn.moving_mean, bn.moving_variance, self.bn_eps)
+        if self.fast_quant is not None and self.bias is not None:
+            return self.fast_quant.eval_params(self.weight, self.bias, observer.act_min, observer.act_max)
+        act_scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
+        weight, bias, _ = self.folded()
+        weight, scales = self.quantize_weight(weight)
+        if bias is not None:
+            bias = fake_quant_bias(bias, act_scale * scales)
+        return weight, bias, act_scale, zero_point
 
 
 class QuantConv2d(_FakeQuantLayer):
@@ -44,6 +78,7 @@ class QuantConv2d(_FakeQuantLayer):
         self.weight = conv.weight
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
+        self.bn_eps = None if bn is None else Tensor(np.full(1, bn.eps, np.float32))
         self.output_range = RangeObserver()
         self.bn_frozen = None if bn is None else Parameter(
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
@@ -78,19 +113,25 @@ class QuantConv2d(_FakeQuantLayer):
         return mean, ops.sqrt(var + bn.eps)
 
     def construct(self, x):
-        x, act_scale = self.quantize_input(x)
-        if self.bn is not None and self.training:
-            batch_mean, batch_std = self._batch_statistics(x)
-            weight, bias, correction = self.folded(batch_mean, batch_std)
-        else:
-            weight, bias, correction = self.folded()
-        scales = weight_scales(weight)
-        out = apply_conv(x, fake_quant_weight(weight, scales), self.geometry, self.fast_conv)
-        if correction is not None:
-            out = out * correction.reshape(1, -1, 1, 1)
-        if bias is not None:
-            out = out + fake_quant_bias(bias, act_scale * scales).reshape(1, -1, 1, 1)
+        if self.training:
+            x, act_scale = self.quantize_input(x)
+            if self.bn is None:
+                weight, scales = self.quantize_weight(self.weight)
+                out = apply_conv(x, weight, self.geometry, self.fast_conv, self._quantized_bias(act_scale, scales))
+            else:
+                weight, bias, correction = self.folded(*self._batch_statistics(x))
+                weight, scales = self.quantize_weight(weight)
+                out = apply_conv(x, weight, self.geometry, self.fast_conv) * correction.reshape(1, -1, 1, 1)
+                out = ops.bias_add(out, fake_quant_bias(bias, act_scale * scales))
+            return self.output_range(out)
+        x = self.input_quant(x)
+        weight, bias, act_scale, zero_point = self.eval_params()
+        out = quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
+                                   self.fast_quant)
         return self.output_range(out)
+
+    def _quantized_bias(self, act_scale, scales):
+        return None if self.bias is None else fake_quant_bias(self.bias, act_scale * scales)
 
 
 class QuantDense(_FakeQuantLayer):
@@ -100,12 +141,17 @@ class QuantDense(_FakeQuantLayer):
         super().__init__()
         self.weight = dense.weight
         self.bias = dense.bias
+        self.bn = None
 
     def folded(self):
         return self.weight, self.bias, None
 
     def construct(self, x):
-        x, act_scale = self.quantize_input(x)
-        scales = weight_scales(self.weight)
-        out = ops.matmul(x, fake_quant_weight(self.weight, scales).T)
-        return out + fake_quant_bias(self.bias, act_scale * scales)
+        if self.training:
+            x, act_scale = self.quantize_input(x)
+            weight, scales = self.quantize_weight(self.weight)
+            return ops.matmul(x, weight.T) + fake_quant_bias(self.bias, act_scale * scales)
+        x = self.input_quant(x)
+        weight, bias, act_scale, zero_point = self.eval_params()
+        x = fake_quant_activation(x, act_scale, zero_point, self.fast_quant)
+        return ops.matmul(x, weight.T) + bias

@@ -7,13 +7,17 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Parameter, Tensor
 
-from src.kernels import apply_conv, conv_geometry
+from src.kernels import conv_geometry
+from src.quant.fake_quant import quantized_input_conv
 from src.quant.primitives import fake_quant_activation, per_channel
 
 
 class _Int8Params(nn.Cell):
+    accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
+
     def __init__(self, weight_shape):
         super().__init__()
+        self.fast_quant = None
         out_channels = weight_shape[0]
         self.weight = Parameter(Tensor(np.zeros(weight_shape, np.int8)), name="weight", requires_grad=False)
         self.weight_scale = Parameter(Tensor(np.ones(out_channels, np.float32)), name="weight_scale",
@@ -23,13 +27,14 @@ class _Int8Params(nn.Cell):
         self.act_zero_point = Parameter(Tensor(np.zeros(1, np.int32)), name="act_zero_point",
                                         requires_grad=False)
 
-    def dequantized(self, x):
-        """(dequantized input, dequantized weight, dequantized bias)."""
-        scale = self.act_scale.squeeze()  # 0-d: see primitives.activation_qparams
-        x = fake_quant_activation(x, scale, self.act_zero_point.squeeze().astype(ms.float32))
+    def dequantized(self):
+        """(input scale, input zero point, dequantized weight, dequantized bias); 0-d scale and
+        zero point (see primitives.activation_qparams)."""
+        scale = self.act_scale.squeeze()
+        zero_point = self.act_zero_point.squeeze().astype(ms.float32)
         weight = self.weight.astype(ms.float32) * per_channel(self.weight_scale, len(self.weight.shape))
         bias = self.bias.astype(ms.float32) * (scale * self.weight_scale)
-        return x, weight, bias
+        return scale, zero_point, weight, bias
 
 
 class Int8Conv2d(_Int8Params):
@@ -47,8 +52,9 @@ class Int8Conv2d(_Int8Params):
         self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
 
     def construct(self, x):
-        x, weight, bias = self.dequantized(x)
-        return apply_conv(x, weight, self.geometry, self.fast_conv) + bias.reshape(1, -1, 1, 1)
+        scale, zero_point, weight, bias = self.dequantized()
+        return quantized_input_conv(x, scale, zero_point, weight, bias, self.geometry, self.fast_conv,
+                                    self.fast_quant)
 
 
 class Int8Dense(_Int8Params):
@@ -56,5 +62,6 @@ class Int8Dense(_Int8Params):
         super().__init__(dense.weight.shape)
 
     def construct(self, x):
-        x, weight, bias = self.dequantized(x)
+        scale, zero_point, weight, bias = self.dequantized()
+        x = fake_quant_activation(x, scale, zero_point, self.fast_quant)
         return ops.matmul(x, weight.T) + bias

@@ -3,6 +3,9 @@
 Weights: per output channel, symmetric, zero point 0, integers in [WEIGHT_QMIN, WEIGHT_QMAX].
 Activations: per tensor, asymmetric, integers in [ACT_QMIN, ACT_QMAX]. Rounding passes
 gradients straight through, clipped to the representable range.
+
+``kernels``: the compiled CPU operators (:class:`src.kernels.quant_cpu.FakeQuantKernels`)
+that compute the same in one pass, where a layer has them; else framework operators.
 """
 import mindspore.ops as ops
 
@@ -26,8 +29,10 @@ def activation_qparams(act_min, act_max):
     return scale, zero_point
 
 
-def fake_quant_activation(x, scale, zero_point):
+def fake_quant_activation(x, scale, zero_point, kernels=None):
     """Quantize-dequantize to uint8; gradient 1 inside the representable range, 0 outside."""
+    if kernels is not None:
+        return kernels.activation(x, scale, zero_point)
     clipped = ops.clamp(x, (ACT_QMIN - zero_point) * scale, (ACT_QMAX - zero_point) * scale)
     quantized = round_half_up(clipped / scale) * scale  # (q - zero_point) * scale, q = round + zp
     return clipped + ops.stop_gradient(quantized - clipped)
@@ -57,6 +62,14 @@ def bias_integers(bias, scales):
 def fake_quant_weight(weight, scales):
     quantized = weight_integers(weight, scales) * per_channel(scales, weight.ndim)
     return weight + ops.stop_gradient(quantized - weight)
+
+
+def fake_quant_weight_per_channel(weight, kernels=None):
+    """``(fake-quantized weight, its per-output-channel scales)``."""
+    if kernels is not None:
+        return kernels.weight(weight)
+    scales = weight_scales(weight)
+    return fake_quant_weight(weight, scales), scales
 
 
 def fake_quant_bias(bias, scales):

@@ -1,0 +1,32 @@
+// Shared by the kernel sources (see common.cc).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+namespace kernels {
+
+// Split [0, count) into contiguous ranges, one per pool thread but none under a minimum of
+// work (waking a thread costs more), and run fn(begin, end) on each; returns when all are done.
+void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn);
+
+// A uint8 activation's fake-quant (src/quant/primitives.py: fake_quant_activation), in the
+// framework's float32 operations and order: clamp to [(0 - zp) * s, (255 - zp) * s], then
+// floor(v / s + 0.5) * s. The kernels are compiled without fused multiply-adds, so the
+// results are the framework's bit for bit.
+struct ActivationQuant {
+  float scale, low, high;
+  ActivationQuant(float scale, float zero_point)
+      : scale(scale), low((0.0f - zero_point) * scale), high((255.0f - zero_point) * scale) {}
+  float operator()(float x) const { return std::floor(std::min(std::max(x, low), high) / scale + 0.5f) * scale; }
+  bool Passes(float x) const { return x >= low && x <= high; }  // where the gradient goes straight through
+};
+
+inline bool IsFloat32(const char *dtype) {
+  return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0;
+}
+
+}  // namespace kernels
