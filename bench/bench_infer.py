@@ -1,13 +1,20 @@
 """Eval-mode inference speed of GhostNet through MindSpore: fast CPU path, framework convolution, PyTorch.
 
-    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16] [--networks float int8 fake-quant]
+    python bench/bench_infer.py [--device_target CPU] [--batch_sizes 1 16] [--networks float fake-quant int8]
 
 For each network form (float: BatchNorm folded, as eval.py runs float checkpoints; int8:
 the network int8 checkpoints load into; fake-quant: the int8 fine-tuning form) it times
-the fast CPU path (src/kernels/fast_cpu.py) and MindSpore's own convolution (GRAPH_MODE), plus
-timm's ghostnet in PyTorch eager where torch and timm are installed (in a worker process
-with PyTorch's own OpenMP settings), in alternating rounds. Reports the median images/s
-and the ratios to PyTorch and to the framework convolution. Weights are random: speed does not depend on them.
+the fast CPU path (src/kernels/) and MindSpore's own operators (GRAPH_MODE), plus:
+
+* ``float fast, ms first``: the float network in a process that imports ``mindspore`` before
+  ``src`` without OMP_WAIT_POLICY set, as a MindSpore Hub user's script does
+  (bench/mindspore_worker.py): speed must not depend on the import order;
+* timm's ghostnet in PyTorch eager where torch and timm are installed (in a worker process
+  with PyTorch's own OpenMP settings),
+
+in alternating rounds. Reports the median images/s and the ratios to PyTorch, to the float
+network on the fast path and to the framework's operators. Weights are random: speed does
+not depend on them.
 """
 import argparse
 import os
@@ -18,7 +25,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
+from bench.timing import MindSporeFirstWorker, TorchWorker, alternating_medians, print_table  # noqa: E402
 from src.checkpoint import CheckpointKind  # noqa: E402
 from src.cli import add_width_argument  # noqa: E402
 
@@ -52,7 +59,7 @@ def main():
     parser.add_argument("--num_classes", type=int, default=1000, help="classes of the classifier")
     parser.add_argument("--image_size", type=int, default=224, help="side of the input images")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16], help="batch sizes to time")
-    parser.add_argument("--networks", nargs="+", default=["float"],
+    parser.add_argument("--networks", nargs="+", default=["float", "fake-quant"],
                         choices=[kind.value for kind in CheckpointKind],
                         help="network forms to time")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported")
@@ -69,12 +76,15 @@ def main():
         runners = {}
         for network in args.networks:
             runners.update(mindspore_runners(args, network, batch))
-        torch_worker = TorchWorker.start("infer", batch, args.image_size, args.num_classes, args.width)
-        if torch_worker is not None:
-            runners["pytorch eager"] = torch_worker
+        workers = {}
+        if "float" in args.networks and args.device_target == "CPU":
+            workers["float fast, ms first"] = MindSporeFirstWorker.start(
+                "float", batch, args.image_size, args.num_classes, args.width)
+        workers["pytorch eager"] = TorchWorker.start("infer", batch, args.image_size, args.num_classes, args.width)
+        runners.update({name: worker for name, worker in workers.items() if worker is not None})
         medians = alternating_medians(runners, batch, args.rounds, args.seconds)
         print(f"\nbatch {batch}")
-        print_table(medians, ("pytorch eager", f"{args.networks[0]} framework"))
+        print_table(medians, ("pytorch eager", "float fast", f"{args.networks[0]} framework"))
 
 
 if __name__ == "__main__":

@@ -17,12 +17,47 @@ def images_per_second(run, batch, seconds):
             return done / elapsed
 
 
-class TorchWorker:
-    """PyTorch eager (timm) in its own process (bench/torch_worker.py), timed when asked;
-    None from :meth:`start` where torch or timm is missing."""
+class Worker:
+    """A runner in its own process: it prints "ready", then answers each "SECONDS" line on its
+    stdin with the images/s it ran for that long."""
 
     def __init__(self, process):
         self.process = process
+
+    @classmethod
+    def launch(cls, argv, env, skipped):
+        """The worker of ``argv``; None, printing ``skipped``, where it does not get ready."""
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL, text=True, env=env)
+        if process.stdout.readline().strip() != "ready":
+            process.wait()
+            print(skipped)
+            return None
+        return cls(process)
+
+    def measure(self, seconds):
+        self.process.stdin.write(f"{seconds}\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def _environment_without_omp_wait_policy():
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)  # src sets it in this process; the worker gets the defaults
+    return env
+
+
+def _script(name):
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+
+
+class TorchWorker(Worker):
+    """PyTorch eager (timm) in its own process (bench/torch_worker.py); None from :meth:`start`
+    where torch or timm is missing."""
 
     @staticmethod
     def command(mode, batch_size, image_size, num_classes, width):
@@ -31,23 +66,15 @@ class TorchWorker:
         from src.ghostnet import WIDTHS  # our model names are timm's
 
         model = next(name for name, value in WIDTHS.items() if value == width)
-        env = dict(os.environ)
-        env.pop("OMP_WAIT_POLICY", None)  # PyTorch with its own defaults
-        return ([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_worker.py"),
-                 "--mode", mode, "--batch_size", str(batch_size), "--image_size", str(image_size),
-                 "--num_classes", str(num_classes), "--model", model], env)
+        return ([sys.executable, _script("torch_worker.py"), "--mode", mode, "--batch_size", str(batch_size),
+                 "--image_size", str(image_size), "--num_classes", str(num_classes), "--model", model],
+                _environment_without_omp_wait_policy())  # PyTorch with its own defaults
 
     @classmethod
     def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
         """The worker for timm's ghostnet of ``width``; None, saying so, without torch or timm."""
         argv, env = cls.command(mode, batch_size, image_size, num_classes, width)
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.DEVNULL, text=True, env=env)
-        if process.stdout.readline().strip() != "ready":
-            process.wait()
-            print("(PyTorch eager: torch and timm are not installed here; skipped)")
-            return None
-        return cls(process)
+        return cls.launch(argv, env, "(PyTorch eager: torch and timm are not installed here; skipped)")
 
     @classmethod
     def export_onnx(cls, path, image_size, num_classes, width=1.0):
@@ -60,14 +87,18 @@ class TorchWorker:
             return False
         return True
 
-    def measure(self, seconds):
-        self.process.stdin.write(f"{seconds}\n")
-        self.process.stdin.flush()
-        return float(self.process.stdout.readline())
 
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait()
+class MindSporeFirstWorker(Worker):
+    """Our network's eval forward in a process that imports ``mindspore`` before ``src``, as a
+    MindSpore Hub user does, without OMP_WAIT_POLICY set (bench/mindspore_worker.py)."""
+
+    @classmethod
+    def start(cls, network, batch_size, image_size, num_classes, width=1.0):
+        argv = [sys.executable, _script("mindspore_worker.py"), "--network", network, "--batch_size",
+                str(batch_size), "--image_size", str(image_size), "--num_classes", str(num_classes),
+                "--width", str(width)]
+        return cls.launch(argv, _environment_without_omp_wait_policy(),
+                          "(the mindspore-first worker did not start; skipped)")
 
 
 def alternating_medians(runners, batch, rounds, seconds):
@@ -92,10 +123,10 @@ def print_table(medians, references, extra=None):
     """One row per runner: images/s and the ratio to each present reference runner."""
     present = [r for r in references if r in medians]
     extra = extra or {}
-    header = f"{'':>16} {'images/s':>9}" + "".join(f" {'vs ' + r:>18}" for r in present)
+    header = f"{'':>22} {'images/s':>9}" + "".join(f" {'vs ' + r:>18}" for r in present)
     header += "".join(f" {name:>9}" for name in next(iter(extra.values()), {}))
     print(header)
     for name, value in medians.items():
-        row = f"{name:>16} {value:>9.1f}" + "".join(f" {value / medians[r]:>17.2f}x" for r in present)
+        row = f"{name:>22} {value:>9.1f}" + "".join(f" {value / medians[r]:>17.2f}x" for r in present)
         row += "".join(f" {cell:>9}" for cell in extra.get(name, {}).values())
         print(row)

@@ -18,6 +18,7 @@ from src.ghostnet import GhostNet
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges
+from src.quant.fake_quant import channel_moments
 from src.quant.primitives import fake_quant_activation, fake_quant_weight, weight_scales
 
 # (batch, channels, height, width, kernel, stride): GhostNet's kernels and strides, odd sizes, batch 1
@@ -275,9 +276,11 @@ def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_ker
         ranges = [p.asnumpy() for name, p in net.parameters_and_names() if name.endswith(("act_min", "act_max"))]
         results.append((grads[0].asnumpy(), [g.asnumpy() for g in grads[1]], ranges))
     (input_a, weights_a, ranges_a), (input_b, weights_b, ranges_b) = results
-    np.testing.assert_allclose(input_a, input_b, atol=1e-5, rtol=1e-4)
-    for got, want in zip(weights_a + ranges_a, weights_b + ranges_b):
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    # the kernels sum batch statistics in double, the framework in float: rounding-level
+    # differences, which the random network amplifies in its larger gradients (and leaves as
+    # noise in gradients that cancel to about 0)
+    for got, want in zip([input_a] + weights_a + ranges_a, [input_b] + weights_b + ranges_b):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * max(np.abs(want).max(), 0.05))
 
 
 @pytest.mark.parametrize("batchnorm", [True, False])
@@ -300,3 +303,16 @@ def test_the_eval_parameter_kernel_equals_the_framework_arithmetic_bit_for_bit(k
     fast = [t.asnumpy() for t in layer.eval_params()]
     for got, want in zip(fast, framework):
         np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_the_channel_moments_kernel_and_its_gradient_equal_the_framework(kernels):
+    fq = quant_cpu.fake_quant_kernels()
+    x = ms.Tensor((np.random.default_rng(23).normal(3.0, 2.0, (3, 5, 7, 6))).astype(np.float32))
+    weights = [randn(5, seed=24), randn(5, seed=25)]
+    results = []
+    for k in (fq, None):
+        results.append([t.asnumpy() for t in channel_moments(x, k)])
+        loss = lambda v, k=k: (channel_moments(v, k)[0] * weights[0]).sum() + (channel_moments(v, k)[1] * weights[1]).sum()
+        results[-1].append(ms.grad(loss)(x).asnumpy())
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

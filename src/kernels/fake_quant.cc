@@ -257,3 +257,288 @@ extern "C" int QuantLayerEvalParamsBatchNorm(int nparam, void **params, int *ndi
                                              const char **dtypes, void *, void *) {
   return EvalParams(nparam, params, ndims, shapes, dtypes, true);
 }
+
+// Batch statistics for QAT's BatchNorm folding: per channel of an NCHW tensor.
+
+namespace {
+
+bool ChannelShape(int ndim, const int64_t *shape, int64_t *n, int64_t *c, int64_t *plane) {
+  if (ndim != 4) return false;
+  *n = shape[0];
+  *c = shape[1];
+  *plane = shape[2] * shape[3];
+  return *n * *plane > 0;
+}
+
+}  // namespace
+
+// params: x (N, C, H, W) -> mean (C), variance (C, biased: over N * H * W). Sums in double,
+// each channel by one thread in a fixed order: the same result on every run.
+extern "C" int ChannelMoments(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                              void *) {
+  if (nparam != 3) return 1;
+  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  int64_t n, channels, plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
+  if (Elements(ndims[1], shapes[1]) != channels || Elements(ndims[2], shapes[2]) != channels) return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  float *mean = static_cast<float *>(params[1]);
+  float *variance = static_cast<float *>(params[2]);
+  const double count = static_cast<double>(n * plane);
+  ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const float *p = x + (b * channels + c) * plane;
+        for (int64_t i = 0; i < plane; ++i) sum += p[i];
+      }
+      const double m = sum / count;
+      double squares = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const float *p = x + (b * channels + c) * plane;
+        for (int64_t i = 0; i < plane; ++i) {
+          const double d = p[i] - m;
+          squares += d * d;
+        }
+      }
+      mean[c] = static_cast<float>(m);
+      variance[c] = static_cast<float>(squares / count);
+    }
+  });
+  return 0;
+}
+
+// params: x, mean, grad_mean, grad_variance -> grad_x = (grad_mean + 2 grad_variance (x - mean)) / (N H W)
+extern "C" int ChannelMomentsGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                  void *, void *) {
+  if (nparam != 5) return 1;
+  for (int i = 0; i < 5; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  int64_t n, channels, plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
+  for (int i = 1; i <= 3; ++i) {
+    if (Elements(ndims[i], shapes[i]) != channels) return 3;
+  }
+  if (Elements(ndims[4], shapes[4]) != n * channels * plane) return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *mean = static_cast<const float *>(params[1]);
+  const float *grad_mean = static_cast<const float *>(params[2]);
+  const float *grad_variance = static_cast<const float *>(params[3]);
+  float *grad_x = static_cast<float *>(params[4]);
+  const float inverse_count = 1.0f / static_cast<float>(n * plane);
+  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t c = p % channels;
+      const float m = mean[c], offset = grad_mean[c] * inverse_count, slope = 2.0f * grad_variance[c] * inverse_count;
+      const float *in = x + p * plane;
+      float *out = grad_x + p * plane;
+      for (int64_t i = 0; i < plane; ++i) out[i] = offset + slope * (in[i] - m);
+    }
+  });
+  return 0;
+}
+
+// QAT's per-layer arithmetic in single operators: what would be tens of framework operators
+// on tiny tensors (each costing more to launch than to run) per layer and step.
+
+namespace {
+
+void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest);
+
+}  // namespace
+
+// params: x, act_min (1), act_max (1), ema (2: decay, 1 - decay) -> new act_min (1), new act_max (1):
+// the observer's moving range, act * decay + seen * (1 - decay) (observers.RangeObserver)
+extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                        void *) {
+  if (nparam != 6) return 1;
+  for (int i = 0; i < 6; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (count == 0 || Elements(ndims[3], shapes[3]) != 2) return 3;
+  const float *ema = static_cast<const float *>(params[3]);
+  float seen_min, seen_max;
+  MinMaxOf(static_cast<const float *>(params[0]), count, &seen_min, &seen_max);
+  *static_cast<float *>(params[4]) = *static_cast<const float *>(params[1]) * ema[0] + seen_min * ema[1];
+  *static_cast<float *>(params[5]) = *static_cast<const float *>(params[2]) * ema[0] + seen_max * ema[1];
+  return 0;
+}
+
+// params: x, act_min (1), act_max (1) -> fake-quantized x, scale (1): FakeQuantActivation with the
+// scale and zero point of the range (primitives.activation_qparams) computed here
+extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *, void *) {
+  if (nparam != 5) return 1;
+  for (int i = 0; i < 5; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (Elements(ndims[3], shapes[3]) != count || Elements(ndims[4], shapes[4]) != 1) return 3;
+  float scale, zero_point;
+  ActivationQParams(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]), &scale,
+                    &zero_point);
+  const ActivationQuant quant(scale, zero_point);
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[3]);
+  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
+    const ActivationQuant q = quant;
+    for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
+  });
+  *static_cast<float *>(params[4]) = scale;
+  return 0;
+}
+
+// params: grad_y, x, act_min, act_max -> grad_x: the straight-through mask of the range's quantizer
+extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                              const char **dtypes, void *, void *) {
+  if (nparam != 5) return 1;
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
+  float scale, zero_point;
+  ActivationQParams(*static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]), &scale,
+                    &zero_point);
+  const ActivationQuant quant(scale, zero_point);
+  const float *grad_y = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  float *grad_x = static_cast<float *>(params[4]);
+  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
+    const ActivationQuant q = quant;
+    for (int64_t i = begin; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
+  });
+  return 0;
+}
+
+// params: bias (C), act_scale (1), weight scales (C) -> fake-quantized bias (primitives.fake_quant_bias)
+extern "C" int FakeQuantBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  if (nparam != 4) return 1;
+  const int64_t channels = Elements(ndims[0], shapes[0]);
+  if (Elements(ndims[1], shapes[1]) != 1 || Elements(ndims[2], shapes[2]) != channels ||
+      Elements(ndims[3], shapes[3]) != channels) return 3;
+  const float *bias = static_cast<const float *>(params[0]);
+  const float act_scale = *static_cast<const float *>(params[1]);
+  const float *scales = static_cast<const float *>(params[2]);
+  float *out = static_cast<float *>(params[3]);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float bias_scale = act_scale * scales[c];
+    out[c] = bias[c] + (std::floor(bias[c] / bias_scale + 0.5f) * bias_scale - bias[c]);
+  }
+  return 0;
+}
+
+namespace {
+
+// The BatchNorm side of a QAT convolution (QuantConv2d._train_with_batchnorm), per channel:
+// from the convolution's batch moments (cm, cv) to the output correction and the float bias.
+struct BatchNormFold {
+  double correction, bias, new_mean, new_variance;
+  // gradients, given those of correction (gc) and bias (gb)
+  double d_conv_mean, d_conv_var, d_gamma, d_beta;
+
+  void Forward(float cm, float cv, float gamma, float beta, float mm, float mv, float frozen, float eps,
+               float momentum, double count) {
+    const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
+    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps), f = frozen;
+    const double mean = f * mm + (1 - f) * bm, std = f * ms + (1 - f) * bs;
+    correction = f + (1 - f) * ms / bs;
+    bias = beta - gamma * mean / std;
+    const double unbiased = bv * count / std::max(count - 1, 1.0);
+    new_mean = f * mm + (1 - f) * (mm * momentum + bm * (1 - momentum));
+    new_variance = f * mv + (1 - f) * (mv * momentum + unbiased * (1 - momentum));
+  }
+
+  void Backward(float cm, float cv, float gamma, float mm, float mv, float frozen, float eps, float gc, float gb) {
+    const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
+    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps), f = frozen;
+    const double mean = f * mm + (1 - f) * bm, std = f * ms + (1 - f) * bs;
+    d_beta = gb;
+    d_gamma = -gb * mean / std;
+    const double d_mean = -gb * gamma / std, d_std = gb * gamma * mean / (std * std);
+    const double d_bm = (1 - f) * d_mean;
+    const double d_bs = (1 - f) * d_std - gc * (1 - f) * ms / (bs * bs);
+    const double d_bv = d_bs / (2 * bs);
+    d_conv_mean = d_bm * k;
+    d_conv_var = d_bv * k * k;
+    const double d_k = d_bm * cm + d_bv * 2 * k * cv;
+    d_gamma += d_k * (-ms / (static_cast<double>(gamma) * gamma));
+  }
+};
+
+const float *Input(void **params, int i) { return static_cast<const float *>(params[i]); }
+
+}  // namespace
+
+// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), frozen, eps, momentum,
+// count (1 each) -> correction, bias, new moving_mean, new moving_variance, and copies of
+// moving_mean and moving_variance as read (C): the gradient needs these values, and the
+// parameters hold the new ones by the time it runs
+extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  if (nparam != 16) return 1;
+  const int64_t channels = Elements(ndims[0], shapes[0]);
+  for (int i : {1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}) {
+    if (Elements(ndims[i], shapes[i]) != channels) return 3;
+  }
+  for (int i = 0; i < nparam; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  const float frozen = *Input(params, 6), eps = *Input(params, 7), momentum = *Input(params, 8);
+  const double count = *Input(params, 9);
+  for (int64_t c = 0; c < channels; ++c) {
+    BatchNormFold fold;
+    fold.Forward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
+                 Input(params, 4)[c], Input(params, 5)[c], frozen, eps, momentum, count);
+    static_cast<float *>(params[10])[c] = static_cast<float>(fold.correction);
+    static_cast<float *>(params[11])[c] = static_cast<float>(fold.bias);
+    static_cast<float *>(params[12])[c] = static_cast<float>(fold.new_mean);
+    static_cast<float *>(params[13])[c] = static_cast<float>(fold.new_variance);
+    static_cast<float *>(params[14])[c] = Input(params, 4)[c];
+    static_cast<float *>(params[15])[c] = Input(params, 5)[c];
+  }
+  return 0;
+}
+
+// params: conv_mean, conv_var, gamma, moving_mean, moving_variance (C), frozen, eps (1), grad_correction,
+// grad_bias (C) -> grad conv_mean, grad conv_var, grad gamma, grad beta (C)
+extern "C" int BatchNormFoldBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *, void *) {
+  if (nparam != 13) return 1;
+  const int64_t channels = Elements(ndims[0], shapes[0]);
+  for (int i : {1, 2, 3, 4, 7, 8, 9, 10, 11, 12}) {
+    if (Elements(ndims[i], shapes[i]) != channels) return 3;
+  }
+  for (int i = 0; i < nparam; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  const float frozen = *Input(params, 5), eps = *Input(params, 6);
+  for (int64_t c = 0; c < channels; ++c) {
+    BatchNormFold fold;
+    fold.Backward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
+                  Input(params, 4)[c], frozen, eps, Input(params, 7)[c], Input(params, 8)[c]);
+    static_cast<float *>(params[9])[c] = static_cast<float>(fold.d_conv_mean);
+    static_cast<float *>(params[10])[c] = static_cast<float>(fold.d_conv_var);
+    static_cast<float *>(params[11])[c] = static_cast<float>(fold.d_gamma);
+    static_cast<float *>(params[12])[c] = static_cast<float>(fold.d_beta);
+  }
+  return 0;
+}
+
+namespace {
+
+void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
+  // the MinMax kernel's reduction, on already checked input
+  void *params[2] = {const_cast<float *>(x), nullptr};
+  float out[2];
+  params[1] = out;
+  int64_t shape[1] = {count}, two[1] = {2};
+  int64_t *shapes[2] = {shape, two};
+  int ndims[2] = {1, 1};
+  const char *dtypes[2] = {"float32", "float32"};
+  MinMax(2, params, ndims, shapes, dtypes, nullptr, nullptr);
+  *lowest = out[0];
+  *highest = out[1];
+}
+
+}  // namespace

@@ -16,7 +16,17 @@ class FakeQuantKernels(nn.Cell):
     """``activation(x, scale, zero_point)``: x quantize-dequantized to uint8, gradient passed
     straight through inside the representable range; ``weight(w)``: ``(fake-quantized w,
     per-output-channel scales)``, gradient passed straight through; ``min_max(x)``: ``[min,
-    max]`` of x, shape (2,), no gradient.
+    max]`` of x, shape (2,), no gradient; ``channel_moments(x)``: per-channel mean and biased
+    variance of an NCHW tensor, with gradient.
+
+    For QAT, each replacing tens of operators on tiny tensors: ``range_ema(x, act_min,
+    act_max, ema)``: an observer's next moving range; ``activation_in_range(x, act_min,
+    act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
+    ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
+    ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, frozen,
+    eps, momentum, count)``: ``(correction, bias, new moving mean, new moving variance, the
+    moving statistics as read)`` of
+    :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient.
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -45,6 +55,54 @@ class FakeQuantKernels(nn.Cell):
                                      bprop=activation_bprop)
         self.weight = ops.Custom(f"{library}:FakeQuantWeight", out_shape=lambda w: (w, [w[0]]),
                                  out_dtype=lambda w: (w, w), func_type="aot", bprop=weight_bprop)
+        moments_grad = ops.Custom(f"{library}:ChannelMomentsGrad", out_shape=lambda x, *rest: x,
+                                  out_dtype=lambda x, *rest: x, func_type="aot")
+
+        def moments_bprop(x, out, grad):
+            return (moments_grad(x, out[0], grad[0], grad[1]),)
+
+        self.channel_moments = ops.Custom(f"{library}:ChannelMoments", out_shape=lambda x: ([x[1]], [x[1]]),
+                                          out_dtype=lambda x: (x, x), func_type="aot", bprop=moments_bprop)
+        activation_in_range_grad = ops.Custom(f"{library}:FakeQuantActivationInRangeGrad",
+                                              out_shape=lambda grad, x, low, high: x,
+                                              out_dtype=lambda grad, x, low, high: x, func_type="aot")
+
+        def activation_in_range_bprop(x, low, high, out, grad):
+            return activation_in_range_grad(grad[0], x, low, high), ops.zeros_like(low), ops.zeros_like(high)
+
+        self.activation_in_range = ops.Custom(f"{library}:FakeQuantActivationInRange",
+                                              out_shape=lambda x, low, high: (x, [1]),
+                                              out_dtype=lambda x, low, high: (x, x), func_type="aot",
+                                              bprop=activation_in_range_bprop)
+
+        def range_ema_bprop(x, low, high, ema, out, grad):
+            return ops.zeros_like(x), ops.zeros_like(low), ops.zeros_like(high), ops.zeros_like(ema)
+
+        self.range_ema = ops.Custom(f"{library}:RangeEma", out_shape=lambda x, low, high, ema: (low, high),
+                                    out_dtype=lambda x, low, high, ema: (low, high), func_type="aot",
+                                    bprop=range_ema_bprop)
+
+        def bias_bprop(bias, act_scale, scales, out, grad):
+            return grad, ops.zeros_like(act_scale), ops.zeros_like(scales)
+
+        self.bias = ops.Custom(f"{library}:FakeQuantBias", out_shape=lambda bias, act_scale, scales: bias,
+                               out_dtype=lambda bias, act_scale, scales: bias, func_type="aot", bprop=bias_bprop)
+
+        fold_backward = ops.Custom(f"{library}:BatchNormFoldBackward",
+                                   out_shape=lambda mean, *rest: (mean, mean, mean, mean),
+                                   out_dtype=lambda mean, *rest: (mean, mean, mean, mean), func_type="aot")
+
+        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, frozen, eps, momentum, count, out, grad):
+            # out[4], out[5]: the moving statistics as the forward read them (see BatchNormFoldForward)
+            grads = fold_backward(mean, var, gamma, out[4], out[5], frozen, eps, grad[0], grad[1])
+            zeros = ops.zeros_like
+            return (grads[0], grads[1], grads[2], grads[3], zeros(moving_mean), zeros(moving_var), zeros(frozen),
+                    zeros(eps), zeros(momentum), zeros(count))
+
+        self.batchnorm_fold = ops.Custom(f"{library}:BatchNormFoldForward",
+                                         out_shape=lambda mean, *rest: (mean,) * 6,
+                                         out_dtype=lambda mean, *rest: (mean,) * 6, func_type="aot",
+                                         bprop=fold_bprop)
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,
                                       out_dtype=_eval_params_types, func_type="aot")
         self.eval_params_batchnorm = ops.Custom(f"{library}:QuantLayerEvalParamsBatchNorm",

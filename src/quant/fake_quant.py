@@ -1,6 +1,7 @@
 """Fake-quant layers: float weights quantize-dequantized to int8, inputs to uint8, in training
 and eval alike; what calibration and QAT fine-tuning run. Each holds the observer of its input
 range (``input_quant``, the name in fake-quant checkpoints)."""
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
@@ -23,6 +24,14 @@ def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv
     return apply_conv(x, weight, geometry, fast_conv, bias)
 
 
+def channel_moments(x, kernels=None):
+    """Per-channel mean and biased variance of an NCHW tensor, with gradient."""
+    if kernels is not None:
+        return kernels.channel_moments(x)
+    mean = x.mean(axis=(0, 2, 3))
+    return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
+
+
 class _FakeQuantLayer(nn.Cell):
     """Quantizes its input to uint8 with the range its observer holds."""
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
@@ -33,10 +42,19 @@ class _FakeQuantLayer(nn.Cell):
         self.fast_quant = None
 
     def quantize_input(self, x):
-        """``(fake-quantized x, its scale)``, after the observer has seen ``x``."""
+        """``(fake-quantized x, its scale)``, after the observer has seen ``x`` (training)."""
         x = self.input_quant(x)
-        scale, zero_point = activation_qparams(self.input_quant.act_min, self.input_quant.act_max)
-        return fake_quant_activation(x, scale, zero_point, self.fast_quant), scale
+        observer = self.input_quant
+        if self.fast_quant is not None:
+            return self.fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
+        scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
+        return fake_quant_activation(x, scale, zero_point), scale
+
+    def quantize_bias(self, bias, act_scale, scales):
+        """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""
+        if self.fast_quant is not None:
+            return self.fast_quant.bias(bias, act_scale, scales)
+        return fake_quant_bias(bias, act_scale * scales)
 
     def quantize_weight(self, weight):
         """``(fake-quantized weight, its per-output-channel scales)``."""
@@ -63,9 +81,9 @@ class _FakeQuantLayer(nn.Cell):
 class QuantConv2d(_FakeQuantLayer):
     """A convolution (optionally with the BatchNorm after it folded in) in fake-quant int8.
 
-    Training before BN is frozen uses batch statistics with the correction of Krishnamoorthi
-    (2018, section 3.2); frozen and in eval, weights and bias are folded with the moving
-    statistics: exactly what :class:`~src.quant.int8.Int8Conv2d` computes with integers. The
+    Training before BN is frozen uses batch statistics (see :meth:`_train_with_batchnorm`);
+    frozen and in eval, weights and bias are folded with the moving statistics: exactly what
+    :class:`~src.quant.int8.Int8Conv2d` computes with integers. The
     output's range is observed, not quantized: a deployment that requantizes between layers
     (a QDQ ONNX model, src/deploy/onnx_export.py) takes its scales from there.
     """
@@ -79,38 +97,62 @@ class QuantConv2d(_FakeQuantLayer):
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
         self.bn_eps = None if bn is None else Tensor(np.full(1, bn.eps, np.float32))
+        self.bn_momentum = None if bn is None else Tensor(np.full(1, bn.momentum, np.float32))
         self.output_range = RangeObserver()
         self.bn_frozen = None if bn is None else Parameter(
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
 
-    def folded(self, batch_mean=None, batch_std=None):
-        """(folded weight, folded bias, output correction) for the current statistics."""
+    def folded(self):
+        """(folded weight, folded bias, None) with the moving statistics; unfolded without BN."""
         if self.bn is None:
             return self.weight, self.bias, None
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight = self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1)
-        if batch_mean is None:
-            return weight, bn.beta - bn.gamma * bn.moving_mean / moving_std, None
-        frozen = self.bn_frozen
+        return weight, bn.beta - bn.gamma * bn.moving_mean / moving_std, None
+
+    def _train_with_batchnorm(self, x, act_scale):
+        """The output with BatchNorm on batch statistics (until frozen), one convolution.
+
+        As torch.ao's ConvBn2d: the convolution runs with the weight folded with the moving
+        statistics and quantized; its batch statistics, scaled back by moving_std / gamma,
+        stand for those of the unfolded convolution, and the output is corrected to them
+        (Krishnamoorthi 2018, section 3.2). Frozen, the correction is 1 and the bias the
+        moving one: what eval and the int8 network compute.
+        """
+        bn, frozen = self.bn, self.bn_frozen
+        moving_std = ops.sqrt(bn.moving_variance + bn.eps)
+        weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
+        out = apply_conv(x, weight, self.geometry, self.fast_conv)
+        conv_mean, conv_var = channel_moments(out, self.fast_quant)
+        if self.fast_quant is not None:
+            count = Tensor([out.shape[0] * out.shape[2] * out.shape[3]], ms.float32)
+            correction, bias, new_mean, new_var, _, _ = self.fast_quant.batchnorm_fold(
+                conv_mean, conv_var, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, frozen, self.bn_eps,
+                self.bn_momentum, count)
+            ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
+            ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
+            bias = self.quantize_bias(bias, act_scale, scales)
+            return ops.bias_add(out * correction.reshape(1, -1, 1, 1), bias)
+        unfold = moving_std / bn.gamma
+        batch_mean, batch_var = conv_mean * unfold, conv_var * unfold * unfold
+        self._update_moving_statistics(batch_mean, batch_var, out.shape)
+        batch_std = ops.sqrt(batch_var + bn.eps)
         mean = frozen * bn.moving_mean + (1 - frozen) * batch_mean
         std = frozen * moving_std + (1 - frozen) * batch_std
         correction = frozen + (1 - frozen) * moving_std / batch_std
-        return weight, bn.beta - bn.gamma * mean / std, correction
+        bias = self.quantize_bias(bn.beta - bn.gamma * mean / std, act_scale, scales)
+        return ops.bias_add(out * correction.reshape(1, -1, 1, 1), bias)
 
-    def _batch_statistics(self, x):
-        out = apply_conv(x, self.weight, self.geometry, self.fast_conv)
-        mean = out.mean(axis=(0, 2, 3))
-        var = ((out - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
+    def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn, frozen = self.bn, self.bn_frozen
         momentum = bn.momentum
-        n = out.shape[0] * out.shape[2] * out.shape[3]
-        unbiased = ops.stop_gradient(var) * n / max(n - 1, 1)
-        new_mean = bn.moving_mean * momentum + ops.stop_gradient(mean) * (1 - momentum)
+        n = shape[0] * shape[2] * shape[3]
+        unbiased = ops.stop_gradient(batch_var) * n / max(n - 1, 1)
+        new_mean = bn.moving_mean * momentum + ops.stop_gradient(batch_mean) * (1 - momentum)
         new_var = bn.moving_variance * momentum + unbiased * (1 - momentum)
         ops.assign(bn.moving_mean, frozen * bn.moving_mean + (1 - frozen) * new_mean)
         ops.assign(bn.moving_variance, frozen * bn.moving_variance + (1 - frozen) * new_var)
-        return mean, ops.sqrt(var + bn.eps)
 
     def construct(self, x):
         if self.training:
@@ -119,10 +161,7 @@ class QuantConv2d(_FakeQuantLayer):
                 weight, scales = self.quantize_weight(self.weight)
                 out = apply_conv(x, weight, self.geometry, self.fast_conv, self._quantized_bias(act_scale, scales))
             else:
-                weight, bias, correction = self.folded(*self._batch_statistics(x))
-                weight, scales = self.quantize_weight(weight)
-                out = apply_conv(x, weight, self.geometry, self.fast_conv) * correction.reshape(1, -1, 1, 1)
-                out = ops.bias_add(out, fake_quant_bias(bias, act_scale * scales))
+                out = self._train_with_batchnorm(x, act_scale)
             return self.output_range(out)
         x = self.input_quant(x)
         weight, bias, act_scale, zero_point = self.eval_params()
@@ -131,7 +170,7 @@ class QuantConv2d(_FakeQuantLayer):
         return self.output_range(out)
 
     def _quantized_bias(self, act_scale, scales):
-        return None if self.bias is None else fake_quant_bias(self.bias, act_scale * scales)
+        return None if self.bias is None else self.quantize_bias(self.bias, act_scale, scales)
 
 
 class QuantDense(_FakeQuantLayer):
@@ -150,7 +189,7 @@ class QuantDense(_FakeQuantLayer):
         if self.training:
             x, act_scale = self.quantize_input(x)
             weight, scales = self.quantize_weight(self.weight)
-            return ops.matmul(x, weight.T) + fake_quant_bias(self.bias, act_scale * scales)
+            return ops.matmul(x, weight.T) + self.quantize_bias(self.bias, act_scale, scales)
         x = self.input_quant(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         x = fake_quant_activation(x, act_scale, zero_point, self.fast_quant)

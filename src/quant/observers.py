@@ -23,9 +23,15 @@ class RangeObserver(nn.Cell):
         self.act_max = Parameter(Tensor(np.zeros(1, np.float32)), name="act_max", requires_grad=False)
         self.calibrating = False
         self.fast_quant = None
+        self.ema = Tensor(np.array([ACTIVATION_EMA_DECAY, 1 - ACTIVATION_EMA_DECAY], np.float32))
 
     def construct(self, x):
         if not self.training and not self.calibrating:
+            return x
+        if self.training and self.fast_quant is not None:
+            new_min, new_max = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
+            ops.assign(self.act_min, new_min)
+            ops.assign(self.act_max, new_max)
             return x
         if self.fast_quant is not None:
             seen = ops.stop_gradient(self.fast_quant.min_max(x))
