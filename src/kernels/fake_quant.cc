@@ -542,3 +542,63 @@ void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
 }
 
 }  // namespace
+
+// params: x (N, C, H, W), scale (C), shift (C) -> x * scale + shift per channel (a QAT
+// convolution's BatchNorm correction and bias in one pass)
+extern "C" int ChannelAffine(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                             void *) {
+  if (nparam != 4) return 1;
+  for (int i = 0; i < 4; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  int64_t n, channels, plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
+  if (Elements(ndims[1], shapes[1]) != channels || Elements(ndims[2], shapes[2]) != channels ||
+      Elements(ndims[3], shapes[3]) != n * channels * plane) return 3;
+  const float *x = Input(params, 0), *scale = Input(params, 1), *shift = Input(params, 2);
+  float *y = static_cast<float *>(params[3]);
+  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float a = scale[p % channels], b = shift[p % channels];
+      const float *in = x + p * plane;
+      float *out = y + p * plane;
+      for (int64_t i = 0; i < plane; ++i) out[i] = in[i] * a + b;
+    }
+  });
+  return 0;
+}
+
+// params: grad_y, x, scale -> grad_x = grad_y * scale, grad_scale = sum(grad_y * x), grad_shift =
+// sum(grad_y) per channel (sums in double, each channel by one thread: the same on every run)
+extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                 void *, void *) {
+  if (nparam != 6) return 1;
+  int64_t n, channels, plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
+  if (Elements(ndims[1], shapes[1]) != n * channels * plane || Elements(ndims[2], shapes[2]) != channels ||
+      Elements(ndims[3], shapes[3]) != n * channels * plane || Elements(ndims[4], shapes[4]) != channels ||
+      Elements(ndims[5], shapes[5]) != channels) return 3;
+  const float *grad_y = Input(params, 0), *x = Input(params, 1), *scale = Input(params, 2);
+  float *grad_x = static_cast<float *>(params[3]);
+  float *grad_scale = static_cast<float *>(params[4]);
+  float *grad_shift = static_cast<float *>(params[5]);
+  ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double weighted = 0.0, total = 0.0;
+      const float a = scale[c];
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t offset = (b * channels + c) * plane;
+        const float *g = grad_y + offset, *in = x + offset;
+        float *out = grad_x + offset;
+        for (int64_t i = 0; i < plane; ++i) {
+          out[i] = g[i] * a;
+          weighted += static_cast<double>(g[i]) * in[i];
+          total += g[i];
+        }
+      }
+      grad_scale[c] = static_cast<float>(weighted);
+      grad_shift[c] = static_cast<float>(total);
+    }
+  });
+  return 0;
+}

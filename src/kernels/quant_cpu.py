@@ -26,7 +26,9 @@ class FakeQuantKernels(nn.Cell):
     ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, frozen,
     eps, momentum, count)``: ``(correction, bias, new moving mean, new moving variance, the
     moving statistics as read)`` of
-    :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient.
+    :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient;
+    ``channel_affine(x, scale, shift)``: ``x * scale + shift`` per channel of an NCHW tensor,
+    with gradient.
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -103,6 +105,14 @@ class FakeQuantKernels(nn.Cell):
                                          out_shape=lambda mean, *rest: (mean,) * 6,
                                          out_dtype=lambda mean, *rest: (mean,) * 6, func_type="aot",
                                          bprop=fold_bprop)
+        affine_grad = ops.Custom(f"{library}:ChannelAffineGrad", out_shape=lambda grad, x, scale: (x, scale, scale),
+                                 out_dtype=lambda grad, x, scale: (x, x, x), func_type="aot")
+
+        def affine_bprop(x, scale, shift, out, grad):
+            return affine_grad(grad, x, scale)
+
+        self.channel_affine = ops.Custom(f"{library}:ChannelAffine", out_shape=lambda x, scale, shift: x,
+                                         out_dtype=lambda x, scale, shift: x, func_type="aot", bprop=affine_bprop)
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,
                                       out_dtype=_eval_params_types, func_type="aot")
         self.eval_params_batchnorm = ops.Custom(f"{library}:QuantLayerEvalParamsBatchNorm",

@@ -132,8 +132,7 @@ class QuantConv2d(_FakeQuantLayer):
                 self.bn_momentum, count)
             ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
             ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
-            bias = self.quantize_bias(bias, act_scale, scales)
-            return ops.bias_add(out * correction.reshape(1, -1, 1, 1), bias)
+            return self.fast_quant.channel_affine(out, correction, self.quantize_bias(bias, act_scale, scales))
         unfold = moving_std / bn.gamma
         batch_mean, batch_var = conv_mean * unfold, conv_var * unfold * unfold
         self._update_moving_statistics(batch_mean, batch_var, out.shape)
