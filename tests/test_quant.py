@@ -203,3 +203,16 @@ def test_freezing_reaches_every_folded_layer():
     assert len(flags) == batch_norms == 80 and all(f == 1.0 for f in flags)
     folded = {id(layer.bn) for _, layer in net.cells_and_names() if isinstance(layer, QuantConv2d)}
     assert all(id(c) in folded for _, c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d))
+
+
+def test_fake_quant_checkpoints_with_the_retired_calibration_switches_still_load():
+    """Fake-quant checkpoints written before the observers' switch became a compile-time flag
+    hold a `calibrating` entry per observer; they load, and nothing else unexpected does."""
+    net = prepare(GhostNet(width=0.5, num_classes=4))
+    params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
+    observers = [name for name, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
+    old = dict(params, **{f"{name}.calibrating": np.zeros(1, np.float32) for name in observers})
+    assert len(old) == len(params) + len(observers) > len(params)
+    load_strict(prepare(GhostNet(width=0.5, num_classes=4)), old)
+    with pytest.raises(ValueError, match="unexpected"):
+        load_strict(prepare(GhostNet(width=0.5, num_classes=4)), dict(params, **{"stray.weight": np.zeros(1)}))
