@@ -602,3 +602,75 @@ extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t 
   });
   return 0;
 }
+
+// params: weight (C, ...), gamma (C), moving_variance (C), eps (1) -> fake-quantized weight * gamma /
+// sqrt(moving_variance + eps) (FakeQuantWeight of the folded weight), its scales (C), and the
+// moving standard deviation as read (C: the gradient needs it; the parameter changes before)
+extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                  void *, void *) {
+  if (nparam != 7) return 1;
+  for (int i = 0; i < 7; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
+  if (ndims[0] < 1) return 3;
+  const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
+  for (int i : {1, 2, 5, 6}) {
+    if (Elements(ndims[i], shapes[i]) != channels) return 3;
+  }
+  if (channels == 0 || Elements(ndims[3], shapes[3]) != 1 || Elements(ndims[4], shapes[4]) != count) return 3;
+  const int64_t per_channel = count / channels;
+  const float *w = Input(params, 0), *gamma = Input(params, 1), *variance = Input(params, 2);
+  const float eps = *Input(params, 3);
+  float *q = static_cast<float *>(params[4]), *scales = static_cast<float *>(params[5]);
+  float *moving_std = static_cast<float *>(params[6]);
+  ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
+    std::vector<float> folded(per_channel);
+    for (int64_t c = begin; c < end; ++c) {
+      moving_std[c] = std::sqrt(variance[c] + eps);
+      const float factor = gamma[c] / moving_std[c];
+      const float *row = w + c * per_channel;
+      float largest = 0.0f;
+      for (int64_t i = 0; i < per_channel; ++i) {
+        folded[i] = row[i] * factor;
+        largest = std::max(largest, std::fabs(folded[i]));
+      }
+      const float scale = std::max(largest / kWeightQMax, kTiny);
+      float *out = q + c * per_channel;
+      for (int64_t i = 0; i < per_channel; ++i) {
+        out[i] = std::min(std::max(std::floor(folded[i] / scale + 0.5f), kWeightQMin), kWeightQMax) * scale;
+      }
+      scales[c] = scale;
+    }
+  });
+  return 0;
+}
+
+// params: grad_q, weight, gamma, moving_std -> grad_weight = grad_q * gamma / moving_std,
+// grad_gamma = sum(grad_q * weight) / moving_std per channel (straight through the rounding)
+extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                      const char **dtypes, void *, void *) {
+  if (nparam != 6) return 1;
+  if (ndims[0] < 1) return 3;
+  const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
+  if (channels == 0 || Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
+  for (int i : {2, 3, 5}) {
+    if (Elements(ndims[i], shapes[i]) != channels) return 3;
+  }
+  const int64_t per_channel = count / channels;
+  const float *grad_q = Input(params, 0), *w = Input(params, 1), *gamma = Input(params, 2);
+  const float *moving_std = Input(params, 3);
+  float *grad_w = static_cast<float *>(params[4]), *grad_gamma = static_cast<float *>(params[5]);
+  ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float factor = gamma[c] / moving_std[c];
+      double sum = 0.0;
+      for (int64_t i = 0; i < per_channel; ++i) {
+        const int64_t k = c * per_channel + i;
+        grad_w[k] = grad_q[k] * factor;
+        sum += static_cast<double>(grad_q[k]) * w[k];
+      }
+      grad_gamma[c] = static_cast<float>(sum / moving_std[c]);
+    }
+  });
+  return 0;
+}

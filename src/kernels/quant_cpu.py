@@ -28,7 +28,9 @@ class FakeQuantKernels(nn.Cell):
     moving statistics as read)`` of
     :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient;
     ``channel_affine(x, scale, shift)``: ``x * scale + shift`` per channel of an NCHW tensor,
-    with gradient.
+    with gradient; ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded
+    with the moving statistics and fake-quantized, its scales, the moving std as read)``, with
+    gradient to weight and gamma.
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -105,6 +107,19 @@ class FakeQuantKernels(nn.Cell):
                                          out_shape=lambda mean, *rest: (mean,) * 6,
                                          out_dtype=lambda mean, *rest: (mean,) * 6, func_type="aot",
                                          bprop=fold_bprop)
+        fold_weight_grad = ops.Custom(f"{library}:FoldQuantizeWeightGrad",
+                                      out_shape=lambda grad, w, gamma, std: (w, gamma),
+                                      out_dtype=lambda grad, w, gamma, std: (w, w), func_type="aot")
+
+        def fold_weight_bprop(weight, gamma, moving_variance, eps, out, grad):
+            # out[2]: the moving standard deviation as the forward read it
+            grad_weight, grad_gamma = fold_weight_grad(grad[0], weight, gamma, out[2])
+            return grad_weight, grad_gamma, ops.zeros_like(moving_variance), ops.zeros_like(eps)
+
+        self.fold_weight = ops.Custom(f"{library}:FoldQuantizeWeight",
+                                      out_shape=lambda w, gamma, var, eps: (w, gamma, gamma),
+                                      out_dtype=lambda w, gamma, var, eps: (w, w, w), func_type="aot",
+                                      bprop=fold_weight_bprop)
         affine_grad = ops.Custom(f"{library}:ChannelAffineGrad", out_shape=lambda grad, x, scale: (x, scale, scale),
                                  out_dtype=lambda grad, x, scale: (x, x, x), func_type="aot")
 

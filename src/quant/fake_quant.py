@@ -121,11 +121,10 @@ class QuantConv2d(_FakeQuantLayer):
         moving one: what eval and the int8 network compute.
         """
         bn, frozen = self.bn, self.bn_frozen
-        moving_std = ops.sqrt(bn.moving_variance + bn.eps)
-        weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
-        out = apply_conv(x, weight, self.geometry, self.fast_conv)
-        conv_mean, conv_var = channel_moments(out, self.fast_quant)
         if self.fast_quant is not None:
+            weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
+            out = apply_conv(x, weight, self.geometry, self.fast_conv)
+            conv_mean, conv_var = self.fast_quant.channel_moments(out)
             count = Tensor([out.shape[0] * out.shape[2] * out.shape[3]], ms.float32)
             correction, bias, new_mean, new_var, _, _ = self.fast_quant.batchnorm_fold(
                 conv_mean, conv_var, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, frozen, self.bn_eps,
@@ -133,6 +132,10 @@ class QuantConv2d(_FakeQuantLayer):
             ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
             ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
             return self.fast_quant.channel_affine(out, correction, self.quantize_bias(bias, act_scale, scales))
+        moving_std = ops.sqrt(bn.moving_variance + bn.eps)
+        weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
+        out = apply_conv(x, weight, self.geometry, self.fast_conv)
+        conv_mean, conv_var = channel_moments(out)
         unfold = moving_std / bn.gamma
         batch_mean, batch_var = conv_mean * unfold, conv_var * unfold * unfold
         self._update_moving_statistics(batch_mean, batch_var, out.shape)
