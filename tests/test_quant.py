@@ -1,6 +1,7 @@
 import numpy as np
 import mindspore as ms
 import mindspore.nn as nn
+import mindspore.ops as ops
 import pytest
 from mindspore import Tensor
 
@@ -216,3 +217,39 @@ def test_fake_quant_checkpoints_with_the_retired_calibration_switches_still_load
     load_strict(prepare(GhostNet(width=0.5, num_classes=4)), old)
     with pytest.raises(ValueError, match="unexpected"):
         load_strict(prepare(GhostNet(width=0.5, num_classes=4)), dict(params, **{"stray.weight": np.zeros(1)}))
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["framework", "kernels"])
+def test_qat_moving_statistics_take_the_batch_share_that_batch_norm_does(compiled):
+    """nn.BatchNorm2d(momentum=0.9) moves its statistics a tenth of the way to the batch's
+    (MindSpore stores 0.1 as `momentum`); one QAT step must do the same."""
+    from src.kernels.quant_cpu import fake_quant_kernels
+
+    ms.set_seed(3)
+    conv = conv2d(4, 6, 1)
+    bn = nn.BatchNorm2d(6, momentum=0.9)
+    reference = nn.BatchNorm2d(6, momentum=0.9)
+    layer = QuantConv2d(conv, bn)
+    if compiled:
+        kernels = fake_quant_kernels()
+        if kernels is None:
+            pytest.skip("the CPU kernels cannot be built here (no C++ compiler)")
+        for _, cell in layer.cells_and_names():
+            if getattr(cell, "accepts_fast_quant", False):
+                cell.fast_quant = kernels
+    x = randn(8, 4, 6, 6) + 3.0
+    calibrate_layer(layer, x)
+    layer.set_train(True)
+    layer(x)
+    reference.set_train(True)
+    reference(ops.conv2d(x, conv.weight, None, 1, "pad", 0))  # the float convolution's batch statistics
+    for ours, theirs in ((bn.moving_mean, reference.moving_mean), (bn.moving_variance, reference.moving_variance)):
+        theirs = theirs.asnumpy()
+        np.testing.assert_allclose(ours.asnumpy(), theirs, rtol=0.03, atol=0.03 * np.abs(theirs).max())
+
+
+def test_calibration_keeps_every_parameter_named_by_its_path():
+    """Optimizer moments and checkpoints are named after Parameter.name."""
+    net = prepare(GhostNet(width=0.5, num_classes=4))
+    observe_ranges(net, [randn(1, 3, 32, 32)])
+    assert [p.name for p in net.get_parameters()] == [name for name, _ in net.parameters_and_names()]

@@ -2,9 +2,12 @@
 //
 // The framework spends seven elementwise passes (clamp, divide, add, floor, multiply and the
 // straight-through sum) on each activation and two more reductions on each observed range;
-// here each is one pass. Results equal the framework's bit for bit: the same float32
-// operations in the same order, without fused multiply-adds (-ffp-contract=off), and the
-// straight-through sum c + (q - c) is q exactly (Sterbenz: |q - c| <= scale / 2).
+// here each is one pass. The fake-quant of activations, weights and biases and the eval
+// parameters equal the framework's results bit for bit: the same float32 operations in the
+// same order, without fused multiply-adds (-ffp-contract=off), and the straight-through sum
+// c + (q - c) is q exactly (Sterbenz: |q - c| <= scale / 2). QAT's batch statistics, its
+// BatchNorm fold and the gradients that sum work in double: equal up to rounding, and the
+// same on every run (fixed summation order).
 //
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
@@ -358,6 +361,9 @@ extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes,
   }
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (count == 0 || Elements(ndims[3], shapes[3]) != 2) return 3;
+  for (int i : {1, 2, 4, 5}) {
+    if (Elements(ndims[i], shapes[i]) != 1) return 3;
+  }
   const float *ema = static_cast<const float *>(params[3]);
   float seen_min, seen_max;
   MinMaxOf(static_cast<const float *>(params[0]), count, &seen_min, &seen_max);
@@ -376,6 +382,7 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
   }
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (Elements(ndims[3], shapes[3]) != count || Elements(ndims[4], shapes[4]) != 1) return 3;
+  if (Elements(ndims[1], shapes[1]) != 1 || Elements(ndims[2], shapes[2]) != 1) return 3;
   float scale, zero_point;
   ActivationQParams(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]), &scale,
                     &zero_point);
@@ -394,8 +401,12 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
 extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                               const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
+  for (int i = 0; i < 5; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
+  if (Elements(ndims[2], shapes[2]) != 1 || Elements(ndims[3], shapes[3]) != 1) return 3;
   float scale, zero_point;
   ActivationQParams(*static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]), &scale,
                     &zero_point);
@@ -414,6 +425,9 @@ extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *nd
 extern "C" int FakeQuantBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                              void *) {
   if (nparam != 4) return 1;
+  for (int i = 0; i < 4; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
   const int64_t channels = Elements(ndims[0], shapes[0]);
   if (Elements(ndims[1], shapes[1]) != 1 || Elements(ndims[2], shapes[2]) != channels ||
       Elements(ndims[3], shapes[3]) != channels) return 3;
@@ -438,15 +452,15 @@ struct BatchNormFold {
   double d_conv_mean, d_conv_var, d_gamma, d_beta;
 
   void Forward(float cm, float cv, float gamma, float beta, float mm, float mv, float frozen, float eps,
-               float momentum, double count) {
+               float keep, double count) {
     const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
     const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps), f = frozen;
     const double mean = f * mm + (1 - f) * bm, std = f * ms + (1 - f) * bs;
     correction = f + (1 - f) * ms / bs;
     bias = beta - gamma * mean / std;
     const double unbiased = bv * count / std::max(count - 1, 1.0);
-    new_mean = f * mm + (1 - f) * (mm * momentum + bm * (1 - momentum));
-    new_variance = f * mv + (1 - f) * (mv * momentum + unbiased * (1 - momentum));
+    new_mean = f * mm + (1 - f) * (mm * keep + bm * (1 - keep));
+    new_variance = f * mv + (1 - f) * (mv * keep + unbiased * (1 - keep));
   }
 
   void Backward(float cm, float cv, float gamma, float mm, float mv, float frozen, float eps, float gc, float gb) {
@@ -470,8 +484,8 @@ const float *Input(void **params, int i) { return static_cast<const float *>(par
 
 }  // namespace
 
-// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), frozen, eps, momentum,
-// count (1 each) -> correction, bias, new moving_mean, new moving_variance, and copies of
+// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), frozen, eps, keep (the
+// moving statistics' share in their update), count (1 each) -> correction, bias, new moving_mean, new moving_variance, and copies of
 // moving_mean and moving_variance as read (C): the gradient needs these values, and the
 // parameters hold the new ones by the time it runs
 extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -481,15 +495,18 @@ extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64
   for (int i : {1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}) {
     if (Elements(ndims[i], shapes[i]) != channels) return 3;
   }
+  for (int i : {6, 7, 8, 9}) {
+    if (Elements(ndims[i], shapes[i]) != 1) return 3;
+  }
   for (int i = 0; i < nparam; ++i) {
     if (!IsFloat32(dtypes[i])) return 2;
   }
-  const float frozen = *Input(params, 6), eps = *Input(params, 7), momentum = *Input(params, 8);
+  const float frozen = *Input(params, 6), eps = *Input(params, 7), keep = *Input(params, 8);
   const double count = *Input(params, 9);
   for (int64_t c = 0; c < channels; ++c) {
     BatchNormFold fold;
     fold.Forward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
-                 Input(params, 4)[c], Input(params, 5)[c], frozen, eps, momentum, count);
+                 Input(params, 4)[c], Input(params, 5)[c], frozen, eps, keep, count);
     static_cast<float *>(params[10])[c] = static_cast<float>(fold.correction);
     static_cast<float *>(params[11])[c] = static_cast<float>(fold.bias);
     static_cast<float *>(params[12])[c] = static_cast<float>(fold.new_mean);
@@ -509,6 +526,7 @@ extern "C" int BatchNormFoldBackward(int nparam, void **params, int *ndims, int6
   for (int i : {1, 2, 3, 4, 7, 8, 9, 10, 11, 12}) {
     if (Elements(ndims[i], shapes[i]) != channels) return 3;
   }
+  if (Elements(ndims[5], shapes[5]) != 1 || Elements(ndims[6], shapes[6]) != 1) return 3;
   for (int i = 0; i < nparam; ++i) {
     if (!IsFloat32(dtypes[i])) return 2;
   }
@@ -573,6 +591,9 @@ extern "C" int ChannelAffine(int nparam, void **params, int *ndims, int64_t **sh
 extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *, void *) {
   if (nparam != 6) return 1;
+  for (int i = 0; i < 6; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
   if (Elements(ndims[1], shapes[1]) != n * channels * plane || Elements(ndims[2], shapes[2]) != channels ||
@@ -650,6 +671,9 @@ extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t
 extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                       const char **dtypes, void *, void *) {
   if (nparam != 6) return 1;
+  for (int i = 0; i < 6; ++i) {
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
   if (ndims[0] < 1) return 3;
   const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
   if (channels == 0 || Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;

@@ -95,10 +95,16 @@ def build_kernel_library():
         if not os.path.isfile(path):
             path = _compile(compiler, target_folder, path)
     if path is not None:
-        threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or _framework_threads()
+        threads = _omp_num_threads() or _framework_threads()
         ctypes.CDLL(path).KernelsSetThreads(threads)
     _library["path"] = path
     return path
+
+
+def _omp_num_threads():
+    """The first number of ``OMP_NUM_THREADS`` (it may list one per nesting level: "4,2"); 0 if unset or unreadable."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
 
 
 def _framework_threads():

@@ -2,7 +2,10 @@
 
 :class:`FakeQuantKernels` holds them; the int8 layers and observers of :mod:`src.quant` take
 one as ``fast_quant`` (set by :func:`src.kernels.enable_fast_cpu_path`) and call it where
-they would otherwise compose framework operators. The results are the same bit for bit.
+they would otherwise compose framework operators. The fake-quant of activations, weights and
+biases and the eval parameters equal the framework's bit for bit; batch statistics, the
+BatchNorm fold and the gradients that sum are computed in double, so they differ from the
+framework's float sums by rounding, and are the same on every run.
 """
 import mindspore.nn as nn
 import mindspore.ops as ops
@@ -24,7 +27,7 @@ class FakeQuantKernels(nn.Cell):
     act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
     ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, frozen,
-    eps, momentum, count)``: ``(correction, bias, new moving mean, new moving variance, the
+    eps, keep, count)``: ``(correction, bias, new moving mean, new moving variance, the
     moving statistics as read)`` of
     :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient;
     ``channel_affine(x, scale, shift)``: ``x * scale + shift`` per channel of an NCHW tensor,
@@ -96,12 +99,12 @@ class FakeQuantKernels(nn.Cell):
                                    out_shape=lambda mean, *rest: (mean, mean, mean, mean),
                                    out_dtype=lambda mean, *rest: (mean, mean, mean, mean), func_type="aot")
 
-        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, frozen, eps, momentum, count, out, grad):
+        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, frozen, eps, keep, count, out, grad):
             # out[4], out[5]: the moving statistics as the forward read them (see BatchNormFoldForward)
             grads = fold_backward(mean, var, gamma, out[4], out[5], frozen, eps, grad[0], grad[1])
             zeros = ops.zeros_like
             return (grads[0], grads[1], grads[2], grads[3], zeros(moving_mean), zeros(moving_var), zeros(frozen),
-                    zeros(eps), zeros(momentum), zeros(count))
+                    zeros(eps), zeros(keep), zeros(count))
 
         self.batchnorm_fold = ops.Custom(f"{library}:BatchNormFoldForward",
                                          out_shape=lambda mean, *rest: (mean,) * 6,

@@ -92,7 +92,7 @@ class _ObservingRun(nn.Cell):
     ``calibrating`` as set now, apart from the eval graph of ``net`` itself."""
 
     def __init__(self, net):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # parameter names stay their paths in net
         self.net = net
 
     def construct(self, x):

@@ -97,7 +97,8 @@ class QuantConv2d(_FakeQuantLayer):
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
         self.bn_eps = None if bn is None else Tensor(np.full(1, bn.eps, np.float32))
-        self.bn_momentum = None if bn is None else Tensor(np.full(1, bn.momentum, np.float32))
+        # MindSpore's BatchNorm stores 1 - momentum as `momentum`: the share the batch gets
+        self.bn_keep = None if bn is None else Tensor(np.full(1, 1.0 - bn.momentum, np.float32))
         self.output_range = RangeObserver()
         self.bn_frozen = None if bn is None else Parameter(
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
@@ -128,7 +129,7 @@ class QuantConv2d(_FakeQuantLayer):
             count = Tensor([out.shape[0] * out.shape[2] * out.shape[3]], ms.float32)
             correction, bias, new_mean, new_var, _, _ = self.fast_quant.batchnorm_fold(
                 conv_mean, conv_var, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, frozen, self.bn_eps,
-                self.bn_momentum, count)
+                self.bn_keep, count)
             ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
             ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
             return self.fast_quant.channel_affine(out, correction, self.quantize_bias(bias, act_scale, scales))
@@ -148,11 +149,11 @@ class QuantConv2d(_FakeQuantLayer):
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn, frozen = self.bn, self.bn_frozen
-        momentum = bn.momentum
+        keep = 1.0 - bn.momentum  # MindSpore's BatchNorm stores the batch's share as `momentum`
         n = shape[0] * shape[2] * shape[3]
         unbiased = ops.stop_gradient(batch_var) * n / max(n - 1, 1)
-        new_mean = bn.moving_mean * momentum + ops.stop_gradient(batch_mean) * (1 - momentum)
-        new_var = bn.moving_variance * momentum + unbiased * (1 - momentum)
+        new_mean = bn.moving_mean * keep + ops.stop_gradient(batch_mean) * (1 - keep)
+        new_var = bn.moving_variance * keep + unbiased * (1 - keep)
         ops.assign(bn.moving_mean, frozen * bn.moving_mean + (1 - frozen) * new_mean)
         ops.assign(bn.moving_variance, frozen * bn.moving_variance + (1 - frozen) * new_var)
 
