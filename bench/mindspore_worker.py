@@ -12,7 +12,7 @@ import sys
 import mindspore as ms  # first, before src: the point of this worker
 import numpy as np
 
-from timing import images_per_second  # this folder is on the path of a script run from it
+from timing import serve  # this folder is on the path of a script run from it
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from src.deploy.fold import fold_batchnorm_for_inference  # noqa: E402
@@ -39,10 +39,7 @@ def main():
 
     def run():
         net(images).asnumpy()
-    run()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        print(images_per_second(run, args.batch_size, float(line)), flush=True)
+    serve(run, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ def images_per_second(run, batch, seconds):
             return done / elapsed
 
 
+def serve(run, batch):
+    """A worker's side of :class:`Worker`: warm up, say "ready", then answer each "SECONDS"
+    line on stdin with the images/s of ``run`` (one batch of ``batch`` images) for that long."""
+    run()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(images_per_second(run, batch, float(line)), flush=True)
+
+
 class Worker:
     """A runner in its own process: it prints "ready", then answers each "SECONDS" line on its
     stdin with the images/s it ran for that long."""

@@ -6,11 +6,10 @@ then for each line "SECONDS" on stdin runs for that long and prints images/s. Wi
 ``--mode export`` it writes the model as ONNX to ``--output`` instead and prints "exported".
 """
 import argparse
-import sys
 
 import numpy as np
 
-from timing import images_per_second  # this folder is on the path of a script run from it
+from timing import serve  # this folder is on the path of a script run from it
 
 
 def main():
@@ -52,10 +51,7 @@ def main():
             optimizer.zero_grad()
             loss_fn(model(images), labels).backward()
             optimizer.step()
-    run()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        print(images_per_second(run, args.batch_size, float(line)), flush=True)
+    serve(run, args.batch_size)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,22 @@ int64_t Elements(int ndim, const int64_t *shape) {
   return count;
 }
 
+void QuantizeAll(const ActivationQuant &quant, const float *x, int64_t count, float *y) {
+  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
+    const ActivationQuant q = quant;  // a local copy: the loop vectorizes
+    for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
+  });
+}
+
+// grad_x = grad_y where x passes straight through the quantizer, else 0
+void StraightThrough(const ActivationQuant &quant, const float *grad_y, const float *x, int64_t count,
+                     float *grad_x) {
+  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
+    const ActivationQuant q = quant;
+    for (int64_t i = begin; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
+  });
+}
+
 bool ScalarFloats(int first, int last, int *ndims, int64_t **shapes, const char **dtypes) {
   for (int i = first; i <= last; ++i) {
     if (!IsFloat32(dtypes[i]) || Elements(ndims[i], shapes[i]) != 1) return false;
@@ -58,11 +74,7 @@ extern "C" int FakeQuantActivation(int nparam, void **params, int *ndims, int64_
   if (Elements(ndims[3], shapes[3]) != count) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const ActivationQuant quant(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]));
-  float *y = static_cast<float *>(params[3]);
-  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;  // a local copy: the loop vectorizes
-    for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
-  });
+  QuantizeAll(quant, x, count, static_cast<float *>(params[3]));
   return 0;
 }
 
@@ -78,11 +90,7 @@ extern "C" int FakeQuantActivationGrad(int nparam, void **params, int *ndims, in
   const float *grad_y = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   const ActivationQuant quant(*static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]));
-  float *grad_x = static_cast<float *>(params[4]);
-  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;
-    for (int64_t i = begin; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
-  });
+  StraightThrough(quant, grad_y, x, count, static_cast<float *>(params[4]));
   return 0;
 }
 
@@ -387,12 +395,7 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
   ActivationQParams(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]), &scale,
                     &zero_point);
   const ActivationQuant quant(scale, zero_point);
-  const float *x = static_cast<const float *>(params[0]);
-  float *y = static_cast<float *>(params[3]);
-  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;
-    for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
-  });
+  QuantizeAll(quant, static_cast<const float *>(params[0]), count, static_cast<float *>(params[3]));
   *static_cast<float *>(params[4]) = scale;
   return 0;
 }
@@ -413,11 +416,7 @@ extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *nd
   const ActivationQuant quant(scale, zero_point);
   const float *grad_y = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
-  float *grad_x = static_cast<float *>(params[4]);
-  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;
-    for (int64_t i = begin; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
-  });
+  StraightThrough(quant, grad_y, x, count, static_cast<float *>(params[4]));
   return 0;
 }
 
