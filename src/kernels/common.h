@@ -25,6 +25,13 @@ struct ActivationQuant {
   bool Passes(float x) const { return x >= low && x <= high; }  // where the gradient goes straight through
 };
 
+// The number of values of a tensor of this shape (1 for a 0-d tensor).
+inline int64_t Elements(int ndim, const int64_t *shape) {
+  int64_t count = 1;
+  for (int i = 0; i < ndim; ++i) count *= shape[i];
+  return count;
+}
+
 inline bool IsFloat32(const char *dtype) {
   return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0;
 }

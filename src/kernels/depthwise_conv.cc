@@ -150,10 +150,8 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (nparam != out + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[out] != 4) return 1;
   if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || (has_bias && !IsFloat32(dtypes[2]))) return 2;
   if (quantized_input && (!IsFloat32(dtypes[3]) || !IsFloat32(dtypes[4]))) return 2;
-  for (int i = 3; quantized_input && i <= 4; ++i) {
-    int64_t elements = 1;
-    for (int d = 0; d < ndims[i]; ++d) elements *= shapes[i][d];
-    if (elements != 1) return 3;
+  if (quantized_input && (kernels::Elements(ndims[3], shapes[3]) != 1 || kernels::Elements(ndims[4], shapes[4]) != 1)) {
+    return 3;
   }
   if (!MakeGeometry(shapes[0], shapes[1], shapes[out], &g)) return 3;
   if (has_bias && (ndims[2] != 1 || shapes[2][0] != g.c)) return 3;

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <vector>
 
@@ -26,6 +27,7 @@ using kernels::IsFloat32;
 using kernels::ParallelFor;
 
 using kernels::ActivationQuant;
+using kernels::Elements;
 
 // Mirrors primitives.py: WEIGHT_QMIN/WEIGHT_QMAX and _TINY (ACT_QMIN/ACT_QMAX: ActivationQuant).
 constexpr float kWeightQMin = -128.0f, kWeightQMax = 127.0f;
@@ -33,12 +35,6 @@ constexpr float kTiny = 1e-12f;
 
 typedef float Floats8 __attribute__((vector_size(32)));
 typedef int32_t Ints8 __attribute__((vector_size(32)));
-
-int64_t Elements(int ndim, const int64_t *shape) {
-  int64_t count = 1;
-  for (int i = 0; i < ndim; ++i) count *= shape[i];
-  return count;
-}
 
 void QuantizeAll(const ActivationQuant &quant, const float *x, int64_t count, float *y) {
   ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
@@ -56,20 +52,50 @@ void StraightThrough(const ActivationQuant &quant, const float *grad_y, const fl
   });
 }
 
-bool ScalarFloats(int first, int last, int *ndims, int64_t **shapes, const char **dtypes) {
-  for (int i = first; i <= last; ++i) {
-    if (!IsFloat32(dtypes[i]) || Elements(ndims[i], shapes[i]) != 1) return false;
+const float *Input(void **params, int i) { return static_cast<const float *>(params[i]); }
+
+// One output channel of a weight fake-quantized per channel (primitives.weight_scales and
+// fake_quant_weight): symmetric, scale max(max|w| / 127, tiny), integers clamped to
+// [-128, 127]. Writes the fake-quantized row to `out`; returns the scale.
+float FakeQuantWeightRow(const float *row, int64_t count, float *out) {
+  float largest = 0.0f;
+  for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(row[i]));
+  const float scale = std::max(largest / kWeightQMax, kTiny);
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = std::min(std::max(std::floor(row[i] / scale + 0.5f), kWeightQMin), kWeightQMax) * scale;
+  }
+  return scale;
+}
+
+// A bias fake-quantized at the accumulator's scale (primitives.fake_quant_bias), with its
+// straight-through sum as the framework computes it.
+float FakeQuantBiasValue(float bias, float bias_scale) {
+  return bias + (std::floor(bias / bias_scale + 0.5f) * bias_scale - bias);
+}
+
+// Every kernel here takes float32 tensors only.
+bool AllFloat32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i) {
+    if (!IsFloat32(dtypes[i])) return false;
   }
   return true;
 }
 
+// Whether the tensors at these parameter positions each hold `count` values.
+bool SizesAre(std::initializer_list<int> positions, int64_t count, int *ndims, int64_t **shapes) {
+  for (int i : positions) {
+    if (Elements(ndims[i], shapes[i]) != count) return false;
+  }
+  return true;
+}
 }  // namespace
 
 // params: x, scale (one float), zero_point (one float, an integer value) -> fake-quantized x
 extern "C" int FakeQuantActivation(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                    void *, void *) {
   if (nparam != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[3]) || !ScalarFloats(1, 2, ndims, shapes, dtypes)) return 2;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (!SizesAre({1, 2}, 1, ndims, shapes)) return 3;
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (Elements(ndims[3], shapes[3]) != count) return 3;
   const float *x = static_cast<const float *>(params[0]);
@@ -83,8 +109,8 @@ extern "C" int FakeQuantActivation(int nparam, void **params, int *ndims, int64_
 extern "C" int FakeQuantActivationGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                        const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[4]) ||
-      !ScalarFloats(2, 3, ndims, shapes, dtypes)) return 2;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (!SizesAre({2, 3}, 1, ndims, shapes)) return 3;
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
   const float *grad_y = static_cast<const float *>(params[0]);
@@ -98,7 +124,7 @@ extern "C" int FakeQuantActivationGrad(int nparam, void **params, int *ndims, in
 extern "C" int MinMax(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                       void *) {
   if (nparam != 2) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (count == 0 || Elements(ndims[1], shapes[1]) != 2) return 3;
   const float *x = static_cast<const float *>(params[0]);
@@ -155,7 +181,7 @@ extern "C" int MinMax(int nparam, void **params, int *ndims, int64_t **shapes, c
 extern "C" int FakeQuantWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *, void *) {
   if (nparam != 3) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  if (!AllFloat32(nparam, dtypes)) return 2;
   if (ndims[0] < 1 || ndims[2] != 1) return 3;
   const int64_t channels = shapes[0][0];
   const int64_t count = Elements(ndims[0], shapes[0]);
@@ -166,16 +192,7 @@ extern "C" int FakeQuantWeight(int nparam, void **params, int *ndims, int64_t **
   float *scales = static_cast<float *>(params[2]);
   ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const float *row = w + c * per_channel;
-      float largest = 0.0f;
-      for (int64_t i = 0; i < per_channel; ++i) largest = std::max(largest, std::fabs(row[i]));
-      const float scale = std::max(largest / kWeightQMax, kTiny);
-      float *out = q + c * per_channel;
-      for (int64_t i = 0; i < per_channel; ++i) {
-        const float integer = std::min(std::max(std::floor(row[i] / scale + 0.5f), kWeightQMin), kWeightQMax);
-        out[i] = integer * scale;
-      }
-      scales[c] = scale;
+      scales[c] = FakeQuantWeightRow(w + c * per_channel, per_channel, q + c * per_channel);
     }
   });
   return 0;
@@ -199,55 +216,36 @@ void ActivationQParams(float act_min, float act_max, float *scale, float *zero_p
 int EvalParams(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool batchnorm) {
   const int inputs = batchnorm ? 8 : 4;
   if (nparam != inputs + 4) return 1;
-  for (int i = 0; i < nparam; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   if (ndims[0] < 1) return 3;
   const int64_t channels = shapes[0][0];
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (channels == 0 || Elements(ndims[inputs], shapes[inputs]) != count) return 3;
-  for (int i : {1, inputs + 1}) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
-  for (int i : {2, 3, inputs + 2, inputs + 3}) {
-    if (Elements(ndims[i], shapes[i]) != 1) return 3;
-  }
-  if (batchnorm) {
-    for (int i : {4, 5, 6}) {
-      if (Elements(ndims[i], shapes[i]) != channels) return 3;
-    }
-    if (Elements(ndims[7], shapes[7]) != 1) return 3;
-  }
-  const auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  if (!SizesAre({1, inputs + 1}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({2, 3, inputs + 2, inputs + 3}, 1, ndims, shapes)) return 3;
+  if (batchnorm && (!SizesAre({4, 5, 6}, channels, ndims, shapes) || !SizesAre({7}, 1, ndims, shapes))) return 3;
   float *weight_out = static_cast<float *>(params[inputs]);
   float *bias_out = static_cast<float *>(params[inputs + 1]);
   float *scale_out = static_cast<float *>(params[inputs + 2]);
   float *zero_point_out = static_cast<float *>(params[inputs + 3]);
   float act_scale, zero_point;
-  ActivationQParams(*in(2), *in(3), &act_scale, &zero_point);
+  ActivationQParams(*Input(params, 2), *Input(params, 3), &act_scale, &zero_point);
   const int64_t per_channel = count / channels;
   ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
-    std::vector<float> folded(per_channel);
+    std::vector<float> folded(batchnorm ? per_channel : 0);
     for (int64_t c = begin; c < end; ++c) {
-      const float *row = in(0) + c * per_channel;
-      float bias = in(1)[c];
+      const float *row = Input(params, 0) + c * per_channel;
+      float bias = Input(params, 1)[c];
       if (batchnorm) {
-        const float gamma = in(4)[c], mean = in(5)[c], std = std::sqrt(in(6)[c] + *in(7));
+        const float gamma = Input(params, 4)[c], mean = Input(params, 5)[c];
+        const float std = std::sqrt(Input(params, 6)[c] + *Input(params, 7));
         const float factor = gamma / std;
         for (int64_t i = 0; i < per_channel; ++i) folded[i] = row[i] * factor;
         bias = bias - gamma * mean / std;
-      } else {
-        std::copy(row, row + per_channel, folded.begin());
       }
-      float largest = 0.0f;
-      for (int64_t i = 0; i < per_channel; ++i) largest = std::max(largest, std::fabs(folded[i]));
-      const float scale = std::max(largest / kWeightQMax, kTiny);
-      float *out = weight_out + c * per_channel;
-      for (int64_t i = 0; i < per_channel; ++i) {
-        out[i] = std::min(std::max(std::floor(folded[i] / scale + 0.5f), kWeightQMin), kWeightQMax) * scale;
-      }
-      const float bias_scale = act_scale * scale;
-      bias_out[c] = bias + (std::floor(bias / bias_scale + 0.5f) * bias_scale - bias);
+      const float scale = FakeQuantWeightRow(batchnorm ? folded.data() : row, per_channel,
+                                             weight_out + c * per_channel);
+      bias_out[c] = FakeQuantBiasValue(bias, act_scale * scale);
     }
   });
   *scale_out = act_scale;
@@ -288,10 +286,10 @@ bool ChannelShape(int ndim, const int64_t *shape, int64_t *n, int64_t *c, int64_
 extern "C" int ChannelMoments(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                               void *) {
   if (nparam != 3) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1]) || !IsFloat32(dtypes[2])) return 2;
+  if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (Elements(ndims[1], shapes[1]) != channels || Elements(ndims[2], shapes[2]) != channels) return 3;
+  if (!SizesAre({1, 2}, channels, ndims, shapes)) return 3;
   const float *x = static_cast<const float *>(params[0]);
   float *mean = static_cast<float *>(params[1]);
   float *variance = static_cast<float *>(params[2]);
@@ -323,14 +321,10 @@ extern "C" int ChannelMoments(int nparam, void **params, int *ndims, int64_t **s
 extern "C" int ChannelMomentsGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *, void *) {
   if (nparam != 5) return 1;
-  for (int i = 0; i < 5; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  for (int i = 1; i <= 3; ++i) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
+  if (!SizesAre({1, 2, 3}, channels, ndims, shapes)) return 3;
   if (Elements(ndims[4], shapes[4]) != n * channels * plane) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const float *mean = static_cast<const float *>(params[1]);
@@ -364,14 +358,10 @@ void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest);
 extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                         void *) {
   if (nparam != 6) return 1;
-  for (int i = 0; i < 6; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (count == 0 || Elements(ndims[3], shapes[3]) != 2) return 3;
-  for (int i : {1, 2, 4, 5}) {
-    if (Elements(ndims[i], shapes[i]) != 1) return 3;
-  }
+  if (!SizesAre({1, 2, 4, 5}, 1, ndims, shapes)) return 3;
   const float *ema = static_cast<const float *>(params[3]);
   float seen_min, seen_max;
   MinMaxOf(static_cast<const float *>(params[0]), count, &seen_min, &seen_max);
@@ -385,12 +375,9 @@ extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes,
 extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims, int64_t **shapes,
                                           const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
-  for (int i = 0; i < 5; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
-  if (Elements(ndims[3], shapes[3]) != count || Elements(ndims[4], shapes[4]) != 1) return 3;
-  if (Elements(ndims[1], shapes[1]) != 1 || Elements(ndims[2], shapes[2]) != 1) return 3;
+  if (!SizesAre({3}, count, ndims, shapes) || !SizesAre({1, 2, 4}, 1, ndims, shapes)) return 3;
   float scale, zero_point;
   ActivationQParams(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]), &scale,
                     &zero_point);
@@ -404,12 +391,9 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
 extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                               const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
-  for (int i = 0; i < 5; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
-  if (Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
-  if (Elements(ndims[2], shapes[2]) != 1 || Elements(ndims[3], shapes[3]) != 1) return 3;
+  if (!SizesAre({1, 4}, count, ndims, shapes) || !SizesAre({2, 3}, 1, ndims, shapes)) return 3;
   float scale, zero_point;
   ActivationQParams(*static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]), &scale,
                     &zero_point);
@@ -424,20 +408,14 @@ extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *nd
 extern "C" int FakeQuantBias(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                              void *) {
   if (nparam != 4) return 1;
-  for (int i = 0; i < 4; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t channels = Elements(ndims[0], shapes[0]);
-  if (Elements(ndims[1], shapes[1]) != 1 || Elements(ndims[2], shapes[2]) != channels ||
-      Elements(ndims[3], shapes[3]) != channels) return 3;
+  if (!SizesAre({1}, 1, ndims, shapes) || !SizesAre({2, 3}, channels, ndims, shapes)) return 3;
   const float *bias = static_cast<const float *>(params[0]);
   const float act_scale = *static_cast<const float *>(params[1]);
   const float *scales = static_cast<const float *>(params[2]);
   float *out = static_cast<float *>(params[3]);
-  for (int64_t c = 0; c < channels; ++c) {
-    const float bias_scale = act_scale * scales[c];
-    out[c] = bias[c] + (std::floor(bias[c] / bias_scale + 0.5f) * bias_scale - bias[c]);
-  }
+  for (int64_t c = 0; c < channels; ++c) out[c] = FakeQuantBiasValue(bias[c], act_scale * scales[c]);
   return 0;
 }
 
@@ -479,8 +457,6 @@ struct BatchNormFold {
   }
 };
 
-const float *Input(void **params, int i) { return static_cast<const float *>(params[i]); }
-
 }  // namespace
 
 // params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), frozen, eps, keep (the
@@ -491,15 +467,9 @@ extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64
                                     void *, void *) {
   if (nparam != 16) return 1;
   const int64_t channels = Elements(ndims[0], shapes[0]);
-  for (int i : {1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
-  for (int i : {6, 7, 8, 9}) {
-    if (Elements(ndims[i], shapes[i]) != 1) return 3;
-  }
-  for (int i = 0; i < nparam; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!SizesAre({1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({6, 7, 8, 9}, 1, ndims, shapes)) return 3;
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const float frozen = *Input(params, 6), eps = *Input(params, 7), keep = *Input(params, 8);
   const double count = *Input(params, 9);
   for (int64_t c = 0; c < channels; ++c) {
@@ -522,13 +492,9 @@ extern "C" int BatchNormFoldBackward(int nparam, void **params, int *ndims, int6
                                      void *, void *) {
   if (nparam != 13) return 1;
   const int64_t channels = Elements(ndims[0], shapes[0]);
-  for (int i : {1, 2, 3, 4, 7, 8, 9, 10, 11, 12}) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
-  if (Elements(ndims[5], shapes[5]) != 1 || Elements(ndims[6], shapes[6]) != 1) return 3;
-  for (int i = 0; i < nparam; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!SizesAre({1, 2, 3, 4, 7, 8, 9, 10, 11, 12}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({5, 6}, 1, ndims, shapes)) return 3;
+  if (!AllFloat32(nparam, dtypes)) return 2;
   const float frozen = *Input(params, 5), eps = *Input(params, 6);
   for (int64_t c = 0; c < channels; ++c) {
     BatchNormFold fold;
@@ -565,13 +531,10 @@ void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
 extern "C" int ChannelAffine(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                              void *) {
   if (nparam != 4) return 1;
-  for (int i = 0; i < 4; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (Elements(ndims[1], shapes[1]) != channels || Elements(ndims[2], shapes[2]) != channels ||
-      Elements(ndims[3], shapes[3]) != n * channels * plane) return 3;
+  if (!SizesAre({1, 2}, channels, ndims, shapes) || !SizesAre({3}, n * channels * plane, ndims, shapes)) return 3;
   const float *x = Input(params, 0), *scale = Input(params, 1), *shift = Input(params, 2);
   float *y = static_cast<float *>(params[3]);
   ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
@@ -590,14 +553,12 @@ extern "C" int ChannelAffine(int nparam, void **params, int *ndims, int64_t **sh
 extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *, void *) {
   if (nparam != 6) return 1;
-  for (int i = 0; i < 6; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (Elements(ndims[1], shapes[1]) != n * channels * plane || Elements(ndims[2], shapes[2]) != channels ||
-      Elements(ndims[3], shapes[3]) != n * channels * plane || Elements(ndims[4], shapes[4]) != channels ||
-      Elements(ndims[5], shapes[5]) != channels) return 3;
+  if (!SizesAre({1, 3}, n * channels * plane, ndims, shapes) || !SizesAre({2, 4, 5}, channels, ndims, shapes)) {
+    return 3;
+  }
   const float *grad_y = Input(params, 0), *x = Input(params, 1), *scale = Input(params, 2);
   float *grad_x = static_cast<float *>(params[3]);
   float *grad_scale = static_cast<float *>(params[4]);
@@ -629,14 +590,10 @@ extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t 
 extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *, void *) {
   if (nparam != 7) return 1;
-  for (int i = 0; i < 7; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   if (ndims[0] < 1) return 3;
   const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
-  for (int i : {1, 2, 5, 6}) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
+  if (!SizesAre({1, 2, 5, 6}, channels, ndims, shapes)) return 3;
   if (channels == 0 || Elements(ndims[3], shapes[3]) != 1 || Elements(ndims[4], shapes[4]) != count) return 3;
   const int64_t per_channel = count / channels;
   const float *w = Input(params, 0), *gamma = Input(params, 1), *variance = Input(params, 2);
@@ -649,17 +606,8 @@ extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t
       moving_std[c] = std::sqrt(variance[c] + eps);
       const float factor = gamma[c] / moving_std[c];
       const float *row = w + c * per_channel;
-      float largest = 0.0f;
-      for (int64_t i = 0; i < per_channel; ++i) {
-        folded[i] = row[i] * factor;
-        largest = std::max(largest, std::fabs(folded[i]));
-      }
-      const float scale = std::max(largest / kWeightQMax, kTiny);
-      float *out = q + c * per_channel;
-      for (int64_t i = 0; i < per_channel; ++i) {
-        out[i] = std::min(std::max(std::floor(folded[i] / scale + 0.5f), kWeightQMin), kWeightQMax) * scale;
-      }
-      scales[c] = scale;
+      for (int64_t i = 0; i < per_channel; ++i) folded[i] = row[i] * factor;
+      scales[c] = FakeQuantWeightRow(folded.data(), per_channel, q + c * per_channel);
     }
   });
   return 0;
@@ -670,15 +618,11 @@ extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t
 extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                       const char **dtypes, void *, void *) {
   if (nparam != 6) return 1;
-  for (int i = 0; i < 6; ++i) {
-    if (!IsFloat32(dtypes[i])) return 2;
-  }
+  if (!AllFloat32(nparam, dtypes)) return 2;
   if (ndims[0] < 1) return 3;
   const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
   if (channels == 0 || Elements(ndims[1], shapes[1]) != count || Elements(ndims[4], shapes[4]) != count) return 3;
-  for (int i : {2, 3, 5}) {
-    if (Elements(ndims[i], shapes[i]) != channels) return 3;
-  }
+  if (!SizesAre({2, 3, 5}, channels, ndims, shapes)) return 3;
   const int64_t per_channel = count / channels;
   const float *grad_q = Input(params, 0), *w = Input(params, 1), *gamma = Input(params, 2);
   const float *moving_std = Input(params, 3);

@@ -56,7 +56,7 @@ def int8_params(net):
     fake-quant network in eval mode."""
     params = {}
     for name, layer in fake_quant_layers(net):
-        weight, bias, _ = layer.folded()
+        weight, bias = layer.folded()
         act_scale, zero_point = activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max)
         scales = weight_scales(weight)
         q_weight = weight_integers(weight, scales)

@@ -24,10 +24,9 @@ def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv
     return apply_conv(x, weight, geometry, fast_conv, bias)
 
 
-def channel_moments(x, kernels=None):
-    """Per-channel mean and biased variance of an NCHW tensor, with gradient."""
-    if kernels is not None:
-        return kernels.channel_moments(x)
+def channel_moments(x):
+    """Per-channel mean and biased variance of an NCHW tensor, with gradient (the framework's
+    operators; the compiled kernels have ``channel_moments`` too)."""
     mean = x.mean(axis=(0, 2, 3))
     return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
 
@@ -71,10 +70,10 @@ class _FakeQuantLayer(nn.Cell):
         if self.fast_quant is not None and self.bias is not None:
             return self.fast_quant.eval_params(self.weight, self.bias, observer.act_min, observer.act_max)
         act_scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
-        weight, bias, _ = self.folded()
+        weight, bias = self.folded()
         weight, scales = self.quantize_weight(weight)
         if bias is not None:
-            bias = fake_quant_bias(bias, act_scale * scales)
+            bias = self.quantize_bias(bias, act_scale, scales)
         return weight, bias, act_scale, zero_point
 
 
@@ -104,13 +103,13 @@ class QuantConv2d(_FakeQuantLayer):
             Tensor(np.zeros(1, np.float32)), name="bn_frozen", requires_grad=False)
 
     def folded(self):
-        """(folded weight, folded bias, None) with the moving statistics; unfolded without BN."""
+        """(folded weight, folded bias) with the moving statistics; unfolded without BN."""
         if self.bn is None:
-            return self.weight, self.bias, None
+            return self.weight, self.bias
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight = self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1)
-        return weight, bn.beta - bn.gamma * bn.moving_mean / moving_std, None
+        return weight, bn.beta - bn.gamma * bn.moving_mean / moving_std
 
     def _train_with_batchnorm(self, x, act_scale):
         """The output with BatchNorm on batch statistics (until frozen), one convolution.
@@ -186,7 +185,7 @@ class QuantDense(_FakeQuantLayer):
         self.bn = None
 
     def folded(self):
-        return self.weight, self.bias, None
+        return self.weight, self.bias
 
     def construct(self, x):
         if self.training:
