@@ -37,8 +37,8 @@ from src.lr_generator import get_lr
 from src.outputs import FolderLock, make_folder, write_text
 from src.quant import calibrate, int8_params, prepare, set_bn_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
-                             build_optimizer, check_parameters_finite, init_distributed,
-                             parameter_fingerprint, resume_from, training_state)
+                             TrainingHistory, build_optimizer, check_parameters_finite,
+                             init_distributed, parameter_fingerprint, resume_from, training_state)
 
 logger = logging.getLogger("train")
 INT8_CHECKPOINT = "ghostnet-int8.ckpt"
@@ -205,6 +205,7 @@ def train(args, config, rank, group_size):
             logger.info(message)
 
     # loop
+    history = TrainingHistory(args.output_dir, start_epoch)
     for epoch in range(start_epoch, config.epoch_size):
         if args.quant:
             set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch)
@@ -222,6 +223,8 @@ def train(args, config, rank, group_size):
             top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
             message += f", eval top-1 {top1:.4f}"
         logger.info(message)
+        history.add(epoch=epoch + 1, loss=loss, lr=float(learning_rates[global_step - 1]),
+                    images_per_second=speed * group_size, top1=top1)
         state = training_state(net, optimizer, epoch + 1, global_step,
                                best_top1 if top1 is None else max(best_top1, top1))
         keeper.save_epoch(state, epoch + 1)

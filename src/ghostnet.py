@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
@@ -37,6 +38,7 @@ BLOCK_TABLE = (
 STEM_CHANNELS = 16
 HEAD_CHANNELS = 1280
 DROPOUT = 0.2
+DROPOUT_OP_SEED = 1  # the mask's stream: the global seed and this one
 BN_MOMENTUM = 0.9  # MindSpore convention: 1 - PyTorch's 0.1
 BN_EPS = 1e-5
 WIDTHS = {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3}
@@ -74,6 +76,24 @@ class HardSigmoid(nn.Cell):
 
     def construct(self, x):
         return ops.relu6(x + 3.0) / 6.0
+
+
+class Dropout(nn.Cell):
+    """``nn.Dropout(p)``, with the mask drawn by ``ops.UniformReal``. MindSpore's CPU Dropout
+    kernel draws another mask from the same seed on every run (three runs of 300 calls gave
+    three different results), so two trainings with one seed parted within an epoch."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+        # seeded from mindspore.set_seed when one was set (else random), as nn.Dropout is
+        self.uniform = ops.UniformReal(seed=ms.get_seed() or 0, seed2=DROPOUT_OP_SEED)
+
+    def construct(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        return x * ((self.uniform(x.shape) < keep).astype(x.dtype) * (1.0 / keep))
 
 
 class ConvBNAct(nn.Cell):
@@ -195,7 +215,7 @@ class GhostNet(nn.Cell):
         self.blocks = nn.SequentialCell(blocks)
 
         self.conv_head = conv2d(self.num_features, HEAD_CHANNELS, 1, has_bias=True)
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = self._new_classifier(num_classes)
 
     @staticmethod

@@ -1,6 +1,7 @@
 """Pieces of the training loop: optimizer, distributed set-up and checkpoint files."""
 import glob
 import hashlib
+import json
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from src.checkpoint import describe_non_finite, load_strict, non_finite_names, read_checkpoint, save_params
 from src.errors import CheckpointError, TrainingDiverged
+from src.outputs import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +21,7 @@ EPOCH_CHECKPOINT = "ghostnet-epoch{epoch:04d}.ckpt"
 BEST_CHECKPOINT = "ghostnet-best.ckpt"
 FINAL_CHECKPOINT = "ghostnet-final.ckpt"
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
 
 
 def init_distributed(run_distribute):
@@ -38,6 +41,8 @@ def no_decay(name):
 
 
 def build_optimizer(net, learning_rates, momentum, weight_decay, loss_scale):
+    """SGD with momentum for gradients scaled by ``loss_scale`` (TrainOneStepCell's ``sens``).
+    The decay is PyTorch SGD's ``weight_decay`` at any loss scale (tested)."""
     params = net.trainable_params()
     groups = [{"params": [p for p in params if not no_decay(p.name)], "weight_decay": weight_decay},
               {"params": [p for p in params if no_decay(p.name)], "weight_decay": 0.0},
@@ -104,6 +109,27 @@ class CheckpointKeeper:
             if step > best_step:
                 best, best_step = path, step
         return best
+
+
+class TrainingHistory:
+    """The run's figures per epoch (loss, learning rate, images/s, eval top-1) in history.json
+    beside the checkpoints, rewritten atomically after every epoch. A resumed run keeps the
+    entries up to the epoch it resumes from; a new run starts an empty one."""
+
+    def __init__(self, output_dir, start_epoch=0):
+        self.path = os.path.join(output_dir, HISTORY_FILE)
+        self.epochs = []
+        if start_epoch and os.path.isfile(self.path):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.epochs = [e for e in json.load(f)["epochs"] if e["epoch"] <= start_epoch]
+            except (ValueError, KeyError, TypeError) as err:
+                logger.warning("%s is unreadable (%s): the history restarts at epoch %d",
+                               self.path, err, start_epoch + 1)
+
+    def add(self, **figures):
+        self.epochs.append(figures)
+        write_text(self.path, json.dumps({"epochs": self.epochs}, indent=1) + "\n")
 
 
 def resume_from(checkpoint, net, optimizer, source="checkpoint"):

@@ -4,6 +4,7 @@ import mindspore.dataset as ds
 import numpy as np
 import pytest
 from mindspore.mindrecord import FileWriter
+from PIL import Image
 
 from src.dataset import (DatasetError, breed_name, convert_pets, create_dataset, read_annotations,
                          read_class_names)
@@ -139,3 +140,24 @@ def test_sharded_mindrecord_files(sample_pets, tmp_path):
     assert {"train.mindrecord0", "train.mindrecord1", "test.mindrecord0.db"} <= set(os.listdir(tmp_path))
     data = create_dataset(str(tmp_path / "test.mindrecord0"), train=False, image_size=32, batch_size=4)
     assert len(labels_of(data)) == 23
+
+
+def test_the_hard_sample_set_is_seeded_and_gives_every_class_its_own_attributes(tmp_path):
+    from src.sample_data import HARD_CLASSES, PICTURE_KINDS, hard_attributes
+
+    assert len({hard_attributes(label) for label in range(HARD_CLASSES)}) == HARD_CLASSES
+    files = []
+    for copy in ("a", "b"):
+        made = make_sample_pets(str(tmp_path / copy), num_classes=HARD_CLASSES, train_per_class=1,
+                                test_per_class=1, awkward_files=False, seed=3, kind="hard")
+        assert made["train"] == made["test"] == HARD_CLASSES
+        images = sorted((tmp_path / copy / "images").iterdir())
+        files.append([image.read_bytes() for image in images])
+    assert files[0] == files[1]  # the same seed draws the same pictures
+    assert len(set(files[0])) == len(files[0])
+    with Image.open(sorted((tmp_path / "a" / "images").iterdir())[0]) as image:
+        assert image.size[::-1] == PICTURE_KINDS["hard"][1]
+    with pytest.raises(DatasetError, match="for the hard kind"):
+        make_sample_pets(str(tmp_path / "c"), num_classes=HARD_CLASSES + 1, kind="hard")
+    with pytest.raises(DatasetError, match="unknown kind 'blobs'"):
+        make_sample_pets(str(tmp_path / "d"), kind="blobs")

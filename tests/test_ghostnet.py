@@ -87,3 +87,26 @@ def test_reset_classifier_keeps_the_parameter_names():
     assert params["classifier.weight"].shape == (37, 1280)
     assert params["classifier.weight"].name == "classifier.weight"
     assert net(ms.ops.zeros((1, 3, 32, 32), ms.float32)).shape == (1, 37)
+
+
+def test_dropout_draws_the_same_masks_from_the_same_seed():
+    """Two trainings with one seed must see the same dropout masks; MindSpore's CPU Dropout
+    kernel drew other masks from one seed on every run (src.ghostnet.Dropout)."""
+    from src.ghostnet import Dropout
+
+    ones = ms.Tensor(np.ones((16, 1280), np.float32))
+
+    def outputs():
+        ms.set_seed(1)
+        dropout = Dropout(0.2)
+        dropout.set_train(True)
+        drawn = np.stack([dropout(ones).asnumpy() for _ in range(100)])
+        dropout.set_train(False)
+        np.testing.assert_array_equal(dropout(ones).asnumpy(), ones.asnumpy())  # eval: identity
+        return drawn
+
+    first = outputs()
+    np.testing.assert_array_equal(first, outputs())
+    assert set(np.unique(first)) == {0.0, 1.25}  # kept values scaled by 1 / (1 - p)
+    assert abs((first == 0).mean() - 0.2) < 0.005
+    assert len({mask.tobytes() for mask in first == 0}) == len(first)  # a new mask every call
