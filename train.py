@@ -205,7 +205,7 @@ def train(args, config, rank, group_size):
             logger.info(message)
 
     # loop
-    history = TrainingHistory(args.output_dir, start_epoch)
+    history = TrainingHistory(args.output_dir, start_epoch) if rank == 0 else None
     for epoch in range(start_epoch, config.epoch_size):
         if args.quant:
             set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch)

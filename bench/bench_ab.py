@@ -61,6 +61,25 @@ def run(argv, env=None, log=None):
         raise SystemExit(f"{' '.join(argv[:3])} ... failed (exit {code}); the end of {log}:\n{tail}")
 
 
+# what the cached data, initial weights and runs in --output_dir depend on
+RECIPE_KEYS = ("data_root", "train_per_class", "test_per_class", "epochs", "image_size", "batch_size", "lr",
+               "momentum", "weight_decay", "label_smooth", "loss_scale")
+
+
+def check_same_recipe(args):
+    """--output_dir keeps data and runs for reuse: refuse it for another recipe or data set."""
+    path = os.path.join(args.output_dir, "recipe.json")
+    recipe = {key: getattr(args, key) for key in RECIPE_KEYS}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        changed = [f"--{key} {saved.get(key)} -> {value}" for key, value in recipe.items() if saved.get(key) != value]
+        if changed:
+            raise SystemExit(f"{args.output_dir} holds runs of another recipe ({', '.join(changed)}): "
+                             "pass the same values or another --output_dir")
+    write_text(path, json.dumps(recipe, indent=1) + "\n")
+
+
 def make_data(args):
     """``(Pets folder, train.mindrecord, test.mindrecord, classes)``, made once in output_dir."""
     from src.dataset import convert_pets, read_class_names
@@ -142,7 +161,8 @@ def lockstep(args, train_path, classes):
 
     init = timm_init(args, classes, args.seeds[0])
     argv, env = torch_command("--mode", "lockstep", "--num_classes", classes, "--seed", args.seeds[0],
-                              "--batches", path, "--dropout", 0, "--output", path + ".timm.json")
+                              "--batches", path, "--dropout", 0, "--output", path + ".timm.json",
+                              "--init_input", init.replace(".ckpt", ".safetensors"))
     run(argv, env, path + ".timm.log")
     with open(path + ".timm.json", encoding="utf-8") as f:
         timm_losses = json.load(f)["losses"]
@@ -231,7 +251,8 @@ def main():
     parser.add_argument("--test_per_class", type=int, default=35, help="hard set: test pictures per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per runner and seed")
     parser.add_argument("--runners", nargs="*", default=["ours", "timm"], choices=BUILT_IN_RUNNERS,
-                        help="built-in runners to train (see above)")
+                        help="ours, timm, ours-timm-init (ours from timm's initial weights), "
+                             "timm-zoo-init (timm from ours)")
     parser.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="train.py with these extra flags, e.g. ours-wd \"--loss_scale 1\"")
     parser.add_argument("--lockstep_steps", type=int, default=30, help="0 skips the lockstep comparison")
@@ -248,6 +269,7 @@ def main():
     parser.add_argument("--loss_scale", type=float, default=1024.0, help="lockstep: our static loss scale")
     args = parser.parse_args()
     os.makedirs(os.path.join(args.output_dir, "runs"), exist_ok=True)
+    check_same_recipe(args)
     paths = make_data(args)
     classes = paths[3]
     report = {"recipe": {k: v for k, v in vars(args).items() if k not in ("output_dir", "data_root")}}

@@ -29,13 +29,25 @@ EVAL_RESIZE_RATIO = 256 / 224
 
 
 def read_split(root, annotation_file):
-    """``[(image path, label)]`` of a Pets-layout annotation file (class ids from 1)."""
-    pairs = []
+    """``[(image path, label)]`` of a Pets-layout annotation file (class ids from 1), without
+    the images PIL cannot read (missing or damaged), as the converter skips them."""
+    from PIL import Image
+
+    pairs, skipped = [], 0
     with open(os.path.join(root, "annotations", annotation_file), encoding="utf-8") as f:
         for line in f:
             if line.strip() and not line.startswith("#"):
                 name, class_id = line.split()[:2]
-                pairs.append((os.path.join(root, "images", name + ".jpg"), int(class_id) - 1))
+                path = os.path.join(root, "images", name + ".jpg")
+                try:
+                    with Image.open(path) as image:
+                        image.load()
+                except (OSError, SyntaxError, ValueError):
+                    skipped += 1
+                    continue
+                pairs.append((path, int(class_id) - 1))
+    if skipped:
+        print(f"{annotation_file}: {skipped} images missing or unreadable, skipped", flush=True)
     return pairs
 
 
@@ -107,25 +119,27 @@ def top1(model, loader, torch):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("fit", "lockstep", "init"), required=True)
-    parser.add_argument("--model", default="ghostnet_100")
-    parser.add_argument("--num_classes", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--mode", choices=("fit", "lockstep", "init"), required=True,
+                        help="fit, lockstep or init (see the module's docstring)")
+    parser.add_argument("--model", default="ghostnet_100", help="timm model name")
+    parser.add_argument("--num_classes", type=int, required=True, help="classes of the classifier")
+    parser.add_argument("--seed", type=int, default=1, help="torch.manual_seed: initial weights, shuffle, augmentations")
     parser.add_argument("--output", required=True, help="JSON file to write")
     parser.add_argument("--init_output", help="write the initial weights here (safetensors)")
     parser.add_argument("--init_input", help="start from these weights (safetensors, timm's names)")
     parser.add_argument("--data_root", help="fit: Pets-layout folder")
     parser.add_argument("--batches", help="lockstep: .npz of images, labels and lrs")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image_size", type=int, default=64, help="side of the training crop")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per training step")
+    parser.add_argument("--epochs", type=int, default=12, help="fit: epochs to train")
     parser.add_argument("--lrs", help="fit: .npy of one learning rate per step, epochs x steps per epoch")
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=4e-5)
-    parser.add_argument("--label_smooth", type=float, default=0.1)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight_decay", type=float, default=4e-5, help="not on BatchNorm and biases")
+    parser.add_argument("--label_smooth", type=float, default=0.1, help="label smoothing of the loss")
+    parser.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
+    parser.add_argument("--num_workers", type=int, default=2, help="fit: data loading worker processes")
     args = parser.parse_args()
     import timm
     import torch

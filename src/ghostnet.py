@@ -6,6 +6,7 @@ load unchanged. Model code only: no I/O, no argparse, no context setting.
 """
 import math
 import re
+import statistics
 from dataclasses import dataclass
 
 import mindspore as ms
@@ -79,21 +80,25 @@ class HardSigmoid(nn.Cell):
 
 
 class Dropout(nn.Cell):
-    """``nn.Dropout(p)``, with the mask drawn by ``ops.UniformReal``. MindSpore's CPU Dropout
-    kernel draws another mask from the same seed on every run (three runs of 300 calls gave
-    three different results), so two trainings with one seed parted within an epoch."""
+    """``nn.Dropout(p)``, with the mask drawn by ``ops.StandardNormal``: an element is kept where
+    the draw is below the normal quantile of 1 - p. MindSpore's CPU Dropout kernel draws
+    another mask from the same seed on every run (three runs of 300 calls gave three
+    different results), so two trainings with one seed parted within an epoch."""
 
     def __init__(self, p):
         super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
         self.p = p
-        # seeded from mindspore.set_seed when one was set (else random), as nn.Dropout is
-        self.uniform = ops.UniformReal(seed=ms.get_seed() or 0, seed2=DROPOUT_OP_SEED)
+        self.keep_below = statistics.NormalDist().inv_cdf(1 - p) if p > 0 else 0.0
+        seed = ms.get_seed()  # mindspore.set_seed's, as nn.Dropout; without one, a random stream
+        self.normal = ops.StandardNormal(seed=seed or 0, seed2=DROPOUT_OP_SEED if seed else 0)
 
     def construct(self, x):
         if not self.training or self.p == 0:
             return x
-        keep = 1.0 - self.p
-        return x * ((self.uniform(x.shape) < keep).astype(x.dtype) * (1.0 / keep))
+        keep = (self.normal(x.shape) < self.keep_below).astype(x.dtype)
+        return x * (keep * (1.0 / (1.0 - self.p)))
 
 
 class ConvBNAct(nn.Cell):

@@ -126,10 +126,14 @@ class TrainingHistory:
             except (ValueError, KeyError, TypeError) as err:
                 logger.warning("%s is unreadable (%s): the history restarts at epoch %d",
                                self.path, err, start_epoch + 1)
+            self._write()  # without the epochs after the checkpoint resumed from
+
+    def _write(self):
+        write_text(self.path, json.dumps({"epochs": self.epochs}, indent=1) + "\n")
 
     def add(self, **figures):
         self.epochs.append(figures)
-        write_text(self.path, json.dumps({"epochs": self.epochs}, indent=1) + "\n")
+        self._write()
 
 
 def resume_from(checkpoint, net, optimizer, source="checkpoint"):

@@ -8,7 +8,8 @@ from conftest import REPO
 
 ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["-m", "src.dataset"], ["-m", "src.convert_weights"],
                 ["-m", "src.launch"], ["-m", "src.sample_data"], ["bench/bench_infer.py"],
-                ["bench/bench_train.py"], ["bench/bench_data.py"], ["bench/bench_ab.py"]]
+                ["bench/bench_train.py"], ["bench/bench_data.py"], ["bench/bench_ab.py"],
+                ["bench/torch_train.py"]]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1])
