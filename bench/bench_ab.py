@@ -40,15 +40,15 @@ sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from src.config import REFERENCE_BATCH  # noqa: E402
 from src.outputs import write_text  # noqa: E402
+from bench.timing import bench_script, environment_without_omp_wait_policy  # noqa: E402
 
 BUILT_IN_RUNNERS = ("ours", "timm", "ours-timm-init", "timm-zoo-init")
 
 
 def torch_command(*flags):
     """bench/torch_train.py with ``flags``, with PyTorch's own OpenMP defaults."""
-    env = dict(os.environ)
-    env.pop("OMP_WAIT_POLICY", None)  # src sets it for MindSpore; PyTorch keeps its defaults
-    return [sys.executable, os.path.join(REPO, "bench", "torch_train.py"), *map(str, flags)], env
+    return ([sys.executable, bench_script("torch_train.py"), *map(str, flags)],
+            environment_without_omp_wait_policy())
 
 
 def run(argv, env=None, log=None):

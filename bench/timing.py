@@ -54,13 +54,13 @@ class Worker:
         self.process.wait()
 
 
-def _environment_without_omp_wait_policy():
+def environment_without_omp_wait_policy():
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)  # src sets it in this process; the worker gets the defaults
     return env
 
 
-def _script(name):
+def bench_script(name):
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
@@ -75,9 +75,9 @@ class TorchWorker(Worker):
         from src.ghostnet import WIDTHS  # our model names are timm's
 
         model = next(name for name, value in WIDTHS.items() if value == width)
-        return ([sys.executable, _script("torch_worker.py"), "--mode", mode, "--batch_size", str(batch_size),
+        return ([sys.executable, bench_script("torch_worker.py"), "--mode", mode, "--batch_size", str(batch_size),
                  "--image_size", str(image_size), "--num_classes", str(num_classes), "--model", model],
-                _environment_without_omp_wait_policy())  # PyTorch with its own defaults
+                environment_without_omp_wait_policy())  # PyTorch with its own defaults
 
     @classmethod
     def start(cls, mode, batch_size, image_size, num_classes, width=1.0):
@@ -103,10 +103,10 @@ class MindSporeFirstWorker(Worker):
 
     @classmethod
     def start(cls, network, batch_size, image_size, num_classes, width=1.0):
-        argv = [sys.executable, _script("mindspore_worker.py"), "--network", network, "--batch_size",
+        argv = [sys.executable, bench_script("mindspore_worker.py"), "--network", network, "--batch_size",
                 str(batch_size), "--image_size", str(image_size), "--num_classes", str(num_classes),
                 "--width", str(width)]
-        return cls.launch(argv, _environment_without_omp_wait_policy(),
+        return cls.launch(argv, environment_without_omp_wait_policy(),
                           "(the mindspore-first worker did not start; skipped)")
 
 

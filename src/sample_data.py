@@ -140,7 +140,7 @@ def make_sample_pets(root, num_classes=4, train_per_class=12, test_per_class=5, 
     """
     if kind not in PICTURE_KINDS:
         raise DatasetError(f"unknown kind {kind!r}; choose one of {', '.join(PICTURE_KINDS)}")
-    class_image, default_size, max_classes = PICTURE_KINDS[kind]
+    draw, default_size, max_classes = PICTURE_KINDS[kind]
     size = size or default_size
     if not 1 <= num_classes <= max_classes:
         raise DatasetError(f"num_classes must be in [1, {max_classes}] for the {kind} kind, got {num_classes}")
@@ -158,7 +158,7 @@ def make_sample_pets(root, num_classes=4, train_per_class=12, test_per_class=5, 
             for _ in range(count):
                 index += 1
                 name = f"{breed}_{index}"
-                class_image(label, num_classes, rng, size).save(
+                draw(label, num_classes, rng, size).save(
                     os.path.join(images, name + ".jpg"), "JPEG", quality=90)
                 lines[split].append(f"{name} {label + 1} {species} {label + 1}")
     result = {"train": len(lines["train"]), "test": len(lines["test"]),
@@ -170,7 +170,7 @@ def make_sample_pets(root, num_classes=4, train_per_class=12, test_per_class=5, 
             breed = PETS_BREEDS[label]
             name = f"{breed}_{index}"
             path = os.path.join(images, name + ".jpg")
-            image = class_image(label, num_classes, rng, size)
+            image = draw(label, num_classes, rng, size)
             if kind == "png":
                 image.save(path, "PNG")
                 result["reencoded"].append(path)
