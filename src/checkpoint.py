@@ -85,6 +85,11 @@ def with_unrecorded_output_ranges(params, net, source):
     filled.update({name: np.zeros(1, np.float32) for name in missing})
     return filled
 
+# Input quantizations that int8 and fake-quant checkpoints held per layer until each ghost
+# module got one quantization for its concatenation, shared by the layer reading it
+# (src.quant.convert.share_concat_quantization).
+INPUT_QUANTIZATION_SUFFIXES = ("act_scale", "act_zero_point") + FAKE_QUANT_SUFFIXES
+
 # Entries a training checkpoint carries beside the network: optimizer state and the
 # position to resume from. Loading a network ignores them.
 TRAINING_STATE_PREFIXES = ("moments.", "train_state.")
@@ -198,6 +203,13 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
     unexpected = [n for n in params if n not in targets]
     mismatched = [f"{n} {_shape(params[n])} vs network {_shape(targets[n])}"
                   for n in targets if n in params and _shape(params[n]) != _shape(targets[n])]
+    if unexpected and not missing and not mismatched and all(n.endswith(INPUT_QUANTIZATION_SUFFIXES)
+                                                             for n in unexpected):
+        raise CheckpointError(
+            f"{source} was written before each ghost module's concatenation got one int8 scale (it "
+            f"holds {len(unexpected)} input quantizations that are now shared: {_describe(unexpected, 3)}), "
+            "so its int8 arithmetic is not this release's. Calibrate and fine-tune again from the float "
+            "checkpoint with `train.py --quant`.")
     if missing or unexpected or mismatched:
         problems = []
         if missing:

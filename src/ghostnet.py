@@ -138,10 +138,16 @@ class GhostModule(nn.Cell):
         self.primary_conv = ConvBNAct(in_channels, primary_channels, 1, relu=relu)
         self.cheap_operation = depthwise(primary_channels, cheap_kernel, relu=relu)
         self.trim = primary_channels + cheap_channels != out_channels
+        self.concat_quant = None  # the int8 forms put the concatenation's one quantization here
 
     def construct(self, x):
         primary = self.primary_conv(x)
-        out = ops.cat((primary, self.cheap_operation(primary)), axis=1)
+        if self.concat_quant is not None:  # int8: both halves on one scale, so concatenating is a copy
+            primary = self.concat_quant(primary)
+        cheap = self.cheap_operation(primary)
+        if self.concat_quant is not None:
+            cheap = self.concat_quant(cheap)
+        out = ops.cat((primary, cheap), axis=1)
         if self.trim:
             out = out[:, :self.out_channels]
         return out
@@ -180,6 +186,13 @@ class GhostBottleneck(nn.Cell):
                 depthwise(in_channels, kernel_size, stride, relu=False),
                 ConvBNAct(in_channels, out_channels, 1, relu=False),
             )
+
+    def ghost1_reader(self):
+        """The attribute path of the one convolution that reads ghost1's output directly (the
+        stride-2 depthwise or ghost2's primary), or None where squeeze-excite reads it."""
+        if self.dw is not None:
+            return "dw"
+        return "ghost2.primary_conv" if self.se is None else None
 
     def construct(self, x):
         residual = x
@@ -250,6 +263,20 @@ class GhostNet(nn.Cell):
                 slots.append(ConvSlot(f"{path}.conv_expand", cell, "conv_expand"))
         slots.append(ConvSlot("conv_head", self, "conv_head"))
         return slots
+
+    def ghost_modules(self):
+        """Every ghost module as a :class:`GhostModuleSlot`, with the convolution that reads its
+        output directly (ghost1 of a block without squeeze-excite) or None (the residual sum,
+        squeeze-excite). The int8 forms give such a reader the concatenation's quantization."""
+        slots = {slot.name: slot for slot in self.conv_bn_pairs()}
+        found = []
+        for path, block in self.cells_and_names():
+            if isinstance(block, GhostBottleneck):
+                reader = block.ghost1_reader()
+                found.append(GhostModuleSlot(f"{path}.ghost1", block.ghost1,
+                                             slots[f"{path}.{reader}.conv"] if reader else None))
+                found.append(GhostModuleSlot(f"{path}.ghost2", block.ghost2, None))
+        return found
 
     def fold_batchnorms(self):
         """Fold every BatchNorm into its convolution, in place (eval mode only); returns self."""
@@ -341,6 +368,15 @@ class ConvSlot:
                                   requires_grad=False)
             conv.has_bias = True
         setattr(self.owner, self.bn_attr, None)
+
+
+@dataclass
+class GhostModuleSlot:
+    """One ghost module of a GhostNet and the :class:`ConvSlot` of the one convolution that
+    reads its output directly (None where other operations read it)."""
+    name: str
+    module: GhostModule
+    reader: ConvSlot = None
 
 
 # --- timm's state dict (the paper authors' reference) -> our parameter names ----------------

@@ -94,9 +94,18 @@ def test_the_qdq_model_holds_int8_weights_and_runs_on_int8_kernels(int8_net, tmp
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.log_severity_level = 3
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    optimized = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    optimized = [node.op_type for node in graph.node]
     assert optimized.count("QLinearConv") == 95
     assert "Conv" not in optimized and "FusedConv" not in optimized
+    # each ghost module's concatenation is a copy: its halves come in its own quantization
+    values = {init.name: onnx.numpy_helper.to_array(init).item() for init in graph.initializer if not init.dims}
+    concats = [node for node in graph.node if node.op_type == "QLinearConcat"]
+    assert len(concats) == 32
+    for node in concats:  # inputs: Y scale, Y zero point, then (X, X scale, X zero point) per part
+        output = (values[node.input[0]], values[node.input[1]])
+        parts = [(values[node.input[i]], values[node.input[i + 1]]) for i in range(3, len(node.input), 3)]
+        assert parts == [output] * 2, node.name
 
 
 def saturating_conv_model(storage):

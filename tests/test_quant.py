@@ -253,3 +253,61 @@ def test_calibration_keeps_every_parameter_named_by_its_path():
     net = prepare(GhostNet(width=0.5, num_classes=4))
     observe_ranges(net, [randn(1, 3, 32, 32)])
     assert [p.name for p in net.get_parameters()] == [name for name, _ in net.parameters_and_names()]
+
+
+def test_each_ghost_module_quantizes_both_halves_on_one_grid_that_its_reader_shares():
+    """TFLite's int8 spec: a concatenation's inputs and output share one scale and zero point,
+    so concatenating is a copy. The layer reading the module's output directly shares it too."""
+    ms.set_seed(9)
+    net = prepare(GhostNet(width=0.5, num_classes=4))
+    x = randn(2, 3, 48, 48, scale=2.0)
+    calibrate_network(net, x)
+    params = int8_params(net)
+    int8 = build_int8_network(width=0.5, num_classes=4)
+    load_strict(int8, params)
+    int8.set_train(False)
+    ghosts = int8.ghost_modules()
+    assert len(ghosts) == 32 and sum(g.reader is not None for g in ghosts) == 11
+    for ghost in ghosts:
+        cheap = ghost.module.cheap_operation.conv
+        if ghost.reader is not None:
+            assert ghost.reader.conv.act_scale is cheap.act_scale
+            assert f"{ghost.reader.name}.act_scale" not in params
+        assert f"{ghost.name}.cheap_operation.conv.act_scale" in params
+    block = int8.blocks[1]  # stride 2: ghost1's output goes to the depthwise convolution
+    features = int8.relu(int8.conv_stem(x))
+    features = int8.blocks[0](features)
+    out = block.ghost1(features).asnumpy()
+    cheap = block.ghost1.cheap_operation.conv
+    scale, zero_point = cheap.act_scale.asnumpy()[0], cheap.act_zero_point.asnumpy()[0]
+    levels = out / scale + zero_point
+    half = out.shape[1] // 2
+    for part in (levels[:, :half], levels[:, half:]):
+        np.testing.assert_allclose(part, np.round(part), atol=1e-3)
+        assert part.min() >= ACT_QMIN - 1e-3 and part.max() <= ACT_QMAX + 1e-3
+        assert len(np.unique(np.round(part))) > 10  # not all clipped to one level
+    assert block.dw.conv.act_scale is cheap.act_scale
+
+
+@pytest.mark.parametrize("kind", ["int8", "fake-quant"])
+def test_checkpoints_from_before_one_scale_per_concatenation_are_refused_with_the_fix(kind):
+    """Until each ghost module had one quantization, the layer reading it had its own: such a
+    checkpoint holds one entry per reader that the network no longer has."""
+    from src.errors import CheckpointError
+
+    net = prepare(GhostNet(width=0.5, num_classes=4))
+    calibrate_network(net, randn(1, 3, 32, 32))
+    reader = "blocks.0.ghost2.primary_conv.conv"
+    if kind == "int8":
+        params = int8_params(net)
+        old = dict(params, **{f"{reader}.act_scale": np.ones(1, np.float32),
+                              f"{reader}.act_zero_point": np.zeros(1, np.int32)})
+        target = build_int8_network(width=0.5, num_classes=4)
+    else:
+        params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
+        old = dict(params, **{f"{reader}.input_quant.act_min": np.zeros(1, np.float32),
+                              f"{reader}.input_quant.act_max": np.ones(1, np.float32)})
+        target = prepare(GhostNet(width=0.5, num_classes=4))
+    with pytest.raises(CheckpointError, match=r"one int8 scale.*train\.py --quant"):
+        load_strict(target, old)
+    load_strict(target, params)

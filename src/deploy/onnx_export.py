@@ -7,11 +7,12 @@
 
 onnxruntime runs a convolution on int8 kernels (QLinearConv) only when its output is
 quantized too, so :func:`_insert_quantization` quantizes every activation tensor once, right
-after its producer, with the parameters :func:`_tensor_qparams` picks: a tensor a quantized
-layer reads takes that layer's own input quantization; otherwise a convolution's output takes
-the range calibration observed (``Int8Conv2d.output_min`` / ``output_max``), a concatenation
-the range covering its parts (and a part only it reads, the same), a hard sigmoid [0, 1]. A
-ReLU before a zero point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The
+after its producer, with the parameters :func:`_tensor_qparams` picks: a ghost module's
+halves and concatenation take the one quantization the int8 network gives them (so the
+concatenation is a copy); a tensor a quantized layer reads takes that layer's own input
+quantization; otherwise a convolution's output takes the range calibration observed
+(``Int8Conv2d.output_min`` / ``output_max``), a concatenation the range covering its parts,
+a hard sigmoid [0, 1]. A ReLU before a zero point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The
 walk mirrors ``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm
 folded in, come from ``GhostNet.conv_bn_pairs()``. Model code stays free of ONNX.
 """
@@ -53,6 +54,9 @@ class LayerWeights:
     @property
     def quantized(self):
         return self.weight_scale is not None
+
+    def input_qparams(self):
+        return QParams(self.act_scale, self.act_zero_point)
 
 
 def _array(param):
@@ -127,6 +131,7 @@ class GhostNetOnnxWriter:
         self.graph = GraphBuilder()
         self.layer_inputs = []   # (layer node, QParams of its input)
         self.output_ranges = {}  # conv output tensor -> (min, max)
+        self.quantized = {}      # tensor -> QParams: where the int8 network itself quantizes
         self.slots = {id(slot.conv): slot for slot in net.conv_bn_pairs()}
 
     # --- layers ---------------------------------------------------------------------------
@@ -151,7 +156,7 @@ class GhostNetOnnxWriter:
         weight, bias = self.weights(prefix, params)
         out = self.graph.op(op_type, [x, weight, bias], prefix, **attributes)
         if params.quantized:
-            self.layer_inputs.append((self.graph.nodes[-1], QParams(params.act_scale, params.act_zero_point)))
+            self.layer_inputs.append((self.graph.nodes[-1], params.input_qparams()))
             if params.output_range is not None:
                 self.output_ranges[out] = params.output_range
         return out
@@ -171,6 +176,9 @@ class GhostNetOnnxWriter:
         primary = self.conv_bn_act(f"{prefix}.primary_conv", module.primary_conv, x)
         cheap = self.conv_bn_act(f"{prefix}.cheap_operation", module.cheap_operation, primary)
         out = self.graph.op("Concat", [primary, cheap], f"{prefix}.concat", axis=1)
+        if module.concat_quant is not None:  # int8: both halves and the whole on the cheap operation's input quantization
+            qparams = layer_weights(module.cheap_operation.conv).input_qparams()
+            self.quantized.update({primary: qparams, cheap: qparams, out: qparams})
         if module.trim:
             g = self.graph
             out = g.op("Slice", [out, g.const(f"{prefix}.starts", np.array([0], np.int64)),
@@ -261,15 +269,18 @@ class _Graph:
 def _tensor_qparams(graph, writer):
     """QParams for every activation tensor that can have them, producers before consumers.
 
-    A tensor a quantized layer reads takes that layer's (the first such layer's) input
-    quantization; a convolution's output otherwise its observed range (from 0 after a ReLU);
-    a concatenation the range covering its parts; a hard sigmoid [0, 1].
+    A tensor the int8 network quantizes itself (a ghost module's halves and concatenation)
+    takes that quantization; one a quantized layer reads that layer's (the first such
+    layer's) input quantization; a convolution's output otherwise its observed range (from 0
+    after a ReLU); a concatenation the range covering its parts; a hard sigmoid [0, 1].
     """
     layer_of = {id(node): qparams for node, qparams in writer.layer_inputs}
-    chosen = {}
+    chosen = dict(writer.quantized)
     for node in graph.nodes:
         for tensor in node.output:
             readers = [r for r in graph.consumers(tensor) if id(r) in layer_of and r.input[0] == tensor]
+            if tensor in chosen:
+                continue
             if readers:
                 chosen[tensor] = layer_of[id(readers[0])]
             elif node.op_type == "Conv" and tensor in writer.output_ranges:
@@ -281,24 +292,20 @@ def _tensor_qparams(graph, writer):
                 chosen[tensor] = QParams.covering(min(b[0] for b in bounds), max(b[1] for b in bounds))
             elif node.op_type == "HardSigmoid":
                 chosen[tensor] = GATE_QPARAMS
-    # A part read by nothing but its concatenation takes the concatenation's quantization:
-    # exact (the whole covers the part), and onnxruntime then copies it instead of requantizing.
-    for node in graph.nodes:
-        if node.op_type != "Concat" or node.output[0] not in chosen:
-            continue
-        for part in node.input:
-            readers = graph.consumers(part)
-            producer = graph.producer.get(part)
-            if len(readers) == 1 and producer is not None and producer.op_type in ("Conv", "Relu"):
-                chosen[part] = chosen[node.output[0]]
-    return chosen
+    return _in_graph_order(graph, chosen)
+
+
+def _in_graph_order(graph, chosen):
+    """``chosen`` ordered by producer (a ReLU must come after the convolution before it)."""
+    return {tensor: chosen[tensor] for node in graph.nodes for tensor in node.output if tensor in chosen}
 
 
 def _insert_quantization(nodes, writer, requantize=True):
     """Quantize every activation tensor once, right after its producer (see the module docstring).
 
-    ``requantize=False`` quantizes only each layer's input, with the layer's own parameters:
-    exactly the int8 network's arithmetic, but onnxruntime then runs float convolutions.
+    ``requantize=False`` quantizes only where the int8 network does (each layer's input, with
+    the layer's own parameters, and the ghost modules' halves): exactly the int8 network's
+    arithmetic, but onnxruntime then runs float convolutions.
     """
     builder = writer.graph
     graph = _Graph(nodes)
@@ -318,7 +325,7 @@ def _insert_quantization(nodes, writer, requantize=True):
         dequantized[dq.output[0]] = qparams
         return q, dq
 
-    chosen = _tensor_qparams(graph, writer) if requantize else {}
+    chosen = _tensor_qparams(graph, writer) if requantize else _in_graph_order(graph, writer.quantized)
     for tensor, qparams in chosen.items():
         if tensor in writer.output_ranges and any(
                 n.op_type == "Relu" and n.output[0] in chosen for n in graph.consumers(tensor)):

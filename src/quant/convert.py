@@ -10,8 +10,8 @@ import numpy as np
 
 from src.checkpoint import load_strict
 from src.ghostnet import GhostNet
-from src.quant.fake_quant import QuantConv2d, QuantDense
-from src.quant.int8 import Int8Conv2d, Int8Dense
+from src.quant.fake_quant import ConcatQuant, QuantConv2d, QuantDense
+from src.quant.int8 import Int8ConcatQuant, Int8Conv2d, Int8Dense
 from src.quant.observers import RangeObserver
 from src.quant.primitives import activation_qparams, bias_integers, weight_integers, weight_scales
 
@@ -25,25 +25,45 @@ def _rename_parameters(net):
     return net
 
 
-def _swap_layers(net, make_conv, make_dense):
-    """Swap every convolution (with its BatchNorm, where one follows) and the classifier."""
+def _swap_layers(net, make_conv, make_dense, make_concat_quant):
+    """Swap every convolution (with its BatchNorm, where one follows) and the classifier, and
+    give every ghost module one quantization (see :func:`share_concat_quantization`)."""
     if not isinstance(net, GhostNet):
         raise TypeError(f"expected a GhostNet, got {type(net).__name__}")
     for slot in net.conv_bn_pairs():
         slot.replace(make_conv(slot.conv, slot.bn))
     net.classifier = make_dense(net.classifier)
+    share_concat_quantization(net, make_concat_quant)
     return _rename_parameters(net)
+
+
+def share_concat_quantization(net, make_concat_quant):
+    """One uint8 scale and zero point per ghost module: its cheap operation's input
+    quantization quantizes both halves (``make_concat_quant(cheap layer)``), so that the
+    concatenation is a copy, and a convolution that reads the module's output directly
+    reads it in that quantization too, instead of requantizing it. In a checkpoint that
+    quantization is recorded once, under the cheap operation's name."""
+    for ghost in net.ghost_modules():
+        cheap = ghost.module.cheap_operation.conv
+        ghost.module.concat_quant = make_concat_quant(cheap)
+        if ghost.reader is not None:
+            ghost.reader.conv.read_quantized_by(cheap.input_quant if isinstance(cheap, QuantConv2d) else cheap)
+
+
+def _fake_quant_concat(cheap):
+    cheap.observes_input = False  # the concatenation's quantizer observes both halves
+    return ConcatQuant(cheap.input_quant)
 
 
 def prepare(net):
     """Turn a float GhostNet (weights loaded) into its fake-quant form, in place."""
-    return _swap_layers(net, QuantConv2d, QuantDense)
+    return _swap_layers(net, QuantConv2d, QuantDense, _fake_quant_concat)
 
 
 def build_int8_network(width=1.0, num_classes=37):
     """The (empty) int8 network an int8 checkpoint loads into."""
     return _swap_layers(GhostNet(width=width, num_classes=num_classes),
-                        lambda conv, bn: Int8Conv2d(conv), Int8Dense)
+                        lambda conv, bn: Int8Conv2d(conv), Int8Dense, Int8ConcatQuant)
 
 
 def fake_quant_layers(net):
@@ -55,6 +75,7 @@ def int8_params(net):
     """``{name: ndarray}`` of the int8 form (an int8 checkpoint's content), computed from a
     fake-quant network in eval mode."""
     params = {}
+    quantizations = set()  # an input quantization shared by layers is recorded once, by the first
     for name, layer in fake_quant_layers(net):
         weight, bias = layer.folded()
         act_scale, zero_point = activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max)
@@ -65,8 +86,10 @@ def int8_params(net):
         params[f"{name}.weight"] = q_weight.asnumpy().astype(np.int8)
         params[f"{name}.weight_scale"] = scales.asnumpy().astype(np.float32)
         params[f"{name}.bias"] = q_bias.asnumpy().astype(np.int32)
-        params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32).reshape(1)
-        params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32).reshape(1)
+        if id(layer.input_quant) not in quantizations:
+            quantizations.add(id(layer.input_quant))
+            params[f"{name}.act_scale"] = act_scale.asnumpy().astype(np.float32).reshape(1)
+            params[f"{name}.act_zero_point"] = zero_point.asnumpy().astype(np.int32).reshape(1)
         if isinstance(layer, QuantConv2d):
             params[f"{name}.output_min"] = layer.output_range.act_min.asnumpy().astype(np.float32)
             params[f"{name}.output_max"] = layer.output_range.act_max.asnumpy().astype(np.float32)

@@ -31,23 +31,66 @@ def channel_moments(x):
     return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
 
 
+def quantize_in_range(x, observer, fast_quant=None, shared=False):
+    """``(x fake-quantized to uint8 with the range ``observer`` holds, the scale)``.
+
+    ``shared``: the observer also watches other tensors of the step (a concatenation's parts),
+    so its range may move after this use. The kernel then reads a copy: its gradient would
+    otherwise clip with the range as it stands at the end of the step (measured: the
+    gradients parted from the framework's).
+    """
+    if fast_quant is not None:
+        if shared:
+            return fast_quant.activation_in_range(x, ops.deepcopy(observer.act_min), ops.deepcopy(observer.act_max))
+        return fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
+    scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
+    return fake_quant_activation(x, scale, zero_point), scale
+
+
+class ConcatQuant(nn.Cell):
+    """The one quantization of a concatenation's parts (a ghost module's two halves): each
+    part is observed by the one ``observer`` and fake-quantized with its range, so that the
+    concatenation of the quantized parts is a copy (as TFLite's int8 spec requires, and as
+    torch.ao shares one observer among ``cat``'s inputs). The observer is the input
+    quantization of the layer that reads the first part (the cheap operation)."""
+    accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
+
+    def __init__(self, observer):
+        super().__init__()
+        self.observer = observer
+        self.fast_quant = None
+
+    def construct(self, x):
+        return quantize_in_range(self.observer(x), self.observer, self.fast_quant, shared=True)[0]
+
+
 class _FakeQuantLayer(nn.Cell):
-    """Quantizes its input to uint8 with the range its observer holds."""
+    """Quantizes its input to uint8 with the range its observer holds.
+
+    ``observes_input`` is False where the input arrives quantized with that same observer's
+    range (a ghost module's concatenation, see :func:`src.quant.convert.share_concat_quantization`):
+    quantizing again changes nothing, and observing again would count the values twice.
+    """
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
     def __init__(self):
         super().__init__()
         self.input_quant = RangeObserver()
+        self.observes_input = True
         self.fast_quant = None
+
+    def read_quantized_by(self, observer):
+        """Take inputs quantized upstream with ``observer``'s range, which becomes this layer's."""
+        self.input_quant = observer
+        self.observes_input = False
+
+    def observe_input(self, x):
+        return self.input_quant(x) if self.observes_input else x
 
     def quantize_input(self, x):
         """``(fake-quantized x, its scale)``, after the observer has seen ``x`` (training)."""
-        x = self.input_quant(x)
-        observer = self.input_quant
-        if self.fast_quant is not None:
-            return self.fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
-        scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
-        return fake_quant_activation(x, scale, zero_point), scale
+        return quantize_in_range(self.observe_input(x), self.input_quant, self.fast_quant,
+                                 shared=not self.observes_input)
 
     def quantize_bias(self, bias, act_scale, scales):
         """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""
@@ -165,7 +208,7 @@ class QuantConv2d(_FakeQuantLayer):
             else:
                 out = self._train_with_batchnorm(x, act_scale)
             return self.output_range(out)
-        x = self.input_quant(x)
+        x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         out = quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
                                    self.fast_quant)
@@ -192,7 +235,7 @@ class QuantDense(_FakeQuantLayer):
             x, act_scale = self.quantize_input(x)
             weight, scales = self.quantize_weight(self.weight)
             return ops.matmul(x, weight.T) + self.quantize_bias(self.bias, act_scale, scales)
-        x = self.input_quant(x)
+        x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         x = fake_quant_activation(x, act_scale, zero_point, self.fast_quant)
         return ops.matmul(x, weight.T) + bias

@@ -27,11 +27,20 @@ class _Int8Params(nn.Cell):
         self.act_zero_point = Parameter(Tensor(np.zeros(1, np.int32)), name="act_zero_point",
                                         requires_grad=False)
 
+    def read_quantized_by(self, layer):
+        """Take inputs quantized upstream as ``layer`` quantizes its own: share its input scale
+        and zero point (one entry in the checkpoint, under ``layer``'s name)."""
+        self.act_scale = layer.act_scale
+        self.act_zero_point = layer.act_zero_point
+
+    def input_qparams(self):
+        """The input's scale and zero point as 0-d float tensors (see primitives.activation_qparams)."""
+        return self.act_scale.squeeze(), self.act_zero_point.squeeze().astype(ms.float32)
+
     def dequantized(self):
         """(input scale, input zero point, dequantized weight, dequantized bias); 0-d scale and
         zero point (see primitives.activation_qparams)."""
-        scale = self.act_scale.squeeze()
-        zero_point = self.act_zero_point.squeeze().astype(ms.float32)
+        scale, zero_point = self.input_qparams()
         weight = self.weight.astype(ms.float32) * per_channel(self.weight_scale, len(self.weight.shape))
         bias = self.bias.astype(ms.float32) * (scale * self.weight_scale)
         return scale, zero_point, weight, bias
@@ -65,3 +74,18 @@ class Int8Dense(_Int8Params):
         scale, zero_point, weight, bias = self.dequantized()
         x = fake_quant_activation(x, scale, zero_point, self.fast_quant)
         return ops.matmul(x, weight.T) + bias
+
+
+class Int8ConcatQuant(nn.Cell):
+    """uint8 quantization of a concatenation's parts with one scale and zero point: the input
+    quantization of ``layer``, which reads the first part (see :class:`src.quant.ConcatQuant`)."""
+    accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.fast_quant = None
+
+    def construct(self, x):
+        scale, zero_point = self.layer.input_qparams()
+        return fake_quant_activation(x, scale, zero_point, self.fast_quant)
