@@ -227,7 +227,7 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
 
     for name, target in targets.items():
         data = _as_numpy(params[name])
-        target.set_data(ms.Tensor(data.astype(ms.dtype_to_nptype(target.dtype))))
+        target.set_data(ms.Tensor(data, dtype=target.dtype))  # dtype_to_nptype warns once per call in 2.10
     report.loaded = len(targets)
     return report
 
