@@ -23,8 +23,7 @@ import mindspore.dataset as ds
 import mindspore.nn as nn
 import numpy as np
 
-from src.checkpoint import (CheckpointKind, load_strict, read_checkpoint, require_kind, save_params,
-                            with_unrecorded_output_ranges)
+from src.checkpoint import CheckpointKind, load_strict, read_checkpoint, require_kind, save_params
 from src.cli import add_device_argument, run_script, set_device, setup_logging
 from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_config, config_from_args,
                         validate)
@@ -83,7 +82,7 @@ def load_pretrained(net, path, quant):
         load_strict(net, params, source=path)
         return prepare(net), False
     net = prepare(net)
-    load_strict(net, with_unrecorded_output_ranges(params, net, path), source=path)
+    load_strict(net, params, source=path)
     return net, True
 
 

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 # The int8 layers' (src/quant/int8.py) own parameters, and the fake-quant layers' input
 # ranges (src/quant/fake_quant.py): their names mark the kind of a checkpoint.
-INT8_SUFFIXES = ("weight_scale", "act_scale", "act_zero_point")
+INPUT_QPARAM_SUFFIXES = ("act_scale", "act_zero_point")
+INT8_SUFFIXES = ("weight_scale",) + INPUT_QPARAM_SUFFIXES
 FAKE_QUANT_SUFFIXES = ("input_quant.act_min", "input_quant.act_max")
 # The observed output ranges of the convolutions, in an int8 and a fake-quant checkpoint.
 OUTPUT_RANGE_SUFFIXES = ("output_min", "output_max", "output_range.act_min", "output_range.act_max")
@@ -67,28 +68,11 @@ def require_kind(path, params, allowed, hint):
     return kind
 
 
-def with_unrecorded_output_ranges(params, net, source):
-    """``params`` plus zero output ranges where an int8 or fake-quant checkpoint lacks them (one
-    warning); every other missing name stays missing.
-
-    The int8 checkpoints of the first release (before the QDQ ONNX export) held no output
-    ranges; they still load, and export then quantizes layer inputs only.
-    """
-    missing = [name for name, _ in net.parameters_and_names()
-               if name.endswith(OUTPUT_RANGE_SUFFIXES) and name not in params]
-    if not missing:
-        return params
-    logger.warning("%s holds no output ranges (written before they were recorded): it loads, but the int8 "
-                   "ONNX export then quantizes layer inputs only. Calibrate again with train.py --quant "
-                   "to record them.", source)
-    filled = dict(params)
-    filled.update({name: np.zeros(1, np.float32) for name in missing})
-    return filled
-
 # Input quantizations that int8 and fake-quant checkpoints held per layer until each ghost
 # module got one quantization for its concatenation, shared by the layer reading it
-# (src.quant.convert.share_concat_quantization).
-INPUT_QUANTIZATION_SUFFIXES = ("act_scale", "act_zero_point") + FAKE_QUANT_SUFFIXES
+# (src.quant.convert.share_concat_quantization); the first release held no output ranges.
+INPUT_QUANTIZATION_SUFFIXES = INPUT_QPARAM_SUFFIXES + FAKE_QUANT_SUFFIXES
+
 
 # Entries a training checkpoint carries beside the network: optimizer state and the
 # position to resume from. Loading a network ignores them.
@@ -203,8 +187,8 @@ def load_strict(net, checkpoint, allow_new_classifier=False, source="checkpoint"
     unexpected = [n for n in params if n not in targets]
     mismatched = [f"{n} {_shape(params[n])} vs network {_shape(targets[n])}"
                   for n in targets if n in params and _shape(params[n]) != _shape(targets[n])]
-    if unexpected and not missing and not mismatched and all(n.endswith(INPUT_QUANTIZATION_SUFFIXES)
-                                                             for n in unexpected):
+    if (unexpected and not mismatched and all(n.endswith(INPUT_QUANTIZATION_SUFFIXES) for n in unexpected)
+            and all(n.endswith(OUTPUT_RANGE_SUFFIXES) for n in missing)):
         raise CheckpointError(
             f"{source} was written before each ghost module's concatenation got one int8 scale (it "
             f"holds {len(unexpected)} input quantizations that are now shared: {_describe(unexpected, 3)}), "

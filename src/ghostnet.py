@@ -8,6 +8,7 @@ import math
 import re
 import statistics
 from dataclasses import dataclass
+from typing import Optional
 
 import mindspore as ms
 import mindspore.nn as nn
@@ -142,12 +143,13 @@ class GhostModule(nn.Cell):
 
     def construct(self, x):
         primary = self.primary_conv(x)
-        if self.concat_quant is not None:  # int8: both halves on one scale, so concatenating is a copy
-            primary = self.concat_quant(primary)
-        cheap = self.cheap_operation(primary)
-        if self.concat_quant is not None:
-            cheap = self.concat_quant(cheap)
-        out = ops.cat((primary, cheap), axis=1)
+        if self.concat_quant is None:
+            out = ops.cat((primary, self.cheap_operation(primary)), axis=1)
+        else:  # int8: both halves on one scale, so concatenating is a copy
+            quantized = self.concat_quant(primary)
+            cheap = self.cheap_operation(quantized)
+            out = ops.cat((quantized, self.concat_quant(cheap)), axis=1)
+            self.concat_quant.watch(primary, cheap)
         if self.trim:
             out = out[:, :self.out_channels]
         return out
@@ -188,11 +190,11 @@ class GhostBottleneck(nn.Cell):
             )
 
     def ghost1_reader(self):
-        """The attribute path of the one convolution that reads ghost1's output directly (the
-        stride-2 depthwise or ghost2's primary), or None where squeeze-excite reads it."""
+        """The :class:`ConvBNAct` that reads ghost1's output directly (the stride-2 depthwise
+        or ghost2's primary), or None where squeeze-excite reads it."""
         if self.dw is not None:
-            return "dw"
-        return "ghost2.primary_conv" if self.se is None else None
+            return self.dw
+        return self.ghost2.primary_conv if self.se is None else None
 
     def construct(self, x):
         residual = x
@@ -268,14 +270,14 @@ class GhostNet(nn.Cell):
         """Every ghost module as a :class:`GhostModuleSlot`, with the convolution that reads its
         output directly (ghost1 of a block without squeeze-excite) or None (the residual sum,
         squeeze-excite). The int8 forms give such a reader the concatenation's quantization."""
-        slots = {slot.name: slot for slot in self.conv_bn_pairs()}
+        slot_of = {id(slot.owner): slot for slot in self.conv_bn_pairs() if isinstance(slot.owner, ConvBNAct)}
         found = []
         for path, block in self.cells_and_names():
             if isinstance(block, GhostBottleneck):
                 reader = block.ghost1_reader()
                 found.append(GhostModuleSlot(f"{path}.ghost1", block.ghost1,
-                                             slots[f"{path}.{reader}.conv"] if reader else None))
-                found.append(GhostModuleSlot(f"{path}.ghost2", block.ghost2, None))
+                                             slot_of[id(reader)] if reader is not None else None))
+                found.append(GhostModuleSlot(f"{path}.ghost2", block.ghost2))
         return found
 
     def fold_batchnorms(self):
@@ -376,7 +378,7 @@ class GhostModuleSlot:
     reads its output directly (None where other operations read it)."""
     name: str
     module: GhostModule
-    reader: ConvSlot = None
+    reader: Optional[ConvSlot] = None
 
 
 # --- timm's state dict (the paper authors' reference) -> our parameter names ----------------

@@ -2,8 +2,7 @@
 import logging
 import numbers
 
-from src.checkpoint import (CheckpointKind, load_strict, read_checkpoint, require_kind,
-                            with_unrecorded_output_ranges)
+from src.checkpoint import CheckpointKind, load_strict, read_checkpoint, require_kind
 from src.ghostnet import WIDTH_CHOICES, GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.quant import build_int8_network, prepare
@@ -56,6 +55,5 @@ def load_network(path, width=1.0, num_classes=37, quant=False, fast_cpu=True):
                      "--quant expects an int8 checkpoint written by `train.py --quant`")
     kind = CheckpointKind.of(params)
     net = network_for_kind(kind, width, num_classes, fast_cpu)
-    params = with_unrecorded_output_ranges(params, net, path)
     load_strict(net, params, source=path)
     return net, kind

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import run
-from src.checkpoint import save_params
+from src.checkpoint import CheckpointError, load_strict, save_params
 from src.dataset import create_dataset
 from src.evaluation import predict_logits
 from src.ghostnet import GhostNet
@@ -16,7 +16,7 @@ from src.deploy import weight_storage
 from src.deploy.onnx_export import ghostnet_to_onnx
 from src.deploy.predictors import BackendError, MindSporePredictor, OnnxRuntimePredictor, create_predictor
 from src.models import load_network
-from src.quant import calibrate, convert, prepare
+from src.quant import build_int8_network, calibrate, convert, prepare
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -197,14 +197,23 @@ def test_the_predictor_stores_weights_as_the_cpu_needs(monkeypatch, int8_net, st
                                           .run(None, {"image": x})[0], expected)
 
 
-def test_an_int8_checkpoint_without_output_ranges_still_loads_and_exports(int8_net, caplog, tmp_path):
-    # as written before output ranges were recorded
+def test_int8_checkpoints_of_earlier_releases_are_refused_with_the_fix(int8_net, tmp_path):
+    # the first release recorded no output ranges, and until each ghost module had one
+    # quantization, the layer reading its output had its own
     params = {name: param.asnumpy() for name, param in int8_net.parameters_and_names()
               if not name.endswith(("output_min", "output_max"))}
+    reader = "blocks.0.ghost2.primary_conv.conv"
+    params.update({f"{reader}.act_scale": np.ones(1, np.float32), f"{reader}.act_zero_point": np.zeros(1, np.int32)})
     save_params(params, str(tmp_path / "old_int8.ckpt"))
-    with caplog.at_level("WARNING"):
-        net, kind = load_network(str(tmp_path / "old_int8.ckpt"), width=0.5, num_classes=4)
-    assert kind == "int8" and "holds no output ranges" in caplog.text
+    with pytest.raises(CheckpointError, match=r"old_int8\.ckpt was written before .* one int8 scale.*train\.py --quant"):
+        load_network(str(tmp_path / "old_int8.ckpt"), width=0.5, num_classes=4)
+
+
+def test_an_int8_network_without_output_ranges_exports_its_own_arithmetic(int8_net, caplog):
+    net = build_int8_network(width=0.5, num_classes=4)
+    load_strict(net, {name: np.zeros(1, np.float32) if name.endswith(("output_min", "output_max")) else param.asnumpy()
+                      for name, param in int8_net.parameters_and_names()})
+    net.set_train(False)
     x = randn(2, 3, 32, 32, seed=8)
     with caplog.at_level("WARNING"):
         model = ghostnet_to_onnx(net, 32)

@@ -311,3 +311,47 @@ def test_checkpoints_from_before_one_scale_per_concatenation_are_refused_with_th
     with pytest.raises(CheckpointError, match=r"one int8 scale.*train\.py --quant"):
         load_strict(target, old)
     load_strict(target, params)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["framework", "kernels"])
+def test_fine_tuning_moves_a_concatenation_range_once_per_step_over_both_halves(compiled):
+    """One moving-range step over the union of both halves: a step per half would settle
+    between their ranges and clip the wider one; the layer reading the module must not
+    observe its input again."""
+    from src.kernels.quant_cpu import fake_quant_kernels
+    from src.quant.observers import ACTIVATION_EMA_DECAY
+    from src.quant.primitives import activation_qparams
+
+    ms.set_seed(11)
+    net = prepare(GhostNet(width=0.5, num_classes=4))
+    if compiled:
+        kernels = fake_quant_kernels()
+        if kernels is None:
+            pytest.skip("the CPU kernels cannot be built here (no C++ compiler)")
+        for _, cell in net.cells_and_names():
+            if getattr(cell, "accepts_fast_quant", False):
+                cell.fast_quant = kernels
+    calibrate_network(net, randn(2, 3, 32, 32))
+    block = net.blocks[0]  # ghost1's output goes straight to ghost2's primary convolution
+    module, observer = block.ghost1, block.ghost1.cheap_operation.conv.input_quant
+    assert block.ghost2.primary_conv.conv.input_quant is observer
+    block.set_train(True)
+    x = Tensor(np.abs(randn(2, 8, 16, 16).asnumpy()))
+    state = [(param, param.asnumpy().copy()) for param in block.get_parameters()]
+    state += [(param, param.asnumpy().copy()) for param in (observer.act_min, observer.act_max)]
+    low, high = observer.act_min.asnumpy()[0], observer.act_max.asnumpy()[0]
+    primary = module.primary_conv(x)
+    cheap = module.cheap_operation(fake_quant_activation(primary, *activation_qparams(observer.act_min,
+                                                                                        observer.act_max)))
+    primary, cheap = primary.asnumpy(), cheap.asnumpy()
+    assert max(primary.max(), cheap.max()) > 1.2 * min(primary.max(), cheap.max())  # the halves differ
+    for param, value in state:
+        param.set_data(Tensor(value))
+    block(x)
+    keep = np.float32(ACTIVATION_EMA_DECAY)
+    np.testing.assert_allclose(observer.act_max.asnumpy()[0],
+                               high * keep + max(primary.max(), cheap.max()) * np.float32(1 - ACTIVATION_EMA_DECAY),
+                               rtol=1e-6)
+    np.testing.assert_allclose(observer.act_min.asnumpy()[0],
+                               low * keep + min(primary.min(), cheap.min()) * np.float32(1 - ACTIVATION_EMA_DECAY),
+                               rtol=1e-6, atol=1e-7)

@@ -11,9 +11,8 @@ after its producer, with the parameters :func:`_tensor_qparams` picks: a ghost m
 halves and concatenation take the one quantization the int8 network gives them (so the
 concatenation is a copy); a tensor a quantized layer reads takes that layer's own input
 quantization; otherwise a convolution's output takes the range calibration observed
-(``Int8Conv2d.output_min`` / ``output_max``), a concatenation the range covering its parts,
-a hard sigmoid [0, 1]. A ReLU before a zero point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The
-walk mirrors ``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm
+(``Int8Conv2d.output_min`` / ``output_max``), a hard sigmoid [0, 1]. A ReLU before a zero
+point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The walk mirrors ``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm
 folded in, come from ``GhostNet.conv_bn_pairs()``. Model code stays free of ONNX.
 """
 import logging
@@ -177,7 +176,7 @@ class GhostNetOnnxWriter:
         cheap = self.conv_bn_act(f"{prefix}.cheap_operation", module.cheap_operation, primary)
         out = self.graph.op("Concat", [primary, cheap], f"{prefix}.concat", axis=1)
         if module.concat_quant is not None:  # int8: both halves and the whole on the cheap operation's input quantization
-            qparams = layer_weights(module.cheap_operation.conv).input_qparams()
+            _, qparams = self.layer_inputs[-1]  # the cheap operation's, just written
             self.quantized.update({primary: qparams, cheap: qparams, out: qparams})
         if module.trim:
             g = self.graph
@@ -272,24 +271,21 @@ def _tensor_qparams(graph, writer):
     A tensor the int8 network quantizes itself (a ghost module's halves and concatenation)
     takes that quantization; one a quantized layer reads that layer's (the first such
     layer's) input quantization; a convolution's output otherwise its observed range (from 0
-    after a ReLU); a concatenation the range covering its parts; a hard sigmoid [0, 1].
+    after a ReLU); a hard sigmoid [0, 1].
     """
     layer_of = {id(node): qparams for node, qparams in writer.layer_inputs}
     chosen = dict(writer.quantized)
     for node in graph.nodes:
         for tensor in node.output:
-            readers = [r for r in graph.consumers(tensor) if id(r) in layer_of and r.input[0] == tensor]
             if tensor in chosen:
                 continue
+            readers = [r for r in graph.consumers(tensor) if id(r) in layer_of and r.input[0] == tensor]
             if readers:
                 chosen[tensor] = layer_of[id(readers[0])]
             elif node.op_type == "Conv" and tensor in writer.output_ranges:
                 chosen[tensor] = QParams.covering(*writer.output_ranges[tensor])
             elif node.op_type == "Relu" and node.input[0] in chosen:
                 chosen[tensor] = QParams.covering(0.0, chosen[node.input[0]].bounds()[1])
-            elif node.op_type == "Concat" and all(part in chosen for part in node.input):
-                bounds = [chosen[part].bounds() for part in node.input]
-                chosen[tensor] = QParams.covering(min(b[0] for b in bounds), max(b[1] for b in bounds))
             elif node.op_type == "HardSigmoid":
                 chosen[tensor] = GATE_QPARAMS
     return _in_graph_order(graph, chosen)
@@ -386,9 +382,9 @@ def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True, int8
         unobserved = sum(1 for node, _ in writer.layer_inputs
                          if node.op_type == "Conv" and node.output[0] not in writer.output_ranges)
         if unobserved and requantize:
-            logger.warning("%d convolutions have no observed output range (an int8 checkpoint from before "
-                           "ranges were recorded: calibrate again with train.py --quant); the model "
-                           "quantizes layer inputs only and onnxruntime runs float kernels", unobserved)
+            logger.warning("%d convolutions have no observed output range (never calibrated: run "
+                           "train.py --quant); the model quantizes where the int8 network does only, and "
+                           "onnxruntime runs float kernels", unobserved)
             requantize = False
         nodes = _insert_quantization(nodes, writer, requantize)
     # the last node's output is the logits; give it a stable name

@@ -46,18 +46,14 @@ def share_concat_quantization(net, make_concat_quant):
     for ghost in net.ghost_modules():
         cheap = ghost.module.cheap_operation.conv
         ghost.module.concat_quant = make_concat_quant(cheap)
-        if ghost.reader is not None:
-            ghost.reader.conv.read_quantized_by(cheap.input_quant if isinstance(cheap, QuantConv2d) else cheap)
-
-
-def _fake_quant_concat(cheap):
-    cheap.observes_input = False  # the concatenation's quantizer observes both halves
-    return ConcatQuant(cheap.input_quant)
+        readers = [cheap] if ghost.reader is None else [cheap, ghost.reader.conv]
+        for layer in readers:
+            layer.read_quantized_by(cheap)
 
 
 def prepare(net):
     """Turn a float GhostNet (weights loaded) into its fake-quant form, in place."""
-    return _swap_layers(net, QuantConv2d, QuantDense, _fake_quant_concat)
+    return _swap_layers(net, QuantConv2d, QuantDense, lambda cheap: ConcatQuant(cheap.input_quant))
 
 
 def build_int8_network(width=1.0, num_classes=37):

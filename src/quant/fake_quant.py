@@ -31,16 +31,16 @@ def channel_moments(x):
     return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
 
 
-def quantize_in_range(x, observer, fast_quant=None, shared=False):
+def quantize_in_range(x, observer, fast_quant=None, moves_later=False):
     """``(x fake-quantized to uint8 with the range ``observer`` holds, the scale)``.
 
-    ``shared``: the observer also watches other tensors of the step (a concatenation's parts),
-    so its range may move after this use. The kernel then reads a copy: its gradient would
-    otherwise clip with the range as it stands at the end of the step (measured: the
+    ``moves_later``: the range moves after this use within the training step (a
+    concatenation's, see :class:`ConcatQuant`). The kernel then reads a copy: its gradient
+    would otherwise clip with the range as it stands at the end of the step (measured: the
     gradients parted from the framework's).
     """
     if fast_quant is not None:
-        if shared:
+        if moves_later:
             return fast_quant.activation_in_range(x, ops.deepcopy(observer.act_min), ops.deepcopy(observer.act_max))
         return fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
     scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
@@ -48,11 +48,14 @@ def quantize_in_range(x, observer, fast_quant=None, shared=False):
 
 
 class ConcatQuant(nn.Cell):
-    """The one quantization of a concatenation's parts (a ghost module's two halves): each
-    part is observed by the one ``observer`` and fake-quantized with its range, so that the
-    concatenation of the quantized parts is a copy (as TFLite's int8 spec requires, and as
-    torch.ao shares one observer among ``cat``'s inputs). The observer is the input
-    quantization of the layer that reads the first part (the cheap operation)."""
+    """The one quantization of a concatenation's parts (a ghost module's two halves), so that
+    concatenating the quantized parts is a copy, as TFLite's int8 spec requires. ``observer``
+    is the input quantization of the layer that reads the first part (the cheap operation).
+
+    Calling it quantizes a part with the range as it stands (calibrating, after widening the
+    range to the part). In training the range moves once per step, after both parts are
+    quantized, by :meth:`watch`: each part of a step sits on one grid.
+    """
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
     def __init__(self, observer):
@@ -61,15 +64,22 @@ class ConcatQuant(nn.Cell):
         self.fast_quant = None
 
     def construct(self, x):
-        return quantize_in_range(self.observer(x), self.observer, self.fast_quant, shared=True)[0]
+        if not self.training:
+            x = self.observer(x)  # widens the range while calibrating, else nothing
+        return quantize_in_range(x, self.observer, self.fast_quant, moves_later=self.training)[0]
+
+    def watch(self, first, second):
+        """Training: the range's step for this batch, over both (float) parts together."""
+        self.observer.watch_together(first, second)
 
 
 class _FakeQuantLayer(nn.Cell):
     """Quantizes its input to uint8 with the range its observer holds.
 
-    ``observes_input`` is False where the input arrives quantized with that same observer's
-    range (a ghost module's concatenation, see :func:`src.quant.convert.share_concat_quantization`):
-    quantizing again changes nothing, and observing again would count the values twice.
+    ``observes_input`` is False where the input arrives quantized by a ghost module's
+    concatenation with this layer's own observer (see
+    :func:`src.quant.convert.share_concat_quantization`): observing again would count the
+    values twice, and quantizing again changes nothing (in eval; see :meth:`quantize_input`).
     """
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
@@ -79,18 +89,24 @@ class _FakeQuantLayer(nn.Cell):
         self.observes_input = True
         self.fast_quant = None
 
-    def read_quantized_by(self, observer):
-        """Take inputs quantized upstream with ``observer``'s range, which becomes this layer's."""
-        self.input_quant = observer
+    def read_quantized_by(self, layer):
+        """Take inputs quantized upstream with the input quantization of ``layer`` (this layer
+        itself, or another), which becomes this layer's."""
+        self.input_quant = layer.input_quant
         self.observes_input = False
 
     def observe_input(self, x):
         return self.input_quant(x) if self.observes_input else x
 
     def quantize_input(self, x):
-        """``(fake-quantized x, its scale)``, after the observer has seen ``x`` (training)."""
-        return quantize_in_range(self.observe_input(x), self.input_quant, self.fast_quant,
-                                 shared=not self.observes_input)
+        """In training, ``(fake-quantized x, its scale)``, after the observer has seen ``x``. An
+        input that arrives quantized (``observes_input`` False) is passed on as it is: the
+        step's one update may have moved the range since, and requantizing to a grid a hair
+        away flips values wherever rounding differences decide (measured: the kernel and
+        framework paths parted)."""
+        if not self.observes_input:
+            return x, activation_qparams(self.input_quant.act_min, self.input_quant.act_max)[0]
+        return quantize_in_range(self.input_quant(x), self.input_quant, self.fast_quant)
 
     def quantize_bias(self, bias, act_scale, scales):
         """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""

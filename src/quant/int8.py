@@ -78,7 +78,8 @@ class Int8Dense(_Int8Params):
 
 class Int8ConcatQuant(nn.Cell):
     """uint8 quantization of a concatenation's parts with one scale and zero point: the input
-    quantization of ``layer``, which reads the first part (see :class:`src.quant.ConcatQuant`)."""
+    quantization of ``layer``, which reads the first part (see
+    :class:`src.quant.fake_quant.ConcatQuant`)."""
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
     def __init__(self, layer):
@@ -89,3 +90,6 @@ class Int8ConcatQuant(nn.Cell):
     def construct(self, x):
         scale, zero_point = self.layer.input_qparams()
         return fake_quant_activation(x, scale, zero_point, self.fast_quant)
+
+    def watch(self, first, second):
+        """Nothing: an int8 network's ranges are fixed."""
