@@ -331,12 +331,15 @@ def test_fine_tuning_moves_a_concatenation_range_once_per_step_over_both_halves(
         for _, cell in net.cells_and_names():
             if getattr(cell, "accepts_fast_quant", False):
                 cell.fast_quant = kernels
-    calibrate_network(net, randn(2, 3, 32, 32))
     block = net.blocks[0]  # ghost1's output goes straight to ghost2's primary convolution
     module, observer = block.ghost1, block.ghost1.cheap_operation.conv.input_quant
     assert block.ghost2.primary_conv.conv.input_quant is observer
+    gamma = module.cheap_operation.conv.bn.gamma
+    gamma.set_data(gamma * 3.0)  # the cheap half three times wider than the primary
+    rng = np.random.default_rng(12)
+    calibrate_network(net, Tensor(rng.standard_normal((2, 3, 32, 32)).astype(np.float32)))
     block.set_train(True)
-    x = Tensor(np.abs(randn(2, 8, 16, 16).asnumpy()))
+    x = Tensor(np.abs(rng.standard_normal((2, 8, 16, 16))).astype(np.float32))
     state = [(param, param.asnumpy().copy()) for param in block.get_parameters()]
     state += [(param, param.asnumpy().copy()) for param in (observer.act_min, observer.act_max)]
     low, high = observer.act_min.asnumpy()[0], observer.act_max.asnumpy()[0]
@@ -344,7 +347,7 @@ def test_fine_tuning_moves_a_concatenation_range_once_per_step_over_both_halves(
     cheap = module.cheap_operation(fake_quant_activation(primary, *activation_qparams(observer.act_min,
                                                                                         observer.act_max)))
     primary, cheap = primary.asnumpy(), cheap.asnumpy()
-    assert max(primary.max(), cheap.max()) > 1.2 * min(primary.max(), cheap.max())  # the halves differ
+    assert cheap.max() > 1.5 * primary.max()  # the union is not the average
     for param, value in state:
         param.set_data(Tensor(value))
     block(x)
