@@ -61,6 +61,18 @@ def integer_reference(params, prefix, x, stride=1, pad=0, groups=1, dense=False)
     return acc * (scale * params[f"{prefix}.weight_scale"]).reshape(bias_shape)
 
 
+def use_compiled_kernels(cell):
+    """Give every cell of ``cell`` that takes them the compiled fake-quant kernels (skip without a compiler)."""
+    from src.kernels.quant_cpu import fake_quant_kernels
+
+    kernels = fake_quant_kernels()
+    if kernels is None:
+        pytest.skip("the CPU kernels cannot be built here (no C++ compiler)")
+    for _, child in cell.cells_and_names():
+        if getattr(child, "accepts_fast_quant", False):
+            child.fast_quant = kernels
+
+
 class Wrap(nn.Cell):
     def __init__(self, layer):
         super().__init__()
@@ -223,20 +235,13 @@ def test_fake_quant_checkpoints_with_the_retired_calibration_switches_still_load
 def test_qat_moving_statistics_take_the_batch_share_that_batch_norm_does(compiled):
     """nn.BatchNorm2d(momentum=0.9) moves its statistics a tenth of the way to the batch's
     (MindSpore stores 0.1 as `momentum`); one QAT step must do the same."""
-    from src.kernels.quant_cpu import fake_quant_kernels
-
     ms.set_seed(3)
     conv = conv2d(4, 6, 1)
     bn = nn.BatchNorm2d(6, momentum=0.9)
     reference = nn.BatchNorm2d(6, momentum=0.9)
     layer = QuantConv2d(conv, bn)
     if compiled:
-        kernels = fake_quant_kernels()
-        if kernels is None:
-            pytest.skip("the CPU kernels cannot be built here (no C++ compiler)")
-        for _, cell in layer.cells_and_names():
-            if getattr(cell, "accepts_fast_quant", False):
-                cell.fast_quant = kernels
+        use_compiled_kernels(layer)
     x = randn(8, 4, 6, 6) + 3.0
     calibrate_layer(layer, x)
     layer.set_train(True)
@@ -318,19 +323,13 @@ def test_fine_tuning_moves_a_concatenation_range_once_per_step_over_both_halves(
     """One moving-range step over the union of both halves: a step per half would settle
     between their ranges and clip the wider one; the layer reading the module must not
     observe its input again."""
-    from src.kernels.quant_cpu import fake_quant_kernels
     from src.quant.observers import ACTIVATION_EMA_DECAY
     from src.quant.primitives import activation_qparams
 
     ms.set_seed(11)
     net = prepare(GhostNet(width=0.5, num_classes=4))
     if compiled:
-        kernels = fake_quant_kernels()
-        if kernels is None:
-            pytest.skip("the CPU kernels cannot be built here (no C++ compiler)")
-        for _, cell in net.cells_and_names():
-            if getattr(cell, "accepts_fast_quant", False):
-                cell.fast_quant = kernels
+        use_compiled_kernels(net)
     block = net.blocks[0]  # ghost1's output goes straight to ghost2's primary convolution
     module, observer = block.ghost1, block.ghost1.cheap_operation.conv.input_quant
     assert block.ghost2.primary_conv.conv.input_quant is observer
