@@ -387,6 +387,20 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
   return 0;
 }
 
+// params: act_min (1), act_max (1) -> scale (1) of the range (primitives.activation_qparams), for a
+// layer whose input arrives quantized and which needs only the scale
+extern "C" int ActivationScale(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                               void *) {
+  if (nparam != 3) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (!SizesAre({0, 1, 2}, 1, ndims, shapes)) return 3;
+  float scale, zero_point;
+  ActivationQParams(*static_cast<const float *>(params[0]), *static_cast<const float *>(params[1]), &scale,
+                    &zero_point);
+  *static_cast<float *>(params[2]) = scale;
+  return 0;
+}
+
 // params: grad_y, x, act_min, act_max -> grad_x: the straight-through mask of the range's quantizer
 extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
                                               const char **dtypes, void *, void *) {

@@ -25,6 +25,7 @@ class FakeQuantKernels(nn.Cell):
     For QAT, each replacing tens of operators on tiny tensors: ``range_ema(x, act_min,
     act_max, ema)``: an observer's next moving range; ``activation_in_range(x, act_min,
     act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
+    ``activation_scale(act_min, act_max)``: that scale alone;
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
     ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, frozen,
     eps, keep, count)``: ``(correction, bias, new moving mean, new moving variance, the
@@ -81,6 +82,12 @@ class FakeQuantKernels(nn.Cell):
                                               out_shape=lambda x, low, high: (x, [1]),
                                               out_dtype=lambda x, low, high: (x, x), func_type="aot",
                                               bprop=activation_in_range_bprop)
+
+        def scale_bprop(low, high, out, grad):
+            return ops.zeros_like(low), ops.zeros_like(high)
+
+        self.activation_scale = ops.Custom(f"{library}:ActivationScale", out_shape=lambda low, high: low,
+                                           out_dtype=lambda low, high: low, func_type="aot", bprop=scale_bprop)
 
         def range_ema_bprop(x, low, high, ema, out, grad):
             return ops.zeros_like(x), ops.zeros_like(low), ops.zeros_like(high), ops.zeros_like(ema)

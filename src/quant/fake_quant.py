@@ -104,9 +104,12 @@ class _FakeQuantLayer(nn.Cell):
         step's one update may have moved the range since, and requantizing to a grid a hair
         away flips values wherever rounding differences decide (measured: the kernel and
         framework paths parted)."""
+        observer = self.input_quant
         if not self.observes_input:
-            return x, activation_qparams(self.input_quant.act_min, self.input_quant.act_max)[0]
-        return quantize_in_range(self.input_quant(x), self.input_quant, self.fast_quant)
+            if self.fast_quant is not None:
+                return x, self.fast_quant.activation_scale(observer.act_min, observer.act_max)
+            return x, activation_qparams(observer.act_min, observer.act_max)[0]
+        return quantize_in_range(self.input_quant(x), observer, self.fast_quant)
 
     def quantize_bias(self, bias, act_scale, scales):
         """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""
