@@ -28,6 +28,10 @@ INT8_SUFFIXES = ("weight_scale",) + INPUT_QPARAM_SUFFIXES
 FAKE_QUANT_SUFFIXES = ("input_quant.act_min", "input_quant.act_max")
 # The observed output ranges of the convolutions, in an int8 and a fake-quant checkpoint.
 OUTPUT_RANGE_SUFFIXES = ("output_min", "output_max", "output_range.act_min", "output_range.act_max")
+# Input quantizations that int8 and fake-quant checkpoints held per layer until each ghost
+# module got one quantization for its concatenation, shared by the layer reading it
+# (src.quant.convert.share_concat_quantization); the first release held no output ranges.
+INPUT_QUANTIZATION_SUFFIXES = INPUT_QPARAM_SUFFIXES + FAKE_QUANT_SUFFIXES
 
 
 class CheckpointKind(str, enum.Enum):
@@ -66,12 +70,6 @@ def require_kind(path, params, allowed, hint):
     if kind not in allowed:
         raise CheckpointError(f"{path} is {kind.description}; {hint}")
     return kind
-
-
-# Input quantizations that int8 and fake-quant checkpoints held per layer until each ghost
-# module got one quantization for its concatenation, shared by the layer reading it
-# (src.quant.convert.share_concat_quantization); the first release held no output ranges.
-INPUT_QUANTIZATION_SUFFIXES = INPUT_QPARAM_SUFFIXES + FAKE_QUANT_SUFFIXES
 
 
 # Entries a training checkpoint carries beside the network: optimizer state and the

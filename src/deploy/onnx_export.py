@@ -12,8 +12,9 @@ halves and concatenation take the one quantization the int8 network gives them (
 concatenation is a copy); a tensor a quantized layer reads takes that layer's own input
 quantization; otherwise a convolution's output takes the range calibration observed
 (``Int8Conv2d.output_min`` / ``output_max``), a hard sigmoid [0, 1]. A ReLU before a zero
-point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The walk mirrors ``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm
-folded in, come from ``GhostNet.conv_bn_pairs()``. Model code stays free of ONNX.
+point of 0 is dropped: uint8 clamps at 0 exactly as the ReLU does. The walk mirrors
+``GhostNet.construct`` cell by cell; each convolution's weights, its BatchNorm folded in,
+come from ``GhostNet.conv_bn_pairs()``. Model code stays free of ONNX.
 """
 import logging
 from collections import defaultdict
@@ -175,7 +176,7 @@ class GhostNetOnnxWriter:
         primary = self.conv_bn_act(f"{prefix}.primary_conv", module.primary_conv, x)
         cheap = self.conv_bn_act(f"{prefix}.cheap_operation", module.cheap_operation, primary)
         out = self.graph.op("Concat", [primary, cheap], f"{prefix}.concat", axis=1)
-        if module.concat_quant is not None:  # int8: both halves and the whole on the cheap operation's input quantization
+        if module.concat_quant is not None:  # int8: halves and whole on the cheap operation's input quantization
             _, qparams = self.layer_inputs[-1]  # the cheap operation's, just written
             self.quantized.update({primary: qparams, cheap: qparams, out: qparams})
         if module.trim:

@@ -39,11 +39,12 @@ def quantize_in_range(x, observer, fast_quant=None, moves_later=False):
     would otherwise clip with the range as it stands at the end of the step (measured: the
     gradients parted from the framework's).
     """
+    low, high = observer.act_min, observer.act_max
     if fast_quant is not None:
         if moves_later:
-            return fast_quant.activation_in_range(x, ops.deepcopy(observer.act_min), ops.deepcopy(observer.act_max))
-        return fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
-    scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
+            low, high = ops.deepcopy(low), ops.deepcopy(high)
+        return fast_quant.activation_in_range(x, low, high)
+    scale, zero_point = activation_qparams(low, high)
     return fake_quant_activation(x, scale, zero_point), scale
 
 

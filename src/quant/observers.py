@@ -33,12 +33,8 @@ class RangeObserver(nn.Cell):
             ops.assign(self.act_min, new_min)
             ops.assign(self.act_max, new_max)
             return x
-        if self.fast_quant is not None:
-            seen = ops.stop_gradient(self.fast_quant.min_max(x))
-            seen_min, seen_max = seen[:1], seen[1:]
-        else:
-            seen_min = ops.stop_gradient(x.min()).reshape(1)
-            seen_max = ops.stop_gradient(x.max()).reshape(1)
+        seen = self.min_max(x)
+        seen_min, seen_max = seen[:1], seen[1:]
         if self.training:
             ops.assign(self.act_min, self.act_min * ACTIVATION_EMA_DECAY + seen_min * (1 - ACTIVATION_EMA_DECAY))
             ops.assign(self.act_max, self.act_max * ACTIVATION_EMA_DECAY + seen_max * (1 - ACTIVATION_EMA_DECAY))
@@ -51,18 +47,14 @@ class RangeObserver(nn.Cell):
         """In training, one moving-range step over the union of two tensors' ranges (a
         concatenation's parts); elsewhere nothing. A step per part would settle between the
         parts' ranges, not cover both."""
-        if not self.training:
-            return
+        if self.training:
+            self.construct(ops.concat((self.min_max(first), self.min_max(second))))
+
+    def min_max(self, x):
+        """``[min, max]`` of ``x``, shape (2,), no gradient."""
         if self.fast_quant is not None:
-            seen = ops.stop_gradient(ops.concat((self.fast_quant.min_max(first), self.fast_quant.min_max(second))))
-            new_min, new_max = self.fast_quant.range_ema(seen, self.act_min, self.act_max, self.ema)
-        else:
-            seen_min = ops.stop_gradient(ops.minimum(first.min(), second.min())).reshape(1)
-            seen_max = ops.stop_gradient(ops.maximum(first.max(), second.max())).reshape(1)
-            new_min = self.act_min * ACTIVATION_EMA_DECAY + seen_min * (1 - ACTIVATION_EMA_DECAY)
-            new_max = self.act_max * ACTIVATION_EMA_DECAY + seen_max * (1 - ACTIVATION_EMA_DECAY)
-        ops.assign(self.act_min, new_min)
-        ops.assign(self.act_max, new_max)
+            return ops.stop_gradient(self.fast_quant.min_max(x))
+        return ops.stop_gradient(ops.stack((x.min(), x.max())))
 
     def reset(self):
         self.act_min.set_data(Tensor(np.zeros(1, np.float32)))
