@@ -9,7 +9,7 @@ from conftest import REPO
 ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["-m", "src.dataset"], ["-m", "src.convert_weights"],
                 ["-m", "src.launch"], ["-m", "src.sample_data"], ["bench/bench_infer.py"],
                 ["bench/bench_train.py"], ["bench/bench_data.py"], ["bench/bench_ab.py"],
-                ["bench/torch_train.py"]]
+                ["bench/torch_train.py"], ["bench/compile_phases.py"]]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1])
@@ -55,3 +55,22 @@ def test_the_quick_start_runs_end_to_end(tmp_path, subprocess_env):
     assert all(float(acc) > 0.5 for acc, _ in accuracies)  # six classes: chance is 0.17
     assert sorted(p.name for p in (tmp_path / "qs" / "export").iterdir()) == [
         "class_names.txt", "ghostnet-final.mindir", "ghostnet-int8.mindir"]
+
+
+def test_compile_phases_sums_each_action_and_each_pass_over_its_rounds():
+    from bench.compile_phases import PhaseLog
+
+    stamp = "[INFO] PIPELINE(1,7f,python):2026-11-28-20:03:{} [pipeline.cc:402] operator()] "
+    log = PhaseLog()
+    for line in [stamp.format("46.779.767") + "Status record: start type_inference action.",
+                 stamp.format("55.092.000") + "Status record: end type_inference action.",
+                 stamp.format("56.000.000") + "RunFunc] Start opt_a.r1.j0.renormalize",
+                 stamp.format("57.500.000") + "RunFunc] End opt_a.r1.j0.renormalize.changed",
+                 stamp.format("58.000.000") + "RunFunc] Start opt_a.r2.j0.renormalize",
+                 stamp.format("58.250.000") + "RunFunc] End opt_a.r2.j0.renormalize.unchanged",
+                 "an unrelated line", "first step 47.250"]:
+        log.read(line)
+    assert log.actions == {"type_inference": pytest.approx(8.312233)}
+    assert log.passes == {"opt_a.renormalize": pytest.approx(1.75)}
+    assert log.pass_rounds["opt_a.renormalize"] == {"1", "2"}
+    assert log.first_step == 47.25
