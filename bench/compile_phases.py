@@ -7,8 +7,8 @@ fake-quant QAT network) in a child process with MindSpore's INFO log on, and rea
 phases back from the log's timestamps: the pipeline's actions (the frontend's type inference,
 optimize, ...; ``task_emit``, the backend's compile) and the optimize action's passes summed
 over their rounds (``renormalize`` is the type inference rerun after a pass changed the
-graph). The INFO
-log makes the compile itself a little slower than ``bench_train.py``'s first step.
+graph). The INFO log makes the compile itself a little slower than ``bench_train.py``'s first
+step.
 """
 import argparse
 import collections
@@ -48,8 +48,8 @@ class PhaseLog:
     """Durations read from the compile's log lines."""
 
     def __init__(self):
-        self.actions = collections.OrderedDict()
-        self.passes = collections.defaultdict(float)
+        self.actions = {}
+        self.passes = {}
         self.pass_rounds = collections.defaultdict(set)
         self.first_step = None
         self._open = {}
@@ -77,8 +77,8 @@ class PhaseLog:
         if starts:
             self._open[key] = when
         elif key in self._open:
-            name = key[1]
-            totals[name] = totals.get(name, 0.0) + when - self._open.pop(key)
+            elapsed = (when - self._open.pop(key)) % 86400  # the log stamps the time of day
+            totals[key[1]] = totals.get(key[1], 0.0) + elapsed
 
 
 def parent(args):

@@ -74,3 +74,9 @@ def test_compile_phases_sums_each_action_and_each_pass_over_its_rounds():
     assert log.passes == {"opt_a.renormalize": pytest.approx(1.75)}
     assert log.pass_rounds["opt_a.renormalize"] == {"1", "2"}
     assert log.first_step == 47.25
+
+    midnight = PhaseLog()  # a compile across midnight: the stamps give the time of day only
+    for line in ["[INFO] x:2026-11-28-23:59:59.500.000 [a.cc:1] Status record: start optimize action.",
+                 "[INFO] x:2026-11-29-00:00:01.000.000 [a.cc:1] Status record: end optimize action."]:
+        midnight.read(line)
+    assert midnight.actions == {"optimize": pytest.approx(1.5)}
