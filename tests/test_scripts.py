@@ -9,7 +9,7 @@ from conftest import REPO
 ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["-m", "src.dataset"], ["-m", "src.convert_weights"],
                 ["-m", "src.launch"], ["-m", "src.sample_data"], ["bench/bench_infer.py"],
                 ["bench/bench_train.py"], ["bench/bench_data.py"], ["bench/bench_ab.py"],
-                ["bench/torch_train.py"], ["bench/compile_phases.py"]]
+                ["bench/torch_train.py"], ["bench/compile_phases.py"], ["bench/compile_scaling.py"]]
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e[-1])
@@ -80,3 +80,11 @@ def test_compile_phases_sums_each_action_and_each_pass_over_its_rounds():
                  "[INFO] x:2026-11-29-00:00:01.000.000 [a.cc:1] Status record: end optimize action."]:
         midnight.read(line)
     assert midnight.actions == {"optimize": pytest.approx(1.5)}
+
+
+def test_compile_scaling_growth_exponent_is_one_for_linear_and_two_for_quadratic_growth():
+    from bench.compile_scaling import growth_exponents
+
+    assert growth_exponents([30, 60, 120], [3.0, 6.0, 24.0]) == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert growth_exponents([120, 30, 60], [24.0, 3.0, 6.0]) == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert growth_exponents([30, 60, 120], [3.0, None, 24.0]) == [None, None]  # a failed compile
