@@ -64,13 +64,18 @@ def child(kind, blocks, channels):
     print(f"SECONDS {time.perf_counter() - start:.3f}")
 
 
+def child_command(kind, blocks, channels):
+    return [sys.executable, os.path.abspath(__file__), "--child", kind, str(blocks), "--channels", str(channels)]
+
+
 def launch(kind, blocks, channels):
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", kind, str(blocks),
-                             "--channels", str(channels)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    # stderr dropped: MindSpore's warnings would interleave between two children side by side
+    return subprocess.Popen(child_command(kind, blocks, channels), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
 
 
-def seconds_of(process):
+def compile_seconds(process):
+    """The child's first-step seconds, or None where it failed."""
     out, _ = process.communicate()
     found = [line.split()[1] for line in out.splitlines() if line.startswith("SECONDS ")]
     return float(found[0]) if process.returncode == 0 and found else None
@@ -96,7 +101,7 @@ def main():
     seconds = {}
     for i in range(0, len(runs), width):
         running = {run: launch(*run, args.channels) for run in runs[i:i + width]}
-        seconds.update({run: seconds_of(process) for run, process in running.items()})
+        seconds.update({run: compile_seconds(process) for run, process in running.items()})
     print("| layer | blocks | first step, s | s per block | growth exponent from the previous size |")
     print("| --- | --- | --- | --- | --- |")
     for kind in args.layers:
@@ -105,8 +110,9 @@ def main():
             cells = ["failed", "", ""] if t is None else [
                 f"{t:.1f}", f"{t / k:.3f}", "" if exponent is None else f"{exponent:.2f}"]
             print(f"| {kind} | {k} | " + " | ".join(cells) + " |")
-    if any(t is None for t in seconds.values()):
-        sys.exit(1)
+    failed = [run for run, t in seconds.items() if t is None]
+    if failed:
+        sys.exit("compiles failed; run one alone to see why: " + " ".join(child_command(*failed[0], args.channels)))
 
 
 if __name__ == "__main__":
