@@ -165,7 +165,11 @@ def train(args, config, rank, group_size):
     optimizer = build_optimizer(net, learning_rates if len(learning_rates) else np.zeros(1, np.float32),
                                 config.momentum, config.weight_decay, config.loss_scale)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
-    train_net = nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
+
+    def training_step():
+        return nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
+
+    train_net = training_step()
 
     # resume
     start_epoch, global_step, best_top1 = 0, 0, -1.0
@@ -206,8 +210,8 @@ def train(args, config, rank, group_size):
     # loop
     history = TrainingHistory(args.output_dir, start_epoch) if rank == 0 else None
     for epoch in range(start_epoch, config.epoch_size):
-        if args.quant:
-            set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch)
+        if args.quant and set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch):
+            train_net = training_step()  # freezing is read when the step compiles: compile anew
         loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
                                              global_step, learning_rates)
         global_step += steps

@@ -6,8 +6,9 @@ Full training steps (forward, backward, momentum update) in GRAPH_MODE of the fl
 with the fast CPU path (src/kernels/) and with MindSpore's own operators, plus timm's
 ghostnet in PyTorch eager (SGD with momentum) where torch and timm are installed (in a
 worker process with PyTorch's own OpenMP settings), in alternating rounds. With ``--quant``
-the int8 fake-quant (QAT) network's steps on the fast path join them, and the float
-framework runner is left out. Reports the median images/s, the ratios, and the time of each
+the int8 fake-quant (QAT) network's steps on the fast path join them, with BatchNorm on batch
+statistics (the first ``--quant_bn_freeze_epoch`` epochs of train.py) and frozen (the rest),
+and the float framework runner is left out. Reports the median images/s, the ratios, and the time of each
 MindSpore runner's first step (its graph compile).
 """
 import argparse
@@ -23,20 +24,22 @@ import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
 
 
-def mindspore_step(args, size, fast, quant):
-    """The training step as a runner, and the seconds its first call took (the graph compile)."""
+def mindspore_step(args, size, fast, quant, bn_frozen=False):
+    """The training step as a runner, and the seconds its first call took (the graph compile).
+    ``bn_frozen``: the QAT step with BatchNorm frozen (another, smaller graph)."""
     import mindspore as ms
     import mindspore.nn as nn
 
     from src.kernels.fast_cpu import enable_fast_cpu_path
     from src.ghostnet import GhostNet
-    from src.quant import prepare
+    from src.quant import prepare, set_bn_frozen
     from src.train_utils import build_optimizer
 
     ms.set_seed(0)
     net = GhostNet(num_classes=args.num_classes)
     if quant:
         net = prepare(net)
+        set_bn_frozen(net, bn_frozen)
     if fast:
         enable_fast_cpu_path(net)
     optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0)
@@ -70,12 +73,15 @@ def main():
     form = "float and fake-quant int8 (QAT)" if args.quant else "float"
     print(f"GhostNet 1.0x training steps ({form}), batch {args.batch_size}, {args.device_target} "
           f"({os.cpu_count()} cores), GRAPH_MODE; median of {args.rounds} alternating rounds of {args.seconds:g} s")
-    forms = [("float fast", True, False)]
-    forms.append(("fake-quant fast", True, True) if args.quant else ("float framework", False, False))
+    forms = [("float fast", True, False, False)]
+    if args.quant:
+        forms += [("fake-quant fast", True, True, False), ("fake-quant BN frozen", True, True, True)]
+    else:
+        forms.append(("float framework", False, False, False))
     for size in args.image_sizes:
         runners, first_steps = {}, {}
-        for name, fast, quant in forms:
-            runners[name], first_steps[name] = mindspore_step(args, size, fast, quant)
+        for name, fast, quant, bn_frozen in forms:
+            runners[name], first_steps[name] = mindspore_step(args, size, fast, quant, bn_frozen)
         torch_worker = TorchWorker.start("train", args.batch_size, size, args.num_classes)
         if torch_worker is not None:
             runners["pytorch eager"] = torch_worker

@@ -76,8 +76,9 @@ def require_kind(path, params, allowed, hint):
 # position to resume from. Loading a network ignores them.
 TRAINING_STATE_PREFIXES = ("moments.", "train_state.")
 # Entries that earlier releases wrote and that hold nothing now: fake-quant checkpoints held
-# each observer's calibration switch (always 0 when saved) until it became a compile-time flag.
-RETIRED_SUFFIXES = (".calibrating",)
+# each observer's calibration switch (always 0 when saved) and each convolution's BatchNorm
+# freeze switch (train.py sets it from the epoch) until they became compile-time flags.
+RETIRED_SUFFIXES = (".calibrating", ".bn_frozen")
 CLASSIFIER_PREFIX = "classifier."
 
 

@@ -3,6 +3,7 @@ import importlib.util
 import os
 import re
 
+import numpy as np
 import pytest
 
 from conftest import REPO, SMALL, run
@@ -36,6 +37,24 @@ def test_int8_accuracy_stays_close_to_float(recipe):
     with_finetune = accuracy(evaluate(recipe, "qat/ghostnet-int8.ckpt"))
     assert without_finetune >= float_top1 - 0.02
     assert with_finetune >= float_top1 - 0.01
+
+
+@pytest.mark.slow
+def test_fine_tuning_moves_batchnorm_statistics_until_the_freeze_epoch_only(recipe):
+    """The recipe fine-tunes two epochs with --quant_bn_freeze_epoch 1: the first moves the
+    moving statistics; the second, a training step compiled with BatchNorm frozen, leaves them."""
+    root, _ = recipe
+
+    def statistics(path):
+        return [p.asnumpy() for name, p in read_checkpoint(str(path)).items()
+                if name.endswith(("moving_mean", "moving_variance"))]
+
+    start = statistics(root / "float" / "ghostnet-final.ckpt")  # fine-tuning starts from these
+    first, second = (statistics(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt") for epoch in (1, 2))
+    assert len(start) == len(first) == len(second) == 160
+    assert [a.shape for a in start] == [a.shape for a in first]  # the same BatchNorms, in the same order
+    assert all(not np.array_equal(before, after) for before, after in zip(start, first))
+    assert all(np.array_equal(before, after) for before, after in zip(first, second))
 
 
 @pytest.mark.slow

@@ -159,8 +159,10 @@ def test_straight_through_gradient_is_clipped_to_the_range():
     np.testing.assert_array_equal(grad_w.asnumpy(), [[2, 2, 2]])
 
 
-def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network():
+@pytest.mark.parametrize("frozen", [False, True], ids=["batch-statistics", "bn-frozen"])
+def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network(frozen):
     net = prepare(GhostNet(width=0.5, num_classes=4, dropout=0.0))
+    set_bn_frozen(net, frozen)
     x = randn(2, 3, 32, 32)
     # ranges that hold nearly every batch-normalised activation at a fine step, so the test
     # sees the straight-through path rather than clipping
@@ -178,7 +180,7 @@ def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network():
     assert not missing
 
 
-def test_bn_statistics_update_until_frozen():
+def test_bn_statistics_update_until_frozen_then_training_computes_what_eval_does():
     layer = QuantConv2d(conv2d(4, 6, 3), bn_with_statistics(6))
     calibrate_layer(layer, randn(2, 4, 8, 8))
     layer.set_train(True)
@@ -186,9 +188,12 @@ def test_bn_statistics_update_until_frozen():
     layer(randn(2, 4, 8, 8) + 3.0)
     updated = layer.bn.moving_mean.asnumpy().copy()
     assert not np.allclose(before, updated)
-    layer.bn_frozen.set_data(Tensor(np.ones(1, np.float32)))
-    layer(randn(2, 4, 8, 8) + 3.0)
+    assert set_bn_frozen(layer, True) and not set_bn_frozen(layer, True)  # reports a change once
+    x = randn(2, 4, 8, 8) + 3.0
+    trained = layer(x).asnumpy()
     np.testing.assert_array_equal(layer.bn.moving_mean.asnumpy(), updated)
+    layer.set_train(False)  # eval reads the input range the training call left
+    np.testing.assert_allclose(layer(x).asnumpy(), trained, rtol=0, atol=1e-6)
 
 
 def test_int8_network_reproduces_the_fake_quant_network():
@@ -211,21 +216,25 @@ def test_freezing_reaches_every_folded_layer():
     float_net = GhostNet(width=0.5, num_classes=4)
     batch_norms = sum(isinstance(c, nn.BatchNorm2d) for _, c in float_net.cells_and_names())
     net = prepare(float_net)
-    set_bn_frozen(net, True)
-    flags = [p.asnumpy()[0] for n, p in net.parameters_and_names() if n.endswith("bn_frozen")]
-    assert len(flags) == batch_norms == 80 and all(f == 1.0 for f in flags)
+    assert set_bn_frozen(net, True)
+    flags = [layer.bn_frozen for _, layer in net.cells_and_names() if isinstance(layer, QuantConv2d) and layer.bn]
+    assert len(flags) == batch_norms == 80 and all(flags)
     folded = {id(layer.bn) for _, layer in net.cells_and_names() if isinstance(layer, QuantConv2d)}
     assert all(id(c) in folded for _, c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d))
 
 
-def test_fake_quant_checkpoints_with_the_retired_calibration_switches_still_load():
-    """Fake-quant checkpoints written before the observers' switch became a compile-time flag
-    hold a `calibrating` entry per observer; they load, and nothing else unexpected does."""
+def test_fake_quant_checkpoints_with_the_retired_switches_still_load():
+    """Fake-quant checkpoints written before the observers' calibration switch and the
+    convolutions' BatchNorm freeze switch became compile-time flags hold a `calibrating` entry
+    per observer and a `bn_frozen` entry per convolution with BatchNorm; they load, and
+    nothing else unexpected does."""
     net = prepare(GhostNet(width=0.5, num_classes=4))
     params = {name: p.asnumpy() for name, p in net.parameters_and_names()}
     observers = [name for name, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
-    old = dict(params, **{f"{name}.calibrating": np.zeros(1, np.float32) for name in observers})
-    assert len(old) == len(params) + len(observers) > len(params)
+    folded = [name for name, cell in net.cells_and_names() if isinstance(cell, QuantConv2d) and cell.bn]
+    old = dict(params, **{f"{name}.calibrating": np.zeros(1, np.float32) for name in observers},
+               **{f"{name}.bn_frozen": np.ones(1, np.float32) for name in folded})
+    assert len(old) == len(params) + len(observers) + len(folded) > len(params) + len(observers)
     load_strict(prepare(GhostNet(width=0.5, num_classes=4)), old)
     with pytest.raises(ValueError, match="unexpected"):
         load_strict(prepare(GhostNet(width=0.5, num_classes=4)), dict(params, **{"stray.weight": np.zeros(1)}))

@@ -435,34 +435,32 @@ extern "C" int FakeQuantBias(int nparam, void **params, int *ndims, int64_t **sh
 
 namespace {
 
-// The BatchNorm side of a QAT convolution (QuantConv2d._train_with_batchnorm), per channel:
-// from the convolution's batch moments (cm, cv) to the output correction and the float bias.
+// The BatchNorm side of a QAT convolution (QuantConv2d._train_with_batch_statistics), per
+// channel: from the convolution's batch moments (cm, cv) to the output correction and the float
+// bias, with BatchNorm on batch statistics (frozen BatchNorm compiles another graph).
 struct BatchNormFold {
   double correction, bias, new_mean, new_variance;
   // gradients, given those of correction (gc) and bias (gb)
   double d_conv_mean, d_conv_var, d_gamma, d_beta;
 
-  void Forward(float cm, float cv, float gamma, float beta, float mm, float mv, float frozen, float eps,
-               float keep, double count) {
+  void Forward(float cm, float cv, float gamma, float beta, float mm, float mv, float eps, float keep,
+               double count) {
     const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
-    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps), f = frozen;
-    const double mean = f * mm + (1 - f) * bm, std = f * ms + (1 - f) * bs;
-    correction = f + (1 - f) * ms / bs;
-    bias = beta - gamma * mean / std;
+    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps);
+    correction = ms / bs;
+    bias = beta - gamma * bm / bs;
     const double unbiased = bv * count / std::max(count - 1, 1.0);
-    new_mean = f * mm + (1 - f) * (mm * keep + bm * (1 - keep));
-    new_variance = f * mv + (1 - f) * (mv * keep + unbiased * (1 - keep));
+    new_mean = mm * keep + bm * (1 - keep);
+    new_variance = mv * keep + unbiased * (1 - keep);
   }
 
-  void Backward(float cm, float cv, float gamma, float mm, float mv, float frozen, float eps, float gc, float gb) {
+  void Backward(float cm, float cv, float gamma, float mv, float eps, float gc, float gb) {
     const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
-    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps), f = frozen;
-    const double mean = f * mm + (1 - f) * bm, std = f * ms + (1 - f) * bs;
+    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps);
     d_beta = gb;
-    d_gamma = -gb * mean / std;
-    const double d_mean = -gb * gamma / std, d_std = gb * gamma * mean / (std * std);
-    const double d_bm = (1 - f) * d_mean;
-    const double d_bs = (1 - f) * d_std - gc * (1 - f) * ms / (bs * bs);
+    d_gamma = -gb * bm / bs;
+    const double d_bm = -gb * gamma / bs;
+    const double d_bs = gb * gamma * bm / (bs * bs) - gc * ms / (bs * bs);
     const double d_bv = d_bs / (2 * bs);
     d_conv_mean = d_bm * k;
     d_conv_var = d_bv * k * k;
@@ -473,51 +471,50 @@ struct BatchNormFold {
 
 }  // namespace
 
-// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), frozen, eps, keep (the
-// moving statistics' share in their update), count (1 each) -> correction, bias, new moving_mean, new moving_variance, and copies of
-// moving_mean and moving_variance as read (C): the gradient needs these values, and the
-// parameters hold the new ones by the time it runs
+// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), eps, keep (the moving
+// statistics' share in their update), count (1 each) -> correction, bias, new moving_mean, new
+// moving_variance, and a copy of moving_variance as read (C): the gradient needs that value, and
+// the parameter holds the new one by the time it runs
 extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                     void *, void *) {
-  if (nparam != 16) return 1;
+  if (nparam != 14) return 1;
   const int64_t channels = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 15}, channels, ndims, shapes)) return 3;
-  if (!SizesAre({6, 7, 8, 9}, 1, ndims, shapes)) return 3;
+  if (!SizesAre({1, 2, 3, 4, 5, 9, 10, 11, 12, 13}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({6, 7, 8}, 1, ndims, shapes)) return 3;
   if (!AllFloat32(nparam, dtypes)) return 2;
-  const float frozen = *Input(params, 6), eps = *Input(params, 7), keep = *Input(params, 8);
-  const double count = *Input(params, 9);
+  const float eps = *Input(params, 6), keep = *Input(params, 7);
+  const double count = *Input(params, 8);
   for (int64_t c = 0; c < channels; ++c) {
     BatchNormFold fold;
     fold.Forward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
-                 Input(params, 4)[c], Input(params, 5)[c], frozen, eps, keep, count);
-    static_cast<float *>(params[10])[c] = static_cast<float>(fold.correction);
-    static_cast<float *>(params[11])[c] = static_cast<float>(fold.bias);
-    static_cast<float *>(params[12])[c] = static_cast<float>(fold.new_mean);
-    static_cast<float *>(params[13])[c] = static_cast<float>(fold.new_variance);
-    static_cast<float *>(params[14])[c] = Input(params, 4)[c];
-    static_cast<float *>(params[15])[c] = Input(params, 5)[c];
+                 Input(params, 4)[c], Input(params, 5)[c], eps, keep, count);
+    static_cast<float *>(params[9])[c] = static_cast<float>(fold.correction);
+    static_cast<float *>(params[10])[c] = static_cast<float>(fold.bias);
+    static_cast<float *>(params[11])[c] = static_cast<float>(fold.new_mean);
+    static_cast<float *>(params[12])[c] = static_cast<float>(fold.new_variance);
+    static_cast<float *>(params[13])[c] = Input(params, 5)[c];
   }
   return 0;
 }
 
-// params: conv_mean, conv_var, gamma, moving_mean, moving_variance (C), frozen, eps (1), grad_correction,
-// grad_bias (C) -> grad conv_mean, grad conv_var, grad gamma, grad beta (C)
+// params: conv_mean, conv_var, gamma, moving_variance (C), eps (1), grad_correction, grad_bias (C)
+// -> grad conv_mean, grad conv_var, grad gamma, grad beta (C)
 extern "C" int BatchNormFoldBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                      void *, void *) {
-  if (nparam != 13) return 1;
+  if (nparam != 11) return 1;
   const int64_t channels = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({1, 2, 3, 4, 7, 8, 9, 10, 11, 12}, channels, ndims, shapes)) return 3;
-  if (!SizesAre({5, 6}, 1, ndims, shapes)) return 3;
+  if (!SizesAre({1, 2, 3, 5, 6, 7, 8, 9, 10}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({4}, 1, ndims, shapes)) return 3;
   if (!AllFloat32(nparam, dtypes)) return 2;
-  const float frozen = *Input(params, 5), eps = *Input(params, 6);
+  const float eps = *Input(params, 4);
   for (int64_t c = 0; c < channels; ++c) {
     BatchNormFold fold;
-    fold.Backward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
-                  Input(params, 4)[c], frozen, eps, Input(params, 7)[c], Input(params, 8)[c]);
-    static_cast<float *>(params[9])[c] = static_cast<float>(fold.d_conv_mean);
-    static_cast<float *>(params[10])[c] = static_cast<float>(fold.d_conv_var);
-    static_cast<float *>(params[11])[c] = static_cast<float>(fold.d_gamma);
-    static_cast<float *>(params[12])[c] = static_cast<float>(fold.d_beta);
+    fold.Backward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c], eps,
+                  Input(params, 5)[c], Input(params, 6)[c]);
+    static_cast<float *>(params[7])[c] = static_cast<float>(fold.d_conv_mean);
+    static_cast<float *>(params[8])[c] = static_cast<float>(fold.d_conv_var);
+    static_cast<float *>(params[9])[c] = static_cast<float>(fold.d_gamma);
+    static_cast<float *>(params[10])[c] = static_cast<float>(fold.d_beta);
   }
   return 0;
 }

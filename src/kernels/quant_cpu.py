@@ -27,10 +27,9 @@ class FakeQuantKernels(nn.Cell):
     act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
     ``activation_scale(act_min, act_max)``: that scale alone;
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
-    ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, frozen,
-    eps, keep, count)``: ``(correction, bias, new moving mean, new moving variance, the
-    moving statistics as read)`` of
-    :meth:`src.quant.QuantConv2d._train_with_batchnorm`, with gradient;
+    ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, eps, keep,
+    count)``: ``(correction, bias, new moving mean, new moving variance, the moving variance as
+    read)`` of :meth:`src.quant.QuantConv2d._train_with_batch_statistics`, with gradient;
     ``channel_affine(x, scale, shift)``: ``x * scale + shift`` per channel of an NCHW tensor,
     with gradient; ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded
     with the moving statistics and fake-quantized, its scales, the moving std as read)``, with
@@ -106,16 +105,16 @@ class FakeQuantKernels(nn.Cell):
                                    out_shape=lambda mean, *rest: (mean, mean, mean, mean),
                                    out_dtype=lambda mean, *rest: (mean, mean, mean, mean), func_type="aot")
 
-        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, frozen, eps, keep, count, out, grad):
-            # out[4], out[5]: the moving statistics as the forward read them (see BatchNormFoldForward)
-            grads = fold_backward(mean, var, gamma, out[4], out[5], frozen, eps, grad[0], grad[1])
+        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, eps, keep, count, out, grad):
+            # out[4]: the moving variance as the forward read it (see BatchNormFoldForward)
+            grads = fold_backward(mean, var, gamma, out[4], eps, grad[0], grad[1])
             zeros = ops.zeros_like
-            return (grads[0], grads[1], grads[2], grads[3], zeros(moving_mean), zeros(moving_var), zeros(frozen),
-                    zeros(eps), zeros(keep), zeros(count))
+            return (grads[0], grads[1], grads[2], grads[3], zeros(moving_mean), zeros(moving_var), zeros(eps),
+                    zeros(keep), zeros(count))
 
         self.batchnorm_fold = ops.Custom(f"{library}:BatchNormFoldForward",
-                                         out_shape=lambda mean, *rest: (mean,) * 6,
-                                         out_dtype=lambda mean, *rest: (mean,) * 6, func_type="aot",
+                                         out_shape=lambda mean, *rest: (mean,) * 5,
+                                         out_dtype=lambda mean, *rest: (mean,) * 5, func_type="aot",
                                          bprop=fold_bprop)
         fold_weight_grad = ops.Custom(f"{library}:FoldQuantizeWeightGrad",
                                       out_shape=lambda grad, w, gamma, std: (w, gamma),

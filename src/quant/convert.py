@@ -101,9 +101,16 @@ def convert(net):
 
 
 def set_bn_frozen(net, frozen):
+    """Freeze (or unfreeze) the BatchNorm statistics of every fake-quant convolution of ``net``.
+    Returns whether any layer changed. The switch is read when a graph compiles: a training
+    step compiled before a change goes on computing as before, so build a new one (train.py
+    does)."""
+    changed = False
     for _, layer in fake_quant_layers(net):
-        if isinstance(layer, QuantConv2d) and layer.bn_frozen is not None:
-            layer.bn_frozen.set_data(ms.Tensor(np.full(1, float(frozen), np.float32)))
+        if isinstance(layer, QuantConv2d) and layer.bn is not None and layer.bn_frozen != bool(frozen):
+            layer.bn_frozen = bool(frozen)
+            changed = True
+    return changed
 
 
 class _ObservingRun(nn.Cell):
