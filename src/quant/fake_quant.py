@@ -175,7 +175,11 @@ class QuantConv2d(_FakeQuantLayer):
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight = self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1)
-        return weight, bn.beta - bn.gamma * bn.moving_mean / moving_std
+        return weight, self._folded_bias(moving_std)
+
+    def _folded_bias(self, moving_std):
+        bn = self.bn
+        return bn.beta - bn.gamma * bn.moving_mean / moving_std
 
     def _train_with_frozen_batchnorm(self, x, act_scale):
         """The output with BatchNorm folded with its moving statistics, as in eval, with
@@ -184,7 +188,7 @@ class QuantConv2d(_FakeQuantLayer):
         if self.fast_quant is not None:
             weight, scales, moving_std = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance,
                                                                      self.bn_eps)
-            bias = bn.beta - bn.gamma * bn.moving_mean / moving_std
+            bias = self._folded_bias(moving_std)
         else:
             weight, bias = self.folded()
             weight, scales = self.quantize_weight(weight)
