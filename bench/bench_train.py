@@ -8,8 +8,8 @@ ghostnet in PyTorch eager (SGD with momentum) where torch and timm are installed
 worker process with PyTorch's own OpenMP settings), in alternating rounds. With ``--quant``
 the int8 fake-quant (QAT) network's steps on the fast path join them, with BatchNorm on batch
 statistics (the first ``--quant_bn_freeze_epoch`` epochs of train.py) and frozen (the rest),
-and the float framework runner is left out. Reports the median images/s, the ratios, and the time of each
-MindSpore runner's first step (its graph compile).
+and the float framework runner is left out. Reports the median images/s, the ratios, and the
+time of each MindSpore runner's first step (its graph compile).
 """
 import argparse
 import os
