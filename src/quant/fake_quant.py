@@ -122,6 +122,13 @@ class _FakeQuantLayer(nn.Cell):
         """``(fake-quantized weight, its per-output-channel scales)``."""
         return fake_quant_weight_per_channel(weight, self.fast_quant)
 
+    def quantized_folded(self, act_scale):
+        """``(weight, bias)`` of :meth:`folded`, fake-quantized, the bias at ``act_scale`` times
+        the weight scales (it may be None); with gradient."""
+        weight, bias = self.folded()
+        weight, scales = self.quantize_weight(weight)
+        return weight, None if bias is None else self.quantize_bias(bias, act_scale, scales)
+
     def eval_params(self):
         """``(weight, bias, input scale, input zero point)`` as the int8 layer holds them,
         dequantized: BatchNorm folded with its moving statistics; the bias may be None."""
@@ -133,10 +140,7 @@ class _FakeQuantLayer(nn.Cell):
         if self.fast_quant is not None and self.bias is not None:
             return self.fast_quant.eval_params(self.weight, self.bias, observer.act_min, observer.act_max)
         act_scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
-        weight, bias = self.folded()
-        weight, scales = self.quantize_weight(weight)
-        if bias is not None:
-            bias = self.quantize_bias(bias, act_scale, scales)
+        weight, bias = self.quantized_folded(act_scale)
         return weight, bias, act_scale, zero_point
 
 
@@ -181,18 +185,17 @@ class QuantConv2d(_FakeQuantLayer):
         bn = self.bn
         return bn.beta - bn.gamma * bn.moving_mean / moving_std
 
-    def _train_with_frozen_batchnorm(self, x, act_scale):
-        """The output with BatchNorm folded with its moving statistics, as in eval, with
-        gradient to the weight, gamma and beta."""
+    def _train_folded(self, x, act_scale):
+        """The output with BatchNorm (where there is one, frozen) folded with its moving
+        statistics, as in eval, with gradient to the weight, gamma and beta."""
         bn = self.bn
-        if self.fast_quant is not None:
+        if self.fast_quant is not None and bn is not None:
             weight, scales, moving_std = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance,
                                                                      self.bn_eps)
-            bias = self._folded_bias(moving_std)
+            bias = self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
         else:
-            weight, bias = self.folded()
-            weight, scales = self.quantize_weight(weight)
-        return apply_conv(x, weight, self.geometry, self.fast_conv, self.quantize_bias(bias, act_scale, scales))
+            weight, bias = self.quantized_folded(act_scale)
+        return apply_conv(x, weight, self.geometry, self.fast_conv, bias)
 
     def _train_with_batch_statistics(self, x, act_scale):
         """The output with BatchNorm on batch statistics, one convolution.
@@ -236,11 +239,8 @@ class QuantConv2d(_FakeQuantLayer):
     def construct(self, x):
         if self.training:
             x, act_scale = self.quantize_input(x)
-            if self.bn is None:
-                weight, scales = self.quantize_weight(self.weight)
-                out = apply_conv(x, weight, self.geometry, self.fast_conv, self._quantized_bias(act_scale, scales))
-            elif self.bn_frozen:
-                out = self._train_with_frozen_batchnorm(x, act_scale)
+            if self.bn is None or self.bn_frozen:
+                out = self._train_folded(x, act_scale)
             else:
                 out = self._train_with_batch_statistics(x, act_scale)
             return self.output_range(out)
@@ -249,9 +249,6 @@ class QuantConv2d(_FakeQuantLayer):
         out = quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
                                    self.fast_quant)
         return self.output_range(out)
-
-    def _quantized_bias(self, act_scale, scales):
-        return None if self.bias is None else self.quantize_bias(self.bias, act_scale, scales)
 
 
 class QuantDense(_FakeQuantLayer):
@@ -269,8 +266,8 @@ class QuantDense(_FakeQuantLayer):
     def construct(self, x):
         if self.training:
             x, act_scale = self.quantize_input(x)
-            weight, scales = self.quantize_weight(self.weight)
-            return ops.matmul(x, weight.T) + self.quantize_bias(self.bias, act_scale, scales)
+            weight, bias = self.quantized_folded(act_scale)
+            return ops.matmul(x, weight.T) + bias
         x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         x = fake_quant_activation(x, act_scale, zero_point, self.fast_quant)
