@@ -34,7 +34,7 @@ from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
 from src.outputs import FolderLock, make_folder, write_text
-from src.quant import calibrate, int8_params, prepare, set_bn_frozen
+from src.quant import calibrate, int8_params, prepare, set_bn_frozen, set_observers_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingHistory, build_optimizer, check_parameters_finite,
                              init_distributed, parameter_fingerprint, resume_from, training_state)
@@ -210,8 +210,11 @@ def train(args, config, rank, group_size):
     # loop
     history = TrainingHistory(args.output_dir, start_epoch) if rank == 0 else None
     for epoch in range(start_epoch, config.epoch_size):
-        if args.quant and set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch):
-            train_net = training_step()  # freezing is read when the step compiles: compile anew
+        if args.quant:
+            switched = [set_bn_frozen(net, epoch >= config.quant_bn_freeze_epoch),
+                        set_observers_frozen(net, epoch >= config.quant_observer_freeze_epoch)]
+            if any(switched):
+                train_net = training_step()  # freezing is read when the step compiles: compile anew
         loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
                                              global_step, learning_rates)
         global_step += steps

@@ -6,9 +6,11 @@ Full training steps (forward, backward, momentum update) in GRAPH_MODE of the fl
 with the fast CPU path (src/kernels/) and with MindSpore's own operators, plus timm's
 ghostnet in PyTorch eager (SGD with momentum) where torch and timm are installed (in a
 worker process with PyTorch's own OpenMP settings), in alternating rounds. With ``--quant``
-the int8 fake-quant (QAT) network's steps on the fast path join them, with BatchNorm on batch
-statistics (the first ``--quant_bn_freeze_epoch`` epochs of train.py) and frozen (the rest),
-and the float framework runner is left out. Reports the median images/s, the ratios, and the
+the int8 fake-quant (QAT) network's steps on the fast path join them, as train.py's
+fine-tuning compiles them: BatchNorm on batch statistics (the first ``--quant_bn_freeze_epoch``
+epochs), BatchNorm frozen, and both BatchNorm and activation ranges frozen (from
+``--quant_observer_freeze_epoch`` on; the quick start's whole fine-tuning); the float
+framework runner is left out. Reports the median images/s, the ratios, and the
 time of each MindSpore runner's first step (its graph compile).
 """
 import argparse
@@ -24,15 +26,16 @@ import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians, print_table  # noqa: E402
 
 
-def mindspore_step(args, size, fast, quant, bn_frozen=False):
+def mindspore_step(args, size, fast=False, quant=False, bn_frozen=False, observers_frozen=False):
     """The training step as a runner, and the seconds its first call took (the graph compile).
-    ``bn_frozen``: the QAT step with BatchNorm frozen (another, smaller graph)."""
+    ``bn_frozen``, ``observers_frozen``: the QAT step with BatchNorm statistics, activation
+    ranges frozen (other, smaller graphs)."""
     import mindspore as ms
     import mindspore.nn as nn
 
     from src.kernels.fast_cpu import enable_fast_cpu_path
     from src.ghostnet import GhostNet
-    from src.quant import prepare, set_bn_frozen
+    from src.quant import prepare, set_bn_frozen, set_observers_frozen
     from src.train_utils import build_optimizer
 
     ms.set_seed(0)
@@ -40,6 +43,7 @@ def mindspore_step(args, size, fast, quant, bn_frozen=False):
     if quant:
         net = prepare(net)
         set_bn_frozen(net, bn_frozen)
+        set_observers_frozen(net, observers_frozen)
     if fast:
         enable_fast_cpu_path(net)
     optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0)
@@ -73,15 +77,17 @@ def main():
     form = "float and fake-quant int8 (QAT)" if args.quant else "float"
     print(f"GhostNet 1.0x training steps ({form}), batch {args.batch_size}, {args.device_target} "
           f"({os.cpu_count()} cores), GRAPH_MODE; median of {args.rounds} alternating rounds of {args.seconds:g} s")
-    forms = [("float fast", True, False, False)]
+    forms = {"float fast": dict(fast=True)}
     if args.quant:
-        forms += [("fake-quant fast", True, True, False), ("fake-quant BN frozen", True, True, True)]
+        forms["fake-quant fast"] = dict(fast=True, quant=True)
+        forms["fake-quant BN frozen"] = dict(fast=True, quant=True, bn_frozen=True)
+        forms["fake-quant BN+ranges frozen"] = dict(fast=True, quant=True, bn_frozen=True, observers_frozen=True)
     else:
-        forms.append(("float framework", False, False, False))
+        forms["float framework"] = {}
     for size in args.image_sizes:
         runners, first_steps = {}, {}
-        for name, fast, quant, bn_frozen in forms:
-            runners[name], first_steps[name] = mindspore_step(args, size, fast, quant, bn_frozen)
+        for name, form in forms.items():
+            runners[name], first_steps[name] = mindspore_step(args, size, **form)
         torch_worker = TorchWorker.start("train", args.batch_size, size, args.num_classes)
         if torch_worker is not None:
             runners["pytorch eager"] = torch_worker

@@ -1,9 +1,10 @@
 """Where the first training step's graph compile spends its time, by MindSpore compile phase.
 
-    python bench/compile_phases.py [--quant [--bn_frozen]] [--image_size 64] [--batch_size 16] [--top 12]
+    python bench/compile_phases.py [--quant [--bn_frozen] [--observers_frozen]] [--image_size 64] [--batch_size 16] [--top 12]
 
 Compiles one GRAPH_MODE training step on the fast CPU path (float, or with ``--quant`` the
-fake-quant QAT network; with ``--bn_frozen`` its BatchNorm frozen) in a child process with
+fake-quant QAT network; with ``--bn_frozen``, ``--observers_frozen`` its BatchNorm statistics,
+activation ranges frozen) in a child process with
 MindSpore's INFO log on, and reads the phases back from the log's timestamps: the pipeline's
 actions (the frontend's type inference, optimize, ...; ``task_emit``, the backend's compile)
 and the optimize action's passes summed over their rounds (``renormalize`` is the type
@@ -40,7 +41,8 @@ def child(args):
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    _, first = mindspore_step(args, args.image_size, True, args.quant, args.bn_frozen)
+    _, first = mindspore_step(args, args.image_size, fast=True, quant=args.quant, bn_frozen=args.bn_frozen,
+                              observers_frozen=args.observers_frozen)
     print(f"first step {first:.3f}", flush=True)
 
 
@@ -85,8 +87,9 @@ def parent(args):
     env = dict(os.environ, GLOG_v="1", GLOG_logtostderr="1")
     command = [sys.executable, os.path.abspath(__file__), "--child", "--image_size", str(args.image_size),
                "--batch_size", str(args.batch_size), "--num_classes", str(args.num_classes)]
-    command += ["--quant"] * args.quant + ["--bn_frozen"] * args.bn_frozen
-    form = ("fake-quant (QAT), BatchNorm frozen" if args.bn_frozen else "fake-quant (QAT)") if args.quant else "float"
+    command += ["--quant"] * args.quant + ["--bn_frozen"] * args.bn_frozen + ["--observers_frozen"] * args.observers_frozen
+    frozen = [part for part, flag in (("BatchNorm", args.bn_frozen), ("ranges", args.observers_frozen)) if flag]
+    form = "float" if not args.quant else "fake-quant (QAT)" + "".join(f", {part} frozen" for part in frozen)
     print(f"compiling one {form} training step, {args.image_size} px, batch {args.batch_size}, "
           f"fast CPU path, with MindSpore's INFO log on ...", flush=True)
     log = PhaseLog()
@@ -111,15 +114,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quant", action="store_true", help="compile the fake-quant (QAT) training step")
-    parser.add_argument("--bn_frozen", action="store_true", help="with --quant: BatchNorm frozen")
+    parser.add_argument("--bn_frozen", action="store_true", help="with --quant: BatchNorm statistics frozen")
+    parser.add_argument("--observers_frozen", action="store_true", help="with --quant: activation ranges frozen")
     parser.add_argument("--image_size", type=int, default=64, help="side of the input images")
     parser.add_argument("--batch_size", type=int, default=16, help="images per training step")
     parser.add_argument("--num_classes", type=int, default=37, help="classes of the classifier")
     parser.add_argument("--top", type=int, default=12, help="rows shown per table")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bn_frozen and not args.quant:
-        parser.error("--bn_frozen needs --quant")
+    for flag in ("bn_frozen", "observers_frozen"):
+        if getattr(args, flag) and not args.quant:
+            parser.error(f"--{flag} needs --quant")
     if args.child:
         child(args)
     else:

@@ -49,7 +49,7 @@ python train.py --dataset_path "$train" --eval_dataset_path "$test" --output_dir
 step 4 "int8: calibrating, then fine-tuning 1 epoch"
 python train.py --quant --pretrained "$output_dir/float/ghostnet-final.ckpt" --dataset_path "$train" \
   --eval_dataset_path "$test" --output_dir "$output_dir/int8" --num_classes "$num_classes" \
-  --epoch_size 1 --calib_batches 4 --quant_bn_freeze_epoch 0 --log_every 50 "${common[@]}"
+  --epoch_size 1 --calib_batches 4 --quant_bn_freeze_epoch 0 --quant_observer_freeze_epoch 0 --log_every 50 "${common[@]}"
 
 step 5 "evaluating float and int8"
 for ckpt in "$output_dir/float/ghostnet-final.ckpt" "$output_dir/int8/ghostnet-int8.ckpt"; do

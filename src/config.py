@@ -46,6 +46,9 @@ class TrainConfig:
                 f"{REFERENCE_BATCH}, cosine to lr_end without warm-up"})
     quant_bn_freeze_epoch: int = field(default=2, metadata={
         "help": "--quant: BatchNorm statistics update for this many fine-tuning epochs, then freeze"})
+    quant_observer_freeze_epoch: int = field(default=4, metadata={
+        "help": "--quant: activation ranges follow the data for this many fine-tuning epochs, then "
+                "freeze (0: keep the calibrated ranges)"})
 
     def scaled_lr(self, group_size, quant=False):
         return (self.quant_lr if quant else self.lr) * self.batch_size * group_size / REFERENCE_BATCH
@@ -89,7 +92,7 @@ def validate(config):
     problems += at_least_one({name: getattr(config, name) for name in
                               ("batch_size", "image_size", "num_classes", "keep_checkpoint_max", "calib_batches")})
     for name in ("epoch_size", "warmup_epochs", "lr", "lr_end", "weight_decay", "loss_scale",
-                 "quant_lr", "quant_bn_freeze_epoch"):
+                 "quant_lr", "quant_bn_freeze_epoch", "quant_observer_freeze_epoch"):
         if getattr(config, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
     if config.width not in WIDTH_CHOICES:

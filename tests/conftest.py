@@ -96,6 +96,6 @@ def int8_recipe(tmp_path_factory):
     for folder, epochs in (("ptq", 0), ("qat", 2)):
         result = run(env, "train.py", *data, *SMALL, "--output_dir", root / folder, "--quant",
                      "--pretrained", root / "float" / "ghostnet-final.ckpt", "--epoch_size", epochs,
-                     "--calib_batches", 4, "--quant_bn_freeze_epoch", 1)
+                     "--calib_batches", 4, "--quant_bn_freeze_epoch", 1, "--quant_observer_freeze_epoch", 1)
         assert result.returncode == 0, result.stderr
     return root, env

@@ -17,7 +17,7 @@ from src.kernels.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depth
 from src.ghostnet import GhostNet
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
-from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen
+from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen, set_observers_frozen
 from src.quant.fake_quant import channel_moments
 from src.quant.primitives import fake_quant_activation, fake_quant_weight, weight_scales
 
@@ -259,15 +259,18 @@ def test_eval_graphs_leave_the_ranges_alone_and_calibration_compiles_its_own(ker
     assert not np.array_equal(fast(x).asnumpy(), calibrated)
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["batch-statistics", "bn-frozen"])
-def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_kernels(kernels, frozen):
+@pytest.mark.parametrize("bn_frozen, observers_frozen", [(False, False), (True, False), (True, True)],
+                         ids=["batch-statistics", "bn-frozen", "bn-and-ranges-frozen"])
+def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_kernels(kernels, bn_frozen,
+                                                                                     observers_frozen):
     _, framework = twin_networks("fake-quant")
     _, fast = twin_networks("fake-quant")  # framework convolutions, so that only the fake-quant arithmetic differs
     for _, cell in fast.cells_and_names():
         if getattr(cell, "accepts_fast_quant", False):
             cell.fast_quant = quant_cpu.fake_quant_kernels()
-    set_bn_frozen(framework, frozen)
-    set_bn_frozen(fast, frozen)
+    for net in (framework, fast):
+        set_bn_frozen(net, bn_frozen)
+        set_observers_frozen(net, observers_frozen)
     x, direction = randn(2, 3, 32, 32, seed=16), randn(2, 4, seed=17)
     results = []
     for net in (fast, framework):

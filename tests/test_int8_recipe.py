@@ -40,21 +40,36 @@ def test_int8_accuracy_stays_close_to_float(recipe):
 
 
 @pytest.mark.slow
-def test_fine_tuning_moves_batchnorm_statistics_until_the_freeze_epoch_only(recipe):
-    """The recipe fine-tunes two epochs with --quant_bn_freeze_epoch 1: the first moves the
-    moving statistics; the second, a training step compiled with BatchNorm frozen, leaves them."""
+def test_fine_tuning_moves_statistics_and_ranges_until_their_freeze_epoch_only(recipe):
+    """The recipe fine-tunes two epochs with --quant_bn_freeze_epoch 1 and
+    --quant_observer_freeze_epoch 1: the first moves the BatchNorm moving statistics and the
+    activation ranges; the second, a training step compiled with both frozen, leaves them."""
     root, _ = recipe
 
-    def statistics(path):
-        return [p.asnumpy() for name, p in read_checkpoint(str(path)).items()
-                if name.endswith(("moving_mean", "moving_variance"))]
+    def values(path, suffixes):
+        return {name: p.asnumpy() for name, p in read_checkpoint(str(path)).items() if name.endswith(suffixes)}
 
-    start = statistics(root / "float" / "ghostnet-final.ckpt")  # fine-tuning starts from these
-    first, second = (statistics(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt") for epoch in (1, 2))
-    assert len(start) == len(first) == len(second) == 160
-    assert [a.shape for a in start] == [a.shape for a in first]  # the same BatchNorms, in the same order
-    assert all(not np.array_equal(before, after) for before, after in zip(start, first))
-    assert all(np.array_equal(before, after) for before, after in zip(first, second))
+    def moved(before, after):
+        assert before.keys() == after.keys()
+        return [not np.array_equal(before[name], after[name]) for name in before]
+
+    statistics = ("moving_mean", "moving_variance")
+    start = values(root / "float" / "ghostnet-final.ckpt", statistics)  # fine-tuning starts from these
+    first, second = (values(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt", statistics) for epoch in (1, 2))
+    assert len(start) == 160
+    assert all(moved(start, first)) and not any(moved(first, second))
+
+    # output ranges as calibrated (the int8 checkpoint before fine-tuning), after each epoch
+    calibrated = values(root / "qat" / "ghostnet-int8-calibrated.ckpt", ("output_min", "output_max"))
+    first, second = ({name.replace("output_range.act_", "output_"): value for name, value in
+                      values(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt", ("output_range.act_min",
+                                                                                 "output_range.act_max")).items()}
+                     for epoch in (1, 2))
+    assert len(calibrated) == 2 * 95
+    assert all(moved(calibrated, first)) and not any(moved(first, second))
+    inputs = [values(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt", ("input_quant.act_min", "input_quant.act_max"))
+              for epoch in (1, 2)]
+    assert inputs[0] and not any(moved(*inputs))
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ from mindspore import Tensor
 
 from src.ghostnet import GhostNet, conv2d
 from src.quant import (ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, RangeObserver, QuantConv2d,
-                       QuantDense, build_int8_network, int8_params, observe_ranges, prepare, set_bn_frozen)
+                       QuantDense, build_int8_network, int8_params, observe_ranges, prepare, set_bn_frozen,
+                       set_observers_frozen)
 from src.quant.primitives import fake_quant_activation, fake_quant_weight
 from src.checkpoint import CheckpointKind, load_strict
 
@@ -159,20 +160,29 @@ def test_straight_through_gradient_is_clipped_to_the_range():
     np.testing.assert_array_equal(grad_w.asnumpy(), [[2, 2, 2]])
 
 
-@pytest.mark.parametrize("frozen", [False, True], ids=["batch-statistics", "bn-frozen"])
-def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network(frozen):
+@pytest.mark.parametrize("bn_frozen, observers_frozen", [(False, False), (True, False), (True, True)],
+                         ids=["batch-statistics", "bn-frozen", "bn-and-ranges-frozen"])
+def test_gradients_reach_weights_bn_and_inputs_of_the_fake_quant_network(bn_frozen, observers_frozen):
+    ms.set_seed(5)
     net = prepare(GhostNet(width=0.5, num_classes=4, dropout=0.0))
-    set_bn_frozen(net, frozen)
-    x = randn(2, 3, 32, 32)
-    # ranges that hold nearly every batch-normalised activation at a fine step, so the test
-    # sees the straight-through path rather than clipping
-    for _, q in net.cells_and_names():
-        if isinstance(q, RangeObserver):
-            q.act_min.set_data(Tensor(np.full(1, -8.0, np.float32)))
-            q.act_max.set_data(Tensor(np.full(1, 8.0, np.float32)))
+    rng = np.random.default_rng(5)
+    x = Tensor(rng.standard_normal((2, 3, 32, 32)).astype(np.float32))
+    direction = Tensor(rng.standard_normal((2, 4)).astype(np.float32))  # a linear loss: its gradient does not vanish
+    if bn_frozen:
+        # BatchNorm on its (initial) moving statistics leaves activations at each layer's own
+        # scale, as in eval: ranges calibrated on x fit them, so no input rounds to all zeros
+        observe_ranges(net, [x])
+    else:
+        # ranges that hold nearly every batch-normalised activation at a fine step, so the
+        # test sees the straight-through path rather than clipping
+        for _, q in net.cells_and_names():
+            if isinstance(q, RangeObserver):
+                q.act_min.set_data(Tensor(np.full(1, -8.0, np.float32)))
+                q.act_max.set_data(Tensor(np.full(1, 8.0, np.float32)))
+    set_bn_frozen(net, bn_frozen)
+    set_observers_frozen(net, observers_frozen)
     net.set_train(True)
     params = net.trainable_params()
-    direction = randn(2, 4)  # a linear loss: its gradient does not vanish with the output
     grads = ms.grad(lambda images: (net(images) * direction).sum(), grad_position=0, weights=params)(x)
     input_grad, weight_grads = grads
     assert np.abs(input_grad.asnumpy()).sum() > 0
@@ -194,6 +204,28 @@ def test_bn_statistics_update_until_frozen_then_training_computes_what_eval_does
     np.testing.assert_array_equal(layer.bn.moving_mean.asnumpy(), updated)
     layer.set_train(False)  # eval reads the input range the training call left
     np.testing.assert_allclose(layer(x).asnumpy(), trained, rtol=0, atol=1e-6)
+
+
+def test_frozen_ranges_stay_and_the_frozen_training_step_computes_what_eval_does():
+    net = prepare(GhostNet(width=0.5, num_classes=4, dropout=0.0))
+    calibrate_network(net, randn(2, 3, 32, 32))
+    observers = [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
+    calibrated = [(o.act_min.asnumpy().copy(), o.act_max.asnumpy().copy()) for o in observers]
+    net.set_train(True)
+    x = randn(2, 3, 32, 32) * 3.0  # wider than the calibration data: moving ranges would widen
+    net(x)
+    assert any(not np.array_equal(o.act_max.asnumpy(), high) for o, (_, high) in zip(observers, calibrated))
+    for o, (low, high) in zip(observers, calibrated):
+        o.act_min.set_data(Tensor(low))
+        o.act_max.set_data(Tensor(high))
+    assert set_observers_frozen(net, True) and not set_observers_frozen(net, True)  # reports a change once
+    set_bn_frozen(net, True)
+    net.set_train(True)
+    trained = net(x).asnumpy()
+    assert all(np.array_equal(o.act_min.asnumpy(), low) and np.array_equal(o.act_max.asnumpy(), high)
+               for o, (low, high) in zip(observers, calibrated))
+    net.set_train(False)
+    np.testing.assert_allclose(net(x).asnumpy(), trained, rtol=0, atol=1e-5)
 
 
 def test_int8_network_reproduces_the_fake_quant_network():

@@ -100,17 +100,33 @@ def convert(net):
     return int8_net
 
 
+def _set_compile_flag(cells, flag, value):
+    """Set the compile-time ``flag`` of ``cells`` to ``value``; whether any changed."""
+    changed = [cell for cell in cells if getattr(cell, flag) != bool(value)]
+    for cell in changed:
+        setattr(cell, flag, bool(value))
+    return bool(changed)
+
+
 def set_bn_frozen(net, frozen):
     """Freeze (or unfreeze) the BatchNorm statistics of every fake-quant convolution of ``net``.
     Returns whether any layer changed. The switch is read when a graph compiles: a training
     step compiled before a change goes on computing as before, so build a new one (train.py
     does)."""
-    changed = False
-    for _, layer in fake_quant_layers(net):
-        if isinstance(layer, QuantConv2d) and layer.bn is not None and layer.bn_frozen != bool(frozen):
-            layer.bn_frozen = bool(frozen)
-            changed = True
-    return changed
+    return _set_compile_flag([layer for _, layer in fake_quant_layers(net)
+                              if isinstance(layer, QuantConv2d) and layer.bn is not None], "bn_frozen", frozen)
+
+
+def set_observers_frozen(net, frozen):
+    """Freeze (or unfreeze) every activation range of ``net`` in training (torch.ao's
+    ``disable_observer``). Returns whether any changed; read when a graph compiles, as
+    :func:`set_bn_frozen`. A frozen training step has no range updates, which makes it about
+    a quarter quicker to compile."""
+    return _set_compile_flag(range_observers(net), "frozen", frozen)
+
+
+def range_observers(net):
+    return [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
 
 
 class _ObservingRun(nn.Cell):
@@ -128,7 +144,7 @@ class _ObservingRun(nn.Cell):
 def observe_ranges(net, batches):
     """Run ``net`` in eval mode on each input of ``batches`` while every observer widens its
     range, from empty, to every value seen (BatchNorm statistics fixed). Returns the count run."""
-    observers = [cell for _, cell in net.cells_and_names() if isinstance(cell, RangeObserver)]
+    observers = range_observers(net)
     for observer in observers:
         observer.reset()
         observer.calibrating = True

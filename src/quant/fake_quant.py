@@ -67,7 +67,8 @@ class ConcatQuant(nn.Cell):
     def construct(self, x):
         if not self.training:
             x = self.observer(x)  # widens the range while calibrating, else nothing
-        return quantize_in_range(x, self.observer, self.fast_quant, moves_later=self.training)[0]
+        moves_later = self.training and not self.observer.frozen
+        return quantize_in_range(x, self.observer, self.fast_quant, moves_later)[0]
 
     def watch(self, first, second):
         """Training: the range's step for this batch, over both (float) parts together."""

@@ -10,10 +10,12 @@ ACTIVATION_EMA_DECAY = 0.99
 class RangeObserver(nn.Cell):
     """Tracks the min/max of a tensor; returns it unchanged.
 
-    In training the range follows an EMA. In eval it is fixed and the observer does nothing
-    (eval graphs have no reductions), unless ``calibrating`` is set, when it widens to every
-    value seen. ``calibrating`` is read when a graph compiles, so only a graph compiled while
-    it is set calibrates: :func:`src.quant.observe_ranges` compiles its own.
+    In training the range follows an EMA, unless ``frozen`` is set (torch.ao's
+    ``disable_observer``), when it stays as it is. In eval it is fixed and the observer does
+    nothing (eval graphs have no reductions), unless ``calibrating`` is set, when it widens to
+    every value seen. Both flags are read when a graph compiles, so only a graph compiled while
+    they are set sees them: :func:`src.quant.observe_ranges` compiles its own, and train.py
+    compiles a new training step when :func:`src.quant.set_observers_frozen` changes one.
     """
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
@@ -22,11 +24,12 @@ class RangeObserver(nn.Cell):
         self.act_min = Parameter(Tensor(np.zeros(1, np.float32)), name="act_min", requires_grad=False)
         self.act_max = Parameter(Tensor(np.zeros(1, np.float32)), name="act_max", requires_grad=False)
         self.calibrating = False
+        self.frozen = False
         self.fast_quant = None
         self.ema = Tensor(np.array([ACTIVATION_EMA_DECAY, 1 - ACTIVATION_EMA_DECAY], np.float32))
 
     def construct(self, x):
-        if not self.training and not self.calibrating:
+        if not self.calibrating and (not self.training or self.frozen):
             return x
         if self.training and self.fast_quant is not None:
             new_min, new_max = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
@@ -47,7 +50,7 @@ class RangeObserver(nn.Cell):
         """In training, one moving-range step over the union of two tensors' ranges (a
         concatenation's parts); elsewhere nothing. A step per part would settle between the
         parts' ranges, not cover both."""
-        if self.training:
+        if self.training and not self.frozen:
             self.construct(ops.concat((self.min_max(first), self.min_max(second))))
 
     def min_max(self, x):
