@@ -132,10 +132,11 @@ def print_table(medians, references, extra=None):
     """One row per runner: images/s and the ratio to each present reference runner."""
     present = [r for r in references if r in medians]
     extra = extra or {}
-    header = f"{'':>22} {'images/s':>9}" + "".join(f" {'vs ' + r:>18}" for r in present)
+    width = max(22, *(len(name) for name in medians))
+    header = f"{'':>{width}} {'images/s':>9}" + "".join(f" {'vs ' + r:>18}" for r in present)
     header += "".join(f" {name:>9}" for name in next(iter(extra.values()), {}))
     print(header)
     for name, value in medians.items():
-        row = f"{name:>22} {value:>9.1f}" + "".join(f" {value / medians[r]:>17.2f}x" for r in present)
+        row = f"{name:>{width}} {value:>9.1f}" + "".join(f" {value / medians[r]:>17.2f}x" for r in present)
         row += "".join(f" {cell:>9}" for cell in extra.get(name, {}).values())
         print(row)

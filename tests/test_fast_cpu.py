@@ -13,7 +13,8 @@ import pytest
 import src.kernels.library as library
 import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
-from src.kernels.fast_cpu import DepthwiseConvCPU, FastConv2d, UnfoldConv, depthwise_conv_ops, enable_fast_cpu_path
+from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, UnfoldConv, depthwise_conv_ops,
+                                  enable_fast_cpu_path)
 from src.ghostnet import GhostNet
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
@@ -104,7 +105,48 @@ def test_the_fast_path_switches_every_depthwise_convolution_and_the_stem(kernels
     expected = [c for _, c in framework.cells_and_names() if isinstance(c, nn.Conv2d) and c.group > 1]
     assert len(depthwise) == len(expected) == 32 + 5 + 4  # ghost cheap ops, shortcuts, stride-2 stages
     assert len(stems) == 1
+    batch_norms = [c for _, c in framework.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
+    assert len(batch_norms) == 80 and all(isinstance(c, FastBatchNorm2d) for _, c in fast.cells_and_names()
+                                          if isinstance(c, nn.BatchNorm2d))
     assert [n for n, _ in fast.parameters_and_names()] == [n for n, _ in framework.parameters_and_names()]
+
+
+class _Wrapped(nn.Cell):
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def construct(self, x):
+        return self.cell(x)
+
+
+@pytest.mark.parametrize("shape, mean", [((4, 6, 5, 7), 3.0), ((16, 3, 9, 9), 40.0), ((2, 5, 1, 1), 0.0)])
+def test_the_batchnorm_training_kernel_equals_the_framework_batchnorm(kernels, shape, mean):
+    """Output, gradients and moving statistics, on planes that are not a multiple of the
+    kernel's eight lanes and on a mean far from 0 (where x - mean cancels)."""
+    rng = np.random.default_rng(31)
+    channels = shape[1]
+    x = ms.Tensor(rng.normal(mean, 2.0, shape).astype(np.float32))
+    direction = ms.Tensor(rng.normal(0.0, 1.0, shape).astype(np.float32))
+    gamma, beta = rng.normal(1.0, 0.3, channels), rng.normal(0.0, 0.3, channels)
+    results = []
+    for fast in (True, False):
+        bn = nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9)
+        bn.gamma.set_data(ms.Tensor(gamma.astype(np.float32)))
+        bn.beta.set_data(ms.Tensor(beta.astype(np.float32)))
+        net = _Wrapped(bn)
+        if fast:
+            enable_fast_cpu_path(net)
+        assert isinstance(bn, FastBatchNorm2d) == fast
+        net.set_train(True)
+
+        def loss(v, net=net):
+            return (net(v) * direction).sum()
+        grads = ms.grad(loss, grad_position=0, weights=net.trainable_params())(x)
+        results.append([net(x).asnumpy(), grads[0].asnumpy(), *(g.asnumpy() for g in grads[1]),
+                        bn.moving_mean.asnumpy(), bn.moving_variance.asnumpy()])  # each updated twice
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
 
 
 def test_network_outputs_and_gradients_equal_with_and_without_the_fast_path(kernels):

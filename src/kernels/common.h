@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 
 namespace kernels {
 
@@ -34,6 +35,30 @@ inline int64_t Elements(int ndim, const int64_t *shape) {
 
 inline bool IsFloat32(const char *dtype) {
   return std::strcmp(dtype, "float32") == 0 || std::strcmp(dtype, "float") == 0;
+}
+
+inline bool AllFloat32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i) {
+    if (!IsFloat32(dtypes[i])) return false;
+  }
+  return true;
+}
+
+// Whether the tensors at these parameter positions each hold `count` values.
+inline bool SizesAre(std::initializer_list<int> positions, int64_t count, int *ndims, int64_t **shapes) {
+  for (int i : positions) {
+    if (Elements(ndims[i], shapes[i]) != count) return false;
+  }
+  return true;
+}
+
+// An NCHW shape as (N, C, H * W); false unless 4-d and non-empty.
+inline bool ChannelShape(int ndim, const int64_t *shape, int64_t *n, int64_t *c, int64_t *plane) {
+  if (ndim != 4) return false;
+  *n = shape[0];
+  *c = shape[1];
+  *plane = shape[2] * shape[3];
+  return *n * *plane > 0;
 }
 
 }  // namespace kernels

@@ -23,8 +23,10 @@
 
 namespace {
 
-using kernels::IsFloat32;
+using kernels::AllFloat32;
+using kernels::ChannelShape;
 using kernels::ParallelFor;
+using kernels::SizesAre;
 
 using kernels::ActivationQuant;
 using kernels::Elements;
@@ -74,20 +76,6 @@ float FakeQuantBiasValue(float bias, float bias_scale) {
 }
 
 // Every kernel here takes float32 tensors only.
-bool AllFloat32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i) {
-    if (!IsFloat32(dtypes[i])) return false;
-  }
-  return true;
-}
-
-// Whether the tensors at these parameter positions each hold `count` values.
-bool SizesAre(std::initializer_list<int> positions, int64_t count, int *ndims, int64_t **shapes) {
-  for (int i : positions) {
-    if (Elements(ndims[i], shapes[i]) != count) return false;
-  }
-  return true;
-}
 }  // namespace
 
 // params: x, scale (one float), zero_point (one float, an integer value) -> fake-quantized x
@@ -268,18 +256,6 @@ extern "C" int QuantLayerEvalParamsBatchNorm(int nparam, void **params, int *ndi
 }
 
 // Batch statistics for QAT's BatchNorm folding: per channel of an NCHW tensor.
-
-namespace {
-
-bool ChannelShape(int ndim, const int64_t *shape, int64_t *n, int64_t *c, int64_t *plane) {
-  if (ndim != 4) return false;
-  *n = shape[0];
-  *c = shape[1];
-  *plane = shape[2] * shape[3];
-  return *n * *plane > 0;
-}
-
-}  // namespace
 
 // params: x (N, C, H, W) -> mean (C), variance (C, biased: over N * H * W). Sums in double,
 // each channel by one thread in a fixed order: the same result on every run.

@@ -9,6 +9,8 @@ plain loop. Here:
   (:mod:`src.kernels.library`). Without a compiler the framework's convolution is used and
   one warning says so;
 * the stem runs as unfold + matrix product, both fast framework ops with gradients;
+* BatchNorm in training (batch statistics) runs ``src/kernels/batchnorm.cc``, forward and
+  backward (:class:`FastBatchNorm2d`); in eval it is the framework's;
 * the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
   (:mod:`src.kernels.quant_cpu`).
 
@@ -94,6 +96,44 @@ def depthwise_conv_ops(stride):
     return _ops[stride]
 
 
+def batchnorm_train_op():
+    """The training BatchNorm operator, with its backward; None without the library.
+
+    ``(x, gamma, beta, moving_mean, moving_variance, keep, eps) -> (y, batch mean, 1 /
+    batch std, new moving mean, new moving variance)``: ``keep`` is the share of the moving
+    statistics kept, 1 - the batch's (MindSpore's ``momentum``)."""
+    library = build_kernel_library()
+    if library is None:
+        return None
+    if "batchnorm" not in _ops:
+        backward = ops.Custom(f"{library}:BatchNormTrainBackward", out_shape=lambda grad, x, gamma, *rest: (x, gamma, gamma),
+                              out_dtype=lambda grad, x, gamma, *rest: (x, x, x), func_type="aot")
+
+        def bprop(x, gamma, beta, moving_mean, moving_variance, keep, eps, out, grad):
+            grad_x, grad_gamma, grad_beta = backward(grad[0], x, gamma, out[1], out[2])
+            return (grad_x, grad_gamma, grad_beta, ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
+                    ops.zeros_like(keep), ops.zeros_like(eps))
+
+        _ops["batchnorm"] = ops.Custom(f"{library}:BatchNormTrainForward",
+                                       out_shape=lambda x, gamma, *rest: (x, gamma, gamma, gamma, gamma),
+                                       out_dtype=lambda x, *rest: (x, x, x, x, x), func_type="aot", bprop=bprop)
+    return _ops["batchnorm"]
+
+
+class FastBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training step (batch statistics, moving statistics updated)
+    runs the compiled kernels; eval is the framework's. Same parameters, same names."""
+
+    def construct(self, x):
+        if not self.training:
+            return self.bn_infer(x, self.gamma, self.beta, self.moving_mean, self.moving_variance)[0]
+        y, _, _, new_mean, new_variance = self.train_op(x, self.gamma, self.beta, self.moving_mean,
+                                                        self.moving_variance, self.keep, self.eps_tensor)
+        ops.assign(self.moving_mean, ops.stop_gradient(new_mean))
+        ops.assign(self.moving_variance, ops.stop_gradient(new_variance))
+        return y
+
+
 class DepthwiseConvCPU(nn.Cell):
     """Depthwise convolution (padding kernel // 2) through the compiled kernels; with a bias,
     optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`).
@@ -177,7 +217,15 @@ def enable_fast_cpu_path(net):
     for _, cell in list(net.cells_and_names()):
         if getattr(cell, "accepts_fast_quant", False) and cell.fast_quant is None:
             cell.fast_quant = fake_quant_kernels()
-        if type(cell) is nn.Conv2d:  # pylint: disable=unidiomatic-typecheck (subclasses stay)
+        if type(cell) is nn.BatchNorm2d and cell.use_batch_statistics is None:  # pylint: disable=unidiomatic-typecheck
+            train_op = batchnorm_train_op()
+            if train_op is not None:
+                cell.__class__ = FastBatchNorm2d  # same object: parameters and their names unchanged
+                cell.train_op = train_op
+                # MindSpore's BatchNorm stores 1 - momentum as `momentum`: the share the batch gets
+                cell.keep = ms.Tensor([1.0 - cell.momentum], ms.float32)
+                cell.eps_tensor = ms.Tensor([cell.eps], ms.float32)
+        elif type(cell) is nn.Conv2d:  # pylint: disable=unidiomatic-typecheck (subclasses stay)
             fast = fast_conv_for(cell.weight.shape, *conv_geometry(cell))
             if fast is not None:
                 cell.__class__ = FastConv2d  # same object: parameters and their names unchanged
