@@ -174,7 +174,7 @@ def lockstep(args, train_path, classes):
         load_strict(net, read_checkpoint(init), source=init)
         if fast:
             enable_fast_cpu_path(net)
-        optimizer = build_optimizer(net, lrs, args.momentum, args.weight_decay, args.loss_scale)
+        optimizer = build_optimizer(net, lrs, args.momentum, args.weight_decay, args.loss_scale, compiled=fast)
         step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=args.label_smooth)),
                                    optimizer, sens=args.loss_scale)
         step.set_train(True)

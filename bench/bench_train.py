@@ -46,7 +46,7 @@ def mindspore_step(args, size, fast=False, quant=False, bn_frozen=False, observe
         set_observers_frozen(net, observers_frozen)
     if fast:
         enable_fast_cpu_path(net)
-    optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0)
+    optimizer = build_optimizer(net, np.full(100000, 0.01, np.float32), 0.9, 4e-5, 1024.0, compiled=fast)
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.CrossEntropyLoss(label_smoothing=0.1)),
                                optimizer, sens=1024.0)
     step.set_train(True)

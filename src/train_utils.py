@@ -13,6 +13,7 @@ from mindspore.communication import get_group_size, get_rank, init
 
 from src.checkpoint import describe_non_finite, load_strict, non_finite_names, read_checkpoint, save_params
 from src.errors import CheckpointError, TrainingDiverged
+from src.kernels.fast_cpu import CompiledMomentum, momentum_update_op
 from src.outputs import write_text
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,15 @@ def no_decay(name):
     return name.endswith(("gamma", "beta", "bias"))
 
 
-def build_optimizer(net, learning_rates, momentum, weight_decay, loss_scale):
+def build_optimizer(net, learning_rates, momentum, weight_decay, loss_scale, compiled=True):
     """SGD with momentum for gradients scaled by ``loss_scale`` (TrainOneStepCell's ``sens``).
-    The decay is PyTorch SGD's ``weight_decay`` at any loss scale (tested)."""
+    The decay is PyTorch SGD's ``weight_decay`` at any loss scale (tested). ``compiled``: on
+    the CPU, the update runs in one compiled operator (:class:`CompiledMomentum`)."""
     params = net.trainable_params()
+    update_op = momentum_update_op() if compiled else None
+    if update_op is not None:  # the same update in one compiled operator
+        decays = [0.0 if no_decay(p.name) else weight_decay for p in params]
+        return CompiledMomentum(params, ms.Tensor(learning_rates), momentum, decays, loss_scale, update_op)
     groups = [{"params": [p for p in params if not no_decay(p.name)], "weight_decay": weight_decay},
               {"params": [p for p in params if no_decay(p.name)], "weight_decay": 0.0},
               {"order_params": params}]

@@ -224,8 +224,9 @@ def test_two_cpu_workers_end_with_identical_parameters(sample_pets, tmp_path, su
     assert "final checkpoint" in logs[0] and "final checkpoint" not in logs[1]
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-update", "framework-update"])
 @pytest.mark.parametrize("loss_scale", [1.0, 1024.0])
-def test_weight_decay_is_pytorchs_whatever_the_loss_scale(loss_scale):
+def test_weight_decay_is_pytorchs_whatever_the_loss_scale(loss_scale, compiled):
     """One SGD step on a linear model: w - lr * (grad + wd * w) for the weight, no decay for
     the bias, as torch.optim.SGD does, also under a static loss scale (MindSpore's optimizer
     adds the decay before it divides the gradients by the scale, yet the decay is not 1024x
@@ -239,7 +240,8 @@ def test_weight_decay_is_pytorchs_whatever_the_loss_scale(loss_scale):
     weight, bias = (p.asnumpy().astype(np.float64) for p in net.trainable_params())
     x = np.array([[1.0, -2.0, 0.5]], np.float32)
     lr, wd = 0.1, 0.05
-    optimizer = build_optimizer(net, np.full(1, lr, np.float32), 0.9, wd, loss_scale)
+    optimizer = build_optimizer(net, np.full(1, lr, np.float32), 0.9, wd, loss_scale, compiled=compiled)
+    assert (type(optimizer).__name__ == "CompiledMomentum") == compiled
     step = nn.TrainOneStepCell(nn.WithLossCell(net, lambda logits, _: logits.sum()), optimizer, sens=loss_scale)
     step(ms.Tensor(x), ms.Tensor(np.zeros(1, np.float32)))
     grad_weight = np.repeat(x.astype(np.float64), 2, axis=0)  # d sum(xW^T + b) / dW

@@ -11,6 +11,8 @@ plain loop. Here:
 * the stem runs as unfold + matrix product, both fast framework ops with gradients;
 * BatchNorm in training (batch statistics) runs ``src/kernels/batchnorm.cc``, forward and
   backward (:class:`FastBatchNorm2d`); in eval it is the framework's;
+* the optimizer's update of all parameters is one operator, ``src/kernels/optimizer.cc``
+  (:class:`CompiledMomentum`, which ``src.train_utils.build_optimizer`` picks on the CPU);
 * the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
   (:mod:`src.kernels.quant_cpu`).
 
@@ -132,6 +134,36 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         ops.assign(self.moving_mean, ops.stop_gradient(new_mean))
         ops.assign(self.moving_variance, ops.stop_gradient(new_variance))
         return y
+
+
+class CompiledMomentum(nn.Momentum):
+    """``nn.Momentum`` (same moments, same names, same arithmetic bit for bit) whose update of
+    every parameter runs in one compiled operator, in place, instead of up to three
+    framework operators per parameter. ``decays``: each parameter's weight decay, in order."""
+
+    def __init__(self, params, learning_rate, momentum, decays, loss_scale, update_op):
+        super().__init__(params, learning_rate, momentum, loss_scale=loss_scale)
+        # MindSpore applies the decay to the scaled gradient, with the decay scaled alike
+        self.scaled_decays = ms.Tensor([decay * loss_scale for decay in decays], ms.float32)
+        self.inverse_scale = ms.Tensor([1.0 / loss_scale], ms.float32)
+        self.update = update_op
+
+    def construct(self, gradients):
+        lr = self.get_lr()
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        return self.update(lr, self.momentum, self.inverse_scale, self.scaled_decays, *self.params, *gradients,
+                           *self.moments)
+
+
+def momentum_update_op():
+    """The operator of :class:`CompiledMomentum`; None without the library or off the CPU."""
+    library = build_kernel_library()
+    if library is None or ms.get_context("device_target") != "CPU":
+        return None
+    if "momentum" not in _ops:
+        _ops["momentum"] = ops.Custom(f"{library}:SgdMomentumUpdate", out_shape=lambda *shapes: [1],
+                                      out_dtype=lambda *dtypes: dtypes[0], func_type="aot")
+    return _ops["momentum"]
 
 
 class DepthwiseConvCPU(nn.Cell):
