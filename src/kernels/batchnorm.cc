@@ -52,25 +52,10 @@ void SumAndDot(const float *a, const float *b, int64_t count, double *sum, doubl
   *dot += d;
 }
 
-// out = a * (x - m) + b over `count` values (centred first: no cancellation where |m| >> |x - m|)
-void Affine(const float *x, int64_t count, float m, float a, float b, float *out) {
-  for (int64_t i = 0; i < count; ++i) out[i] = a * (x[i] - m) + b;
-}
 
-// out = a * dy + b * (x - m) + c over `count` values
-void Affine2(const float *dy, const float *x, int64_t count, float m, float a, float b, float c, float *out) {
-  for (int64_t i = 0; i < count; ++i) out[i] = a * dy[i] + b * (x[i] - m) + c;
-}
-
-}  // namespace
-
-// params: x (N, C, H, W), gamma, beta, moving_mean, moving_variance (C), keep (1), eps (1)
-//   -> y, batch mean (C), 1 / sqrt(batch variance + eps) (C), new moving mean (C), new moving variance (C)
-// y = (x - mean) / sqrt(var + eps) * gamma + beta with the biased batch variance; the moving
-// statistics take the batch's share 1 - keep, the variance unbiased (N H W / (N H W - 1)), as
-// MindSpore's BatchNorm does.
-extern "C" int BatchNormTrainForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                     void *, void *) {
+// The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
+template <bool kRelu>
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   if (nparam != 12) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
@@ -100,10 +85,16 @@ extern "C" int BatchNormTrainForward(int nparam, void **params, int *ndims, int6
       const double variance = std::max(squares / count - mean * mean, 0.0);
       const double inv_std = 1.0 / std::sqrt(variance + eps);
       const double scale = gamma[c] * inv_std;
-      const float m = static_cast<float>(mean), a = static_cast<float>(scale);
+      const float m = static_cast<float>(mean), a = static_cast<float>(scale), shift = beta[c];
       for (int64_t b = 0; b < n; ++b) {
         const int64_t offset = (b * channels + c) * plane;
-        Affine(x + offset, plane, m, a, beta[c], y + offset);
+        const float *in = x + offset;
+        float *out = y + offset;
+        if (kRelu) {
+          for (int64_t i = 0; i < plane; ++i) out[i] = std::max(a * (in[i] - m) + shift, 0.0f);
+        } else {
+          for (int64_t i = 0; i < plane; ++i) out[i] = a * (in[i] - m) + shift;
+        }
       }
       mean_out[c] = static_cast<float>(mean);
       inv_std_out[c] = static_cast<float>(inv_std);
@@ -115,47 +106,93 @@ extern "C" int BatchNormTrainForward(int nparam, void **params, int *ndims, int6
   return 0;
 }
 
-// params: grad_y, x (N, C, H, W), gamma, mean, inv_std (C) -> grad_x, grad_gamma (C), grad_beta (C)
-// of BatchNormTrainForward's y (the batch statistics depend on x too):
-//   grad_beta = sum(grad_y), grad_gamma = sum(grad_y * x_hat), x_hat = (x - mean) * inv_std,
-//   grad_x = gamma * inv_std * (grad_y - grad_beta / M - x_hat * grad_gamma / M), M = N H W.
-extern "C" int BatchNormTrainBackward(int nparam, void **params, int *ndims, int64_t **shapes,
-                                      const char **dtypes, void *, void *) {
-  if (nparam != 8) return 1;
+// The backward of both; with kRelu, params[1] is the forward's output y and the gradient
+// reaching the BatchNorm is grad_y where y > 0, else 0 (written into grad_x first).
+template <bool kRelu>
+int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  constexpr int kX = kRelu ? 2 : 1;  // the positions after grad_y (and y)
+  if (nparam != kX + 7) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
-  if (!ChannelShape(ndims[1], shapes[1], &n, &channels, &plane)) return 3;
+  if (!ChannelShape(ndims[kX], shapes[kX], &n, &channels, &plane)) return 3;
   const int64_t values = n * channels * plane;
-  if (!SizesAre({0, 5}, values, ndims, shapes) || !SizesAre({2, 3, 4, 6, 7}, channels, ndims, shapes)) return 3;
+  if (!SizesAre({0, kX, kX + 4}, values, ndims, shapes) || (kRelu && !SizesAre({1}, values, ndims, shapes)) ||
+      !SizesAre({kX + 1, kX + 2, kX + 3, kX + 5, kX + 6}, channels, ndims, shapes)) {
+    return 3;
+  }
   const float *grad_y = static_cast<const float *>(params[0]);
-  const float *x = static_cast<const float *>(params[1]);
-  const float *gamma = static_cast<const float *>(params[2]);
-  const float *mean = static_cast<const float *>(params[3]);
-  const float *inv_std = static_cast<const float *>(params[4]);
-  float *grad_x = static_cast<float *>(params[5]);
-  float *grad_gamma = static_cast<float *>(params[6]);
-  float *grad_beta = static_cast<float *>(params[7]);
+  const float *y = static_cast<const float *>(params[1]);
+  const float *x = static_cast<const float *>(params[kX]);
+  const float *gamma = static_cast<const float *>(params[kX + 1]);
+  const float *mean = static_cast<const float *>(params[kX + 2]);
+  const float *inv_std = static_cast<const float *>(params[kX + 3]);
+  float *grad_x = static_cast<float *>(params[kX + 4]);
+  float *grad_gamma = static_cast<float *>(params[kX + 5]);
+  float *grad_beta = static_cast<float *>(params[kX + 6]);
   const double count = static_cast<double>(n * plane);
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double sum = 0.0, dot = 0.0;  // of grad_y and of grad_y * x
+      double sum = 0.0, dot = 0.0;  // of the gradient g reaching the BatchNorm and of g * x
       for (int64_t b = 0; b < n; ++b) {
         const int64_t offset = (b * channels + c) * plane;
-        SumAndDot(grad_y + offset, x + offset, plane, &sum, &dot);
+        const float *g = grad_y + offset;
+        if (kRelu) {
+          float *masked = grad_x + offset;
+          for (int64_t i = 0; i < plane; ++i) masked[i] = y[offset + i] > 0.0f ? g[i] : 0.0f;
+          g = masked;
+        }
+        SumAndDot(g, x + offset, plane, &sum, &dot);
       }
       const double m = mean[c], s = inv_std[c];
-      const double d_gamma = (dot - m * sum) * s;  // sum(grad_y * x_hat)
+      const double d_gamma = (dot - m * sum) * s;  // sum(g * x_hat)
       const double k = gamma[c] * s;
-      // grad_x = k * grad_y - k * s * d_gamma / M * (x - m) - k * sum / M
+      // grad_x = k * g - k * s * d_gamma / M * (x - m) - k * sum / M
       const float a = static_cast<float>(k), slope = static_cast<float>(-k * s * d_gamma / count),
-                  shift = static_cast<float>(-k * sum / count);
+                  shift = static_cast<float>(-k * sum / count), centre = mean[c];
       for (int64_t b = 0; b < n; ++b) {
         const int64_t offset = (b * channels + c) * plane;
-        Affine2(grad_y + offset, x + offset, plane, mean[c], a, slope, shift, grad_x + offset);
+        const float *g = kRelu ? grad_x + offset : grad_y + offset;  // in place where masked
+        const float *in = x + offset;
+        float *out = grad_x + offset;
+        for (int64_t i = 0; i < plane; ++i) out[i] = a * g[i] + slope * (in[i] - centre) + shift;
       }
       grad_gamma[c] = static_cast<float>(d_gamma);
       grad_beta[c] = static_cast<float>(sum);
     }
   });
   return 0;
+}
+
+}  // namespace
+
+// params: x (N, C, H, W), gamma, beta, moving_mean, moving_variance (C), keep (1), eps (1)
+//   -> y, batch mean (C), 1 / sqrt(batch variance + eps) (C), new moving mean (C), new moving variance (C)
+// y = (x - mean) / sqrt(var + eps) * gamma + beta with the biased batch variance; the moving
+// statistics take the batch's share 1 - keep, the variance unbiased (N H W / (N H W - 1)), as
+// MindSpore's BatchNorm does.
+extern "C" int BatchNormTrainForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *, void *) {
+  return Forward<false>(nparam, params, ndims, shapes, dtypes);
+}
+
+// The same, then max(y, 0): a BatchNorm and the ReLU after it.
+extern "C" int BatchNormReluTrainForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *, void *) {
+  return Forward<true>(nparam, params, ndims, shapes, dtypes);
+}
+
+// params: grad_y, x (N, C, H, W), gamma, mean, inv_std (C) -> grad_x, grad_gamma (C), grad_beta (C)
+// of BatchNormTrainForward's y (the batch statistics depend on x too):
+//   grad_beta = sum(grad_y), grad_gamma = sum(grad_y * x_hat), x_hat = (x - mean) * inv_std,
+//   grad_x = gamma * inv_std * (grad_y - grad_beta / M - x_hat * grad_gamma / M), M = N H W.
+extern "C" int BatchNormTrainBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                      const char **dtypes, void *, void *) {
+  return Backward<false>(nparam, params, ndims, shapes, dtypes);
+}
+
+// params: grad_y, y (BatchNormReluTrainForward's output), x, gamma, mean, inv_std -> as above,
+// for grad_y * (y > 0)
+extern "C" int BatchNormReluTrainBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                          const char **dtypes, void *, void *) {
+  return Backward<true>(nparam, params, ndims, shapes, dtypes);
 }

@@ -25,6 +25,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from src.ghostnet import ConvBNAct
 from src.kernels.library import build_kernel_library
 from src.kernels.quant_cpu import fake_quant_kernels
 
@@ -98,8 +99,9 @@ def depthwise_conv_ops(stride):
     return _ops[stride]
 
 
-def batchnorm_train_op():
-    """The training BatchNorm operator, with its backward; None without the library.
+def batchnorm_train_op(relu=False):
+    """The training BatchNorm operator (followed by a ReLU with ``relu``), with its backward;
+    None without the library.
 
     ``(x, gamma, beta, moving_mean, moving_variance, keep, eps) -> (y, batch mean, 1 /
     batch std, new moving mean, new moving variance)``: ``keep`` is the share of the moving
@@ -107,33 +109,56 @@ def batchnorm_train_op():
     library = build_kernel_library()
     if library is None:
         return None
-    if "batchnorm" not in _ops:
-        backward = ops.Custom(f"{library}:BatchNormTrainBackward", out_shape=lambda grad, x, gamma, *rest: (x, gamma, gamma),
-                              out_dtype=lambda grad, x, gamma, *rest: (x, x, x), func_type="aot")
+    key = "batchnorm_relu" if relu else "batchnorm"
+    if key not in _ops:
+        name = "BatchNormRelu" if relu else "BatchNorm"
+        backward = ops.Custom(f"{library}:{name}TrainBackward",
+                              out_shape=lambda *shapes: (shapes[-4], shapes[-3], shapes[-3]),
+                              out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
 
         def bprop(x, gamma, beta, moving_mean, moving_variance, keep, eps, out, grad):
-            grad_x, grad_gamma, grad_beta = backward(grad[0], x, gamma, out[1], out[2])
+            reads = (grad[0], out[0], x) if relu else (grad[0], x)
+            grad_x, grad_gamma, grad_beta = backward(*reads, gamma, out[1], out[2])
             return (grad_x, grad_gamma, grad_beta, ops.zeros_like(moving_mean), ops.zeros_like(moving_variance),
                     ops.zeros_like(keep), ops.zeros_like(eps))
 
-        _ops["batchnorm"] = ops.Custom(f"{library}:BatchNormTrainForward",
-                                       out_shape=lambda x, gamma, *rest: (x, gamma, gamma, gamma, gamma),
-                                       out_dtype=lambda x, *rest: (x, x, x, x, x), func_type="aot", bprop=bprop)
-    return _ops["batchnorm"]
+        _ops[key] = ops.Custom(f"{library}:{name}TrainForward",
+                               out_shape=lambda x, gamma, *rest: (x, gamma, gamma, gamma, gamma),
+                               out_dtype=lambda x, *rest: (x, x, x, x, x), func_type="aot", bprop=bprop)
+    return _ops[key]
 
 
 class FastBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training step (batch statistics, moving statistics updated)
-    runs the compiled kernels; eval is the framework's. Same parameters, same names."""
+    runs the compiled kernels; eval is the framework's. Same parameters, same names.
+    :meth:`with_relu`: the BatchNorm and a ReLU after it, in training one kernel."""
 
     def construct(self, x):
         if not self.training:
             return self.bn_infer(x, self.gamma, self.beta, self.moving_mean, self.moving_variance)[0]
-        y, _, _, new_mean, new_variance = self.train_op(x, self.gamma, self.beta, self.moving_mean,
-                                                        self.moving_variance, self.keep, self.eps_tensor)
+        return self._train(x, self.train_op)
+
+    def with_relu(self, x):
+        if not self.training:
+            return ops.relu(self.construct(x))
+        return self._train(x, self.train_relu_op)
+
+    def _train(self, x, op):
+        y, _, _, new_mean, new_variance = op(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                                             self.keep, self.eps_tensor)
         ops.assign(self.moving_mean, ops.stop_gradient(new_mean))
         ops.assign(self.moving_variance, ops.stop_gradient(new_variance))
         return y
+
+
+class FastConvBNAct(ConvBNAct):
+    """``ConvBNAct`` whose BatchNorm and ReLU run as one (:meth:`FastBatchNorm2d.with_relu`)
+    while it has both; the same cell otherwise."""
+
+    def construct(self, x):
+        if self.bn is None or self.relu is None:
+            return super().construct(x)
+        return self.bn.with_relu(self.conv(x))
 
 
 class CompiledMomentum(nn.Momentum):
@@ -253,7 +278,7 @@ def enable_fast_cpu_path(net):
             train_op = batchnorm_train_op()
             if train_op is not None:
                 cell.__class__ = FastBatchNorm2d  # same object: parameters and their names unchanged
-                cell.train_op = train_op
+                cell.train_op, cell.train_relu_op = train_op, batchnorm_train_op(relu=True)
                 # MindSpore's BatchNorm stores 1 - momentum as `momentum`: the share the batch gets
                 cell.keep = ms.Tensor([1.0 - cell.momentum], ms.float32)
                 cell.eps_tensor = ms.Tensor([cell.eps], ms.float32)
@@ -268,6 +293,9 @@ def enable_fast_cpu_path(net):
             if fast is not None:
                 cell.fast_conv = fast
                 switched += 1
+    for _, cell in net.cells_and_names():
+        if type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
+            cell.__class__ = FastConvBNAct
     logger.debug("fast CPU path: %d convolutions switched", switched)
     return net
 
