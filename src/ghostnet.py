@@ -167,9 +167,12 @@ class SqueezeExcite(nn.Cell):
         self.gate = HardSigmoid()
 
     def construct(self, x):
+        return x * self.gate_of(x)
+
+    def gate_of(self, x):
+        """The (N, C, 1, 1) gate ``x`` is multiplied by."""
         scale = global_mean(x)
-        scale = self.conv_expand(self.relu(self.conv_reduce(scale)))
-        return x * self.gate(scale)
+        return self.gate(self.conv_expand(self.relu(self.conv_reduce(scale))))
 
 
 class GhostBottleneck(nn.Cell):

@@ -14,8 +14,8 @@ import src.kernels.library as library
 import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
 from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, FastConvBNAct, UnfoldConv,
-                                  depthwise_conv_ops, enable_fast_cpu_path)
-from src.ghostnet import GhostNet
+                                  FastSqueezeExcite, channel_scale_op, depthwise_conv_ops, enable_fast_cpu_path)
+from src.ghostnet import GhostNet, SqueezeExcite
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen, set_observers_frozen
@@ -108,9 +108,26 @@ def test_the_fast_path_switches_every_depthwise_convolution_and_the_stem(kernels
     batch_norms = [c for _, c in framework.cells_and_names() if isinstance(c, nn.BatchNorm2d)]
     assert len(batch_norms) == 80 and all(isinstance(c, FastBatchNorm2d) for _, c in fast.cells_and_names()
                                           if isinstance(c, nn.BatchNorm2d))
+    excites = [c for _, c in framework.cells_and_names() if isinstance(c, SqueezeExcite)]
+    assert len(excites) == 7 and all(isinstance(c, FastSqueezeExcite) for _, c in fast.cells_and_names()
+                                     if isinstance(c, SqueezeExcite))
     fused = [c for _, c in fast.cells_and_names() if isinstance(c, FastConvBNAct) and c.relu is not None]
     assert len(fused) == 2 * 16 + 1  # the first ghost module of each bottleneck (primary, cheap), the last 1x1
     assert [n for n, _ in fast.parameters_and_names()] == [n for n, _ in framework.parameters_and_names()]
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (3, 4, 1, 1), (2, 3, 8, 8)])
+def test_the_channel_scale_kernel_and_its_gradients_equal_the_framework_product(kernels, shape):
+    x, gate = randn(*shape, seed=41), randn(shape[0], shape[1], 1, 1, seed=42)
+    direction = randn(*shape, seed=43)
+    results = []
+    for product in (channel_scale_op(), lambda a, b: a * b):
+        def loss(a, b, product=product):
+            return (product(a, b) * direction).sum()
+        grads = ms.grad(loss, grad_position=(0, 1))(x, gate)
+        results.append([product(x, gate).asnumpy()] + [g.asnumpy() for g in grads])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 class _BatchNormThenReLU(nn.Cell):

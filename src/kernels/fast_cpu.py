@@ -11,6 +11,7 @@ plain loop. Here:
 * the stem runs as unfold + matrix product, both fast framework ops with gradients;
 * BatchNorm in training (batch statistics) runs ``src/kernels/batchnorm.cc``, forward and
   backward (:class:`FastBatchNorm2d`); in eval it is the framework's;
+* a squeeze-excite gate's product runs ``src/kernels/channel_scale.cc`` (:class:`FastSqueezeExcite`);
 * the optimizer's update of all parameters is one operator, ``src/kernels/optimizer.cc``
   (:class:`CompiledMomentum`, which ``src.train_utils.build_optimizer`` picks on the CPU);
 * the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
@@ -25,7 +26,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-from src.ghostnet import ConvBNAct
+from src.ghostnet import ConvBNAct, SqueezeExcite
 from src.kernels.library import build_kernel_library
 from src.kernels.quant_cpu import fake_quant_kernels
 
@@ -159,6 +160,31 @@ class FastConvBNAct(ConvBNAct):
         if self.bn is None or self.relu is None:
             return super().construct(x)
         return self.bn.with_relu(self.conv(x))
+
+
+def channel_scale_op():
+    """``(x, gate) -> x * gate`` for an NCHW x and an (N, C, 1, 1) gate, with its backward;
+    None without the library."""
+    library = build_kernel_library()
+    if library is None:
+        return None
+    if "channel_scale" not in _ops:
+        backward = ops.Custom(f"{library}:ChannelScaleGrad", out_shape=lambda grad, x, gate: (x, gate),
+                              out_dtype=lambda grad, x, gate: (x, x), func_type="aot")
+
+        def bprop(x, gate, out, grad):
+            return backward(grad, x, gate)
+
+        _ops["channel_scale"] = ops.Custom(f"{library}:ChannelScale", out_shape=lambda x, gate: x,
+                                           out_dtype=lambda x, gate: x, func_type="aot", bprop=bprop)
+    return _ops["channel_scale"]
+
+
+class FastSqueezeExcite(SqueezeExcite):
+    """``SqueezeExcite`` whose product with the gate runs the compiled kernels."""
+
+    def construct(self, x):
+        return self.channel_scale(x, self.gate_of(x))
 
 
 class CompiledMomentum(nn.Momentum):
@@ -296,6 +322,9 @@ def enable_fast_cpu_path(net):
     for _, cell in net.cells_and_names():
         if type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastConvBNAct
+        elif type(cell) is SqueezeExcite and channel_scale_op() is not None:  # pylint: disable=unidiomatic-typecheck
+            cell.__class__ = FastSqueezeExcite
+            cell.channel_scale = channel_scale_op()
     logger.debug("fast CPU path: %d convolutions switched", switched)
     return net
 

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SOURCES = tuple(os.path.join(_HERE, name) for name in ("common.cc", "depthwise_conv.cc", "fake_quant.cc",
-                                                             "batchnorm.cc", "optimizer.cc"))
+                                                             "batchnorm.cc", "channel_scale.cc", "optimizer.cc"))
 KERNEL_HEADERS = (os.path.join(_HERE, "common.h"),)
 LIBRARY_NAME = "ghostnet_kernels.so"
 # -ffp-contract=off: no fused multiply-adds, so the fake-quant kernels round exactly as the
