@@ -152,7 +152,7 @@ def train(args, config, rank, group_size):
     calibrated = False
     if args.pretrained:
         net, calibrated = load_pretrained(net, args.pretrained, args.quant)
-    enable_fast_cpu_path(net)  # on CPU: depthwise and stem convolutions on compiled kernels
+    enable_fast_cpu_path(net)  # on CPU: depthwise and stem convolutions, BatchNorm etc. on compiled kernels
 
     # optimizer
     peak_lr = config.scaled_lr(group_size, args.quant)

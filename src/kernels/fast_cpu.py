@@ -1,4 +1,6 @@
-"""A fast CPU path for GhostNet's slow convolutions: depthwise ones and the 3-channel stem.
+"""A fast CPU path for GhostNet: its slow convolutions (depthwise ones and the 3-channel
+stem), and, in training, the operators that cost more than PyTorch's or more to launch than
+to run.
 
 MindSpore 2.10's CPU Conv2D hands oneDNN plain NCHW layouts; for depthwise and 3-input-channel
 convolutions oneDNN then falls back to its reference kernel, tens of times slower than a
@@ -17,8 +19,8 @@ plain loop. Here:
 * the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
   (:mod:`src.kernels.quant_cpu`).
 
-:func:`enable_fast_cpu_path` switches a built network's convolutions over, in place, on CPU
-only; parameters and their names stay as they are.
+:func:`enable_fast_cpu_path` switches a built network's cells over, in place, on CPU only;
+parameters and their names stay as they are.
 """
 import logging
 
@@ -286,8 +288,9 @@ class FastConv2d(nn.Conv2d):
 
 
 def enable_fast_cpu_path(net):
-    """Switch ``net``'s depthwise and stem convolutions to the fast cells, in place, when the
-    device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
+    """Switch ``net``'s depthwise and stem convolutions, its training BatchNorms (with the ReLU
+    after them, :class:`FastConvBNAct`) and its squeeze-excite products to the fast cells, in
+    place, when the device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
 
     Besides ``nn.Conv2d``, a cell with ``accepts_fast_conv = True`` (the quantized layers of
     src/quant/) takes one: it has ``weight``, ``geometry`` and a ``fast_conv`` it calls
