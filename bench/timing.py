@@ -132,7 +132,7 @@ def print_table(medians, references, extra=None):
     """One row per runner: images/s and the ratio to each present reference runner."""
     present = [r for r in references if r in medians]
     extra = extra or {}
-    width = max(22, *(len(name) for name in medians))
+    width = max([22] + [len(name) for name in medians])
     header = f"{'':>{width}} {'images/s':>9}" + "".join(f" {'vs ' + r:>18}" for r in present)
     header += "".join(f" {name:>9}" for name in next(iter(extra.values()), {}))
     print(header)

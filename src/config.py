@@ -102,11 +102,21 @@ def validate(config):
     return config
 
 
+def implied_by_older_runs(saved):
+    """Keys that a config.json written before they existed lacks, with the values its run had."""
+    implied = {}
+    if saved.get("quant"):  # activation ranges followed the data to the end
+        implied["quant_observer_freeze_epoch"] = saved.get("epoch_size")
+    return implied
+
+
 def check_resume_config(path, config, workers):
     """Refuse to resume the run whose config.json is ``path`` with another schedule, network or
-    data set-up: every key but RESUMABLE_CHANGES must keep its value."""
+    data set-up: every key but RESUMABLE_CHANGES must keep its value (a key the file lacks,
+    the value its run had: :func:`implied_by_older_runs`)."""
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
+    saved = dict(implied_by_older_runs(saved), **saved)
     current = dict(dataclasses.asdict(config), workers=workers)
     changed = [f"{key} {saved[key]} -> {value}" for key, value in current.items()
                if key in saved and key not in RESUMABLE_CHANGES and saved[key] != value]

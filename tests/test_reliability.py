@@ -251,6 +251,22 @@ def test_7_resume_refuses_a_changed_schedule(sample_pets, checkpoint_4_classes, 
     assert sorted(os.listdir(tmp_path)) == ["config.json", "ghostnet-epoch0001.ckpt"]
 
 
+def test_7_resuming_an_int8_run_from_before_range_freezing_keeps_its_ranges_moving(tmp_path):
+    """A --quant run's config.json written before --quant_observer_freeze_epoch existed: its
+    ranges followed the data to the end, so the new default (freeze after 4) is a change."""
+    from src.config import check_resume_config
+    from src.errors import ConfigError
+
+    saved = dataclasses.asdict(TrainConfig(epoch_size=10))
+    del saved["quant_observer_freeze_epoch"]
+    (tmp_path / "config.json").write_text(json.dumps(dict(saved, workers=1, quant=True)))
+    with pytest.raises(ConfigError, match="quant_observer_freeze_epoch 10 -> 4"):
+        check_resume_config(str(tmp_path / "config.json"), TrainConfig(epoch_size=10), 1)
+    check_resume_config(str(tmp_path / "config.json"), TrainConfig(epoch_size=10, quant_observer_freeze_epoch=10), 1)
+    (tmp_path / "config.json").write_text(json.dumps(dict(saved, workers=1, quant=False)))
+    check_resume_config(str(tmp_path / "config.json"), TrainConfig(epoch_size=10), 1)  # float: no ranges
+
+
 # 8 -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow

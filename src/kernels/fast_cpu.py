@@ -28,7 +28,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-from src.ghostnet import ConvBNAct, SqueezeExcite
+from src.ghostnet import ConvBNAct, SqueezeExcite, moving_share_kept
 from src.kernels.library import build_kernel_library
 from src.kernels.quant_cpu import fake_quant_kernels
 
@@ -106,9 +106,9 @@ def batchnorm_train_op(relu=False):
     """The training BatchNorm operator (followed by a ReLU with ``relu``), with its backward;
     None without the library.
 
-    ``(x, gamma, beta, moving_mean, moving_variance, keep, eps) -> (y, batch mean, 1 /
-    batch std, new moving mean, new moving variance)``: ``keep`` is the share of the moving
-    statistics kept, 1 - the batch's (MindSpore's ``momentum``)."""
+    ``(x, gamma, beta, moving_mean, moving_variance, keep, eps) -> (y, batch mean,
+    1 / sqrt(batch variance + eps), new moving mean, new moving variance)``: ``keep`` is the
+    share of the moving statistics kept (:func:`src.ghostnet.moving_share_kept`)."""
     library = build_kernel_library()
     if library is None:
         return None
@@ -192,7 +192,12 @@ class FastSqueezeExcite(SqueezeExcite):
 class CompiledMomentum(nn.Momentum):
     """``nn.Momentum`` (same moments, same names, same arithmetic bit for bit) whose update of
     every parameter runs in one compiled operator, in place, instead of up to three
-    framework operators per parameter. ``decays``: each parameter's weight decay, in order."""
+    framework operators per parameter. ``decays``: each parameter's weight decay, in order.
+
+    The operator writes the parameters and moments it is given as inputs, which the graph
+    does not know: it runs last because it reads every gradient, and it runs at all because
+    ``TrainOneStepCell`` returns the loss through a ``depend`` on the optimizer's result.
+    The tests compare three steps with ``nn.Momentum``'s, value for value."""
 
     def __init__(self, params, learning_rate, momentum, decays, loss_scale, update_op):
         super().__init__(params, learning_rate, momentum, loss_scale=loss_scale)
@@ -210,8 +215,10 @@ class CompiledMomentum(nn.Momentum):
 
 def momentum_update_op():
     """The operator of :class:`CompiledMomentum`; None without the library or off the CPU."""
+    if ms.get_context("device_target") != "CPU":
+        return None
     library = build_kernel_library()
-    if library is None or ms.get_context("device_target") != "CPU":
+    if library is None:
         return None
     if "momentum" not in _ops:
         _ops["momentum"] = ops.Custom(f"{library}:SgdMomentumUpdate", out_shape=lambda *shapes: [1],
@@ -308,8 +315,7 @@ def enable_fast_cpu_path(net):
             if train_op is not None:
                 cell.__class__ = FastBatchNorm2d  # same object: parameters and their names unchanged
                 cell.train_op, cell.train_relu_op = train_op, batchnorm_train_op(relu=True)
-                # MindSpore's BatchNorm stores 1 - momentum as `momentum`: the share the batch gets
-                cell.keep = ms.Tensor([1.0 - cell.momentum], ms.float32)
+                cell.keep = ms.Tensor([moving_share_kept(cell)], ms.float32)
                 cell.eps_tensor = ms.Tensor([cell.eps], ms.float32)
         elif type(cell) is nn.Conv2d:  # pylint: disable=unidiomatic-typecheck (subclasses stay)
             fast = fast_conv_for(cell.weight.shape, *conv_geometry(cell))
@@ -328,7 +334,7 @@ def enable_fast_cpu_path(net):
         elif type(cell) is SqueezeExcite and channel_scale_op() is not None:  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastSqueezeExcite
             cell.channel_scale = channel_scale_op()
-    logger.debug("fast CPU path: %d convolutions switched", switched)
+    logger.debug("fast CPU path: %d convolutions switched, BatchNorm and squeeze-excite cells too", switched)
     return net
 
 

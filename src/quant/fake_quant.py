@@ -7,6 +7,7 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Tensor
 
+from src.ghostnet import moving_share_kept
 from src.kernels import apply_conv, conv_geometry
 from src.kernels.fast_cpu import is_fast_depthwise
 from src.quant.observers import RangeObserver
@@ -168,8 +169,7 @@ class QuantConv2d(_FakeQuantLayer):
         self.bias = conv.bias if conv.has_bias else None
         self.bn = bn
         self.bn_eps = None if bn is None else Tensor(np.full(1, bn.eps, np.float32))
-        # MindSpore's BatchNorm stores 1 - momentum as `momentum`: the share the batch gets
-        self.bn_keep = None if bn is None else Tensor(np.full(1, 1.0 - bn.momentum, np.float32))
+        self.bn_keep = None if bn is None else Tensor(np.full(1, moving_share_kept(bn), np.float32))
         self.output_range = RangeObserver()
         self.bn_frozen = False
 
@@ -231,7 +231,7 @@ class QuantConv2d(_FakeQuantLayer):
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn
-        keep = 1.0 - bn.momentum  # MindSpore's BatchNorm stores the batch's share as `momentum`
+        keep = moving_share_kept(bn)
         n = shape[0] * shape[2] * shape[3]
         unbiased = ops.stop_gradient(batch_var) * n / max(n - 1, 1)
         ops.assign(bn.moving_mean, bn.moving_mean * keep + ops.stop_gradient(batch_mean) * (1 - keep))
