@@ -53,11 +53,15 @@ def test_fine_tuning_moves_statistics_and_ranges_until_their_freeze_epoch_only(r
         assert before.keys() == after.keys()
         return [not np.array_equal(before[name], after[name]) for name in before]
 
-    statistics = ("moving_mean", "moving_variance")
-    start = values(root / "float" / "ghostnet-final.ckpt", statistics)  # fine-tuning starts from these
-    first, second = (values(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt", statistics) for epoch in (1, 2))
-    assert len(start) == 160
-    assert all(moved(start, first)) and not any(moved(first, second))
+    def statistics(path):  # in order: the float and fake-quant networks name them differently
+        return list(values(path, ("moving_mean", "moving_variance")).values())
+
+    start = statistics(root / "float" / "ghostnet-final.ckpt")  # fine-tuning starts from these
+    first, second = (statistics(root / "qat" / f"ghostnet-epoch{epoch:04d}.ckpt") for epoch in (1, 2))
+    assert len(start) == len(first) == len(second) == 160
+    assert [a.shape for a in start] == [a.shape for a in first]  # the same BatchNorms, in the same order
+    assert all(not np.array_equal(before, after) for before, after in zip(start, first))
+    assert all(np.array_equal(before, after) for before, after in zip(first, second))
 
     # output ranges as calibrated (the int8 checkpoint before fine-tuning), after each epoch
     calibrated = values(root / "qat" / "ghostnet-int8-calibrated.ckpt", ("output_min", "output_max"))

@@ -130,8 +130,33 @@ def test_a_diverging_run_stops_without_writing_checkpoints(sample_pets, tmp_path
     result = train(subprocess_env, "--dataset_path", data / "train.mindrecord", "--output_dir", tmp_path,
                    "--epoch_size", 2, "--lr", 1e10, *args)
     assert result.returncode == 2
-    assert re.search(r"loss became (nan|inf) at epoch 1", result.stderr)
+    # the loss guard, or the parameter guard at the epoch's end where the loss stayed finite
+    # (the compiled BatchNorm sums in double: overflowing weights leave its output finite)
+    assert re.search(r"loss became (nan|inf) at epoch 1|parameters became non-finite in epoch 1", result.stderr)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".ckpt")]
+
+
+def test_a_non_finite_loss_stops_the_epoch_naming_the_step_and_learning_rate():
+    """The loss guard itself (a run of the real network may trip the parameter guard first)."""
+    import train as train_script
+    from src.config import TrainConfig
+    from src.errors import TrainingDiverged
+
+    class Batches:
+        def get_dataset_size(self):
+            return 3
+
+        def create_tuple_iterator(self, num_epochs):
+            return iter([(None, None)] * 3)
+
+    losses = iter([1.5, float("nan"), 1.0])
+
+    def step(images, labels):
+        return ms.Tensor(np.float32(next(losses)))
+
+    step.set_train = lambda mode: None
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 2 \(learning rate 0.21000\)"):
+        train_script.train_one_epoch(step, Batches(), 1, TrainConfig(), 10, np.linspace(0.1, 0.3, 21))
 
 
 @pytest.mark.slow
