@@ -1,6 +1,7 @@
 """Where the first training step's graph compile spends its time, by MindSpore compile phase.
 
-    python bench/compile_phases.py [--quant [--bn_frozen] [--observers_frozen]] [--image_size 64] [--batch_size 16] [--top 12]
+    python bench/compile_phases.py [--quant [--bn_frozen] [--observers_frozen]] [--image_size 64]
+                                   [--batch_size 16] [--top 12]
 
 Compiles one GRAPH_MODE training step on the fast CPU path (float, or with ``--quant`` the
 fake-quant QAT network; with ``--bn_frozen``, ``--observers_frozen`` its BatchNorm statistics,
@@ -87,7 +88,7 @@ def parent(args):
     env = dict(os.environ, GLOG_v="1", GLOG_logtostderr="1")
     command = [sys.executable, os.path.abspath(__file__), "--child", "--image_size", str(args.image_size),
                "--batch_size", str(args.batch_size), "--num_classes", str(args.num_classes)]
-    command += ["--quant"] * args.quant + ["--bn_frozen"] * args.bn_frozen + ["--observers_frozen"] * args.observers_frozen
+    command += [f"--{flag}" for flag in ("quant", "bn_frozen", "observers_frozen") if getattr(args, flag)]
     frozen = [part for part, flag in (("BatchNorm", args.bn_frozen), ("ranges", args.observers_frozen)) if flag]
     form = "float" if not args.quant else "fake-quant (QAT)" + "".join(f", {part} frozen" for part in frozen)
     print(f"compiling one {form} training step, {args.image_size} px, batch {args.batch_size}, "

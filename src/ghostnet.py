@@ -43,14 +43,14 @@ DROPOUT = 0.2
 DROPOUT_OP_SEED = 1  # the mask's stream: the global seed and this one
 BN_MOMENTUM = 0.9  # MindSpore convention: 1 - PyTorch's 0.1
 BN_EPS = 1e-5
+WIDTHS = {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3}
+WIDTH_CHOICES = tuple(sorted(WIDTHS.values()))
 
 
 def moving_share_kept(bn):
     """The share of its moving statistics a BatchNorm keeps per training step: what
     ``nn.BatchNorm2d`` was given as ``momentum``, as it stores 1 - that, the batch's share."""
     return 1.0 - bn.momentum
-WIDTHS = {"ghostnet_050": 0.5, "ghostnet_100": 1.0, "ghostnet_130": 1.3}
-WIDTH_CHOICES = tuple(sorted(WIDTHS.values()))
 
 
 def make_divisible(value, divisor=4):

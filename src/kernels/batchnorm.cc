@@ -4,9 +4,8 @@
 // GhostNet training step. Here each is two passes over the tensor, per channel of an NCHW
 // tensor: one for the sums (forward: of x - s and (x - s)^2 with s the channel's first value,
 // so that the variance E[(x - s)^2] - E[x - s]^2 does not cancel where |mean| >> std), one
-// affine. Sums are in double, each
-// channel by one thread in a fixed order: equal to the framework's up to rounding, and the
-// same on every run.
+// affine. Sums are in double, each channel by one thread in a fixed order: equal to the
+// framework's up to rounding, and the same on every run.
 //
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
@@ -26,9 +25,12 @@ using kernels::SizesAre;
 typedef float Floats4 __attribute__((vector_size(16)));
 typedef double Doubles4 __attribute__((vector_size(32)));
 
-// sum of a[i] and of a[i] * b[i] over `count` values, in double (eight lanes, then in order)
-void SumAndDot(const float *a, const float *b, int64_t count, double *sum, double *dot) {
+// sum of a[i] - shift and of (a[i] - shift) * (b[i] - shift) over `count` values, in double
+// (eight lanes, then in order). The forward passes x for both and the channel's first value as
+// shift (its variance then does not cancel); the backward the gradient and x, shift 0.
+void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift, double *sum, double *dot) {
   Doubles4 s0 = {0, 0, 0, 0}, s1 = s0, d0 = s0, d1 = s0;
+  const Doubles4 centre = {shift, shift, shift, shift};
   int64_t i = 0;
   for (; i + 8 <= count; i += 8) {
     Floats4 a0, a1, b0, b1;
@@ -36,11 +38,12 @@ void SumAndDot(const float *a, const float *b, int64_t count, double *sum, doubl
     std::memcpy(&a1, a + i + 4, sizeof a1);
     std::memcpy(&b0, b + i, sizeof b0);
     std::memcpy(&b1, b + i + 4, sizeof b1);
-    const Doubles4 x0 = __builtin_convertvector(a0, Doubles4), x1 = __builtin_convertvector(a1, Doubles4);
+    const Doubles4 x0 = __builtin_convertvector(a0, Doubles4) - centre;
+    const Doubles4 x1 = __builtin_convertvector(a1, Doubles4) - centre;
     s0 += x0;
     s1 += x1;
-    d0 += x0 * __builtin_convertvector(b0, Doubles4);
-    d1 += x1 * __builtin_convertvector(b1, Doubles4);
+    d0 += x0 * (__builtin_convertvector(b0, Doubles4) - centre);
+    d1 += x1 * (__builtin_convertvector(b1, Doubles4) - centre);
   }
   double s = 0.0, d = 0.0;
   for (int k = 0; k < 4; ++k) {
@@ -48,42 +51,12 @@ void SumAndDot(const float *a, const float *b, int64_t count, double *sum, doubl
     d += d0[k] + d1[k];
   }
   for (; i < count; ++i) {
-    s += a[i];
-    d += static_cast<double>(a[i]) * b[i];
+    const double x = static_cast<double>(a[i]) - shift;
+    s += x;
+    d += x * (static_cast<double>(b[i]) - shift);
   }
   *sum += s;
   *dot += d;
-}
-
-
-// sum of x[i] - origin and of (x[i] - origin)^2 over `count` values, in double
-void ShiftedSums(const float *x, int64_t count, float origin, double *sum, double *squares) {
-  Doubles4 s0 = {0, 0, 0, 0}, s1 = s0, q0 = s0, q1 = s0;
-  const Doubles4 centre = {origin, origin, origin, origin};
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    Floats4 a0, a1;
-    std::memcpy(&a0, x + i, sizeof a0);
-    std::memcpy(&a1, x + i + 4, sizeof a1);
-    const Doubles4 d0 = __builtin_convertvector(a0, Doubles4) - centre;
-    const Doubles4 d1 = __builtin_convertvector(a1, Doubles4) - centre;
-    s0 += d0;
-    s1 += d1;
-    q0 += d0 * d0;
-    q1 += d1 * d1;
-  }
-  double s = 0.0, q = 0.0;
-  for (int k = 0; k < 4; ++k) {
-    s += s0[k] + s1[k];
-    q += q0[k] + q1[k];
-  }
-  for (; i < count; ++i) {
-    const double d = static_cast<double>(x[i]) - origin;
-    s += d;
-    q += d * d;
-  }
-  *sum += s;
-  *squares += q;
 }
 
 // The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
@@ -111,7 +84,10 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
     for (int64_t c = begin; c < end; ++c) {
       const float origin = x[c * plane];  // the channel's first value
       double sum = 0.0, squares = 0.0;
-      for (int64_t b = 0; b < n; ++b) ShiftedSums(x + (b * channels + c) * plane, plane, origin, &sum, &squares);
+      for (int64_t b = 0; b < n; ++b) {
+        const float *p = x + (b * channels + c) * plane;
+        ShiftedSumAndDot(p, p, plane, origin, &sum, &squares);
+      }
       const double shifted_mean = sum / count;
       const double mean = origin + shifted_mean;
       const double variance = std::max(squares / count - shifted_mean * shifted_mean, 0.0);
@@ -173,7 +149,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
           for (int64_t i = 0; i < plane; ++i) masked[i] = y[offset + i] > 0.0f ? g[i] : 0.0f;
           g = masked;
         }
-        SumAndDot(g, x + offset, plane, &sum, &dot);
+        ShiftedSumAndDot(g, x + offset, plane, 0.0f, &sum, &dot);
       }
       const double m = mean[c], s = inv_std[c];
       const double d_gamma = (dot - m * sum) * s;  // sum(g * x_hat)

@@ -328,12 +328,13 @@ def enable_fast_cpu_path(net):
             if fast is not None:
                 cell.fast_conv = fast
                 switched += 1
+    channel_scale = channel_scale_op()
     for _, cell in net.cells_and_names():
         if type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastConvBNAct
-        elif type(cell) is SqueezeExcite and channel_scale_op() is not None:  # pylint: disable=unidiomatic-typecheck
+        elif type(cell) is SqueezeExcite and channel_scale is not None:  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastSqueezeExcite
-            cell.channel_scale = channel_scale_op()
+            cell.channel_scale = channel_scale
     logger.debug("fast CPU path: %d convolutions switched, BatchNorm and squeeze-excite cells too", switched)
     return net
 

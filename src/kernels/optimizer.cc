@@ -48,7 +48,9 @@ extern "C" int SgdMomentumUpdate(int nparam, void **params, int *ndims, int64_t 
     for (int k : {count, 2 * count}) {
       if (Elements(ndims[4 + k + t], shapes[4 + k + t]) != values) return 3;
     }
-    for (int64_t begin = 0; begin < values; begin += kChunk) chunks.push_back({t, begin, std::min(values, begin + kChunk)});
+    for (int64_t begin = 0; begin < values; begin += kChunk) {
+      chunks.push_back({t, begin, std::min(values, begin + kChunk)});
+    }
   }
   const float lr = *static_cast<const float *>(params[0]);
   const float momentum = *static_cast<const float *>(params[1]);
