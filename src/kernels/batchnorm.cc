@@ -11,7 +11,6 @@
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "common.h"
 
@@ -20,44 +19,8 @@ namespace {
 using kernels::AllFloat32;
 using kernels::ChannelShape;
 using kernels::ParallelFor;
+using kernels::ShiftedSumAndDot;
 using kernels::SizesAre;
-
-typedef float Floats4 __attribute__((vector_size(16)));
-typedef double Doubles4 __attribute__((vector_size(32)));
-
-// sum of a[i] - shift and of (a[i] - shift) * (b[i] - shift) over `count` values, in double
-// (eight lanes, then in order). The forward passes x for both and the channel's first value as
-// shift (its variance then does not cancel); the backward the gradient and x, shift 0.
-void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift, double *sum, double *dot) {
-  Doubles4 s0 = {0, 0, 0, 0}, s1 = s0, d0 = s0, d1 = s0;
-  const Doubles4 centre = {shift, shift, shift, shift};
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    Floats4 a0, a1, b0, b1;
-    std::memcpy(&a0, a + i, sizeof a0);
-    std::memcpy(&a1, a + i + 4, sizeof a1);
-    std::memcpy(&b0, b + i, sizeof b0);
-    std::memcpy(&b1, b + i + 4, sizeof b1);
-    const Doubles4 x0 = __builtin_convertvector(a0, Doubles4) - centre;
-    const Doubles4 x1 = __builtin_convertvector(a1, Doubles4) - centre;
-    s0 += x0;
-    s1 += x1;
-    d0 += x0 * (__builtin_convertvector(b0, Doubles4) - centre);
-    d1 += x1 * (__builtin_convertvector(b1, Doubles4) - centre);
-  }
-  double s = 0.0, d = 0.0;
-  for (int k = 0; k < 4; ++k) {
-    s += s0[k] + s1[k];
-    d += d0[k] + d1[k];
-  }
-  for (; i < count; ++i) {
-    const double x = static_cast<double>(a[i]) - shift;
-    s += x;
-    d += x * (static_cast<double>(b[i]) - shift);
-  }
-  *sum += s;
-  *dot += d;
-}
 
 // The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
 template <bool kRelu>

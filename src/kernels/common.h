@@ -14,6 +14,12 @@ namespace kernels {
 // work (waking a thread costs more), and run fn(begin, end) on each; returns when all are done.
 void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(int64_t, int64_t)> &fn);
 
+// Adds to *sum and *dot the sums of a[i] - shift and of (a[i] - shift) * (b[i] - shift) over
+// `count` values, in double (eight lanes, then in order). A channel's moments pass x for both
+// and the channel's first value as shift (its variance then does not cancel); a gradient's
+// sums pass the gradient and x, shift 0.
+void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift, double *sum, double *dot);
+
 // A uint8 activation's fake-quant (src/quant/primitives.py: fake_quant_activation), in the
 // framework's float32 operations and order: clamp to [(0 - zp) * s, (255 - zp) * s], then
 // floor(v / s + 0.5) * s. The kernels are compiled without fused multiply-adds, so the

@@ -203,6 +203,12 @@ extern "C" int DepthwiseQuantizedInputForward(int nparam, void **params, int *nd
   return Forward(nparam, params, ndims, shapes, dtypes, true, false, true);
 }
 
+// params: as above -> max(conv(fake-quantized x) + bias, 0)
+extern "C" int DepthwiseQuantizedInputReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                                  const char **dtypes, void *, void *) {
+  return Forward(nparam, params, ndims, shapes, dtypes, true, true, true);
+}
+
 // params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (read for its shape only) -> grad_x (N, C, H, W)
 extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                   void *, void *) {

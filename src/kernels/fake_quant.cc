@@ -26,6 +26,7 @@ namespace {
 using kernels::AllFloat32;
 using kernels::ChannelShape;
 using kernels::ParallelFor;
+using kernels::ShiftedSumAndDot;
 using kernels::SizesAre;
 
 using kernels::ActivationQuant;
@@ -50,7 +51,18 @@ void StraightThrough(const ActivationQuant &quant, const float *grad_y, const fl
                      float *grad_x) {
   ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
     const ActivationQuant q = quant;
-    for (int64_t i = begin; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
+    // vector types: the compiler does not vectorize the select below (measured 1.5x slower)
+    const Floats8 low = {q.low, q.low, q.low, q.low, q.low, q.low, q.low, q.low}, zero = {};
+    const Floats8 high = {q.high, q.high, q.high, q.high, q.high, q.high, q.high, q.high};
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      Floats8 v, g;
+      std::memcpy(&v, x + i, sizeof v);
+      std::memcpy(&g, grad_y + i, sizeof g);
+      const Floats8 passed = (v >= low) & (v <= high) ? g : zero;
+      std::memcpy(grad_x + i, &passed, sizeof passed);
+    }
+    for (; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
   });
 }
 
@@ -73,6 +85,20 @@ float FakeQuantWeightRow(const float *row, int64_t count, float *out) {
 // straight-through sum as the framework computes it.
 float FakeQuantBiasValue(float bias, float bias_scale) {
   return bias + (std::floor(bias / bias_scale + 0.5f) * bias_scale - bias);
+}
+
+// [min, max] of parts' ranges into range[0], range[1]; NaN where a part holds NaN
+void MergeRanges(const std::vector<float> &lows, const std::vector<float> &highs, float *range) {
+  range[0] = lows[0];
+  range[1] = highs[0];
+  for (size_t c = 1; c < lows.size(); ++c) {
+    if (std::isnan(lows[c]) || std::isnan(range[0])) {
+      range[0] = range[1] = std::numeric_limits<float>::quiet_NaN();
+    } else {
+      range[0] = std::min(range[0], lows[c]);
+      range[1] = std::max(range[1], highs[c]);
+    }
+  }
 }
 
 // Every kernel here takes float32 tensors only.
@@ -150,17 +176,7 @@ extern "C" int MinMax(int nparam, void **params, int *ndims, int64_t **shapes, c
       highs[c] = any_nan ? std::numeric_limits<float>::quiet_NaN() : highest;
     }
   });
-  float *y = static_cast<float *>(params[1]);
-  y[0] = lows[0];
-  y[1] = highs[0];
-  for (int64_t c = 1; c < chunks; ++c) {
-    if (std::isnan(lows[c]) || std::isnan(y[0])) {
-      y[0] = y[1] = std::numeric_limits<float>::quiet_NaN();
-    } else {
-      y[0] = std::min(y[0], lows[c]);
-      y[1] = std::max(y[1], highs[c]);
-    }
-  }
+  MergeRanges(lows, highs, static_cast<float *>(params[1]));
   return 0;
 }
 
@@ -253,71 +269,6 @@ extern "C" int QuantLayerEvalParams(int nparam, void **params, int *ndims, int64
 extern "C" int QuantLayerEvalParamsBatchNorm(int nparam, void **params, int *ndims, int64_t **shapes,
                                              const char **dtypes, void *, void *) {
   return EvalParams(nparam, params, ndims, shapes, dtypes, true);
-}
-
-// Batch statistics for QAT's BatchNorm folding: per channel of an NCHW tensor.
-
-// params: x (N, C, H, W) -> mean (C), variance (C, biased: over N * H * W). Sums in double,
-// each channel by one thread in a fixed order: the same result on every run.
-extern "C" int ChannelMoments(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                              void *) {
-  if (nparam != 3) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  int64_t n, channels, plane;
-  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1, 2}, channels, ndims, shapes)) return 3;
-  const float *x = static_cast<const float *>(params[0]);
-  float *mean = static_cast<float *>(params[1]);
-  float *variance = static_cast<float *>(params[2]);
-  const double count = static_cast<double>(n * plane);
-  ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double sum = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const float *p = x + (b * channels + c) * plane;
-        for (int64_t i = 0; i < plane; ++i) sum += p[i];
-      }
-      const double m = sum / count;
-      double squares = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const float *p = x + (b * channels + c) * plane;
-        for (int64_t i = 0; i < plane; ++i) {
-          const double d = p[i] - m;
-          squares += d * d;
-        }
-      }
-      mean[c] = static_cast<float>(m);
-      variance[c] = static_cast<float>(squares / count);
-    }
-  });
-  return 0;
-}
-
-// params: x, mean, grad_mean, grad_variance -> grad_x = (grad_mean + 2 grad_variance (x - mean)) / (N H W)
-extern "C" int ChannelMomentsGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                  void *, void *) {
-  if (nparam != 5) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  int64_t n, channels, plane;
-  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1, 2, 3}, channels, ndims, shapes)) return 3;
-  if (Elements(ndims[4], shapes[4]) != n * channels * plane) return 3;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *mean = static_cast<const float *>(params[1]);
-  const float *grad_mean = static_cast<const float *>(params[2]);
-  const float *grad_variance = static_cast<const float *>(params[3]);
-  float *grad_x = static_cast<float *>(params[4]);
-  const float inverse_count = 1.0f / static_cast<float>(n * plane);
-  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % channels;
-      const float m = mean[c], offset = grad_mean[c] * inverse_count, slope = 2.0f * grad_variance[c] * inverse_count;
-      const float *in = x + p * plane;
-      float *out = grad_x + p * plane;
-      for (int64_t i = 0; i < plane; ++i) out[i] = offset + slope * (in[i] - m);
-    }
-  });
-  return 0;
 }
 
 // QAT's per-layer arithmetic in single operators: what would be tens of framework operators
@@ -447,54 +398,6 @@ struct BatchNormFold {
 
 }  // namespace
 
-// params: conv_mean, conv_var, gamma, beta, moving_mean, moving_variance (C), eps, keep (the moving
-// statistics' share in their update), count (1 each) -> correction, bias, new moving_mean, new
-// moving_variance, and a copy of moving_variance as read (C): the gradient needs that value, and
-// the parameter holds the new one by the time it runs
-extern "C" int BatchNormFoldForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                    void *, void *) {
-  if (nparam != 14) return 1;
-  const int64_t channels = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({1, 2, 3, 4, 5, 9, 10, 11, 12, 13}, channels, ndims, shapes)) return 3;
-  if (!SizesAre({6, 7, 8}, 1, ndims, shapes)) return 3;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  const float eps = *Input(params, 6), keep = *Input(params, 7);
-  const double count = *Input(params, 8);
-  for (int64_t c = 0; c < channels; ++c) {
-    BatchNormFold fold;
-    fold.Forward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c],
-                 Input(params, 4)[c], Input(params, 5)[c], eps, keep, count);
-    static_cast<float *>(params[9])[c] = static_cast<float>(fold.correction);
-    static_cast<float *>(params[10])[c] = static_cast<float>(fold.bias);
-    static_cast<float *>(params[11])[c] = static_cast<float>(fold.new_mean);
-    static_cast<float *>(params[12])[c] = static_cast<float>(fold.new_variance);
-    static_cast<float *>(params[13])[c] = Input(params, 5)[c];
-  }
-  return 0;
-}
-
-// params: conv_mean, conv_var, gamma, moving_variance (C), eps (1), grad_correction, grad_bias (C)
-// -> grad conv_mean, grad conv_var, grad gamma, grad beta (C)
-extern "C" int BatchNormFoldBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                     void *, void *) {
-  if (nparam != 11) return 1;
-  const int64_t channels = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({1, 2, 3, 5, 6, 7, 8, 9, 10}, channels, ndims, shapes)) return 3;
-  if (!SizesAre({4}, 1, ndims, shapes)) return 3;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  const float eps = *Input(params, 4);
-  for (int64_t c = 0; c < channels; ++c) {
-    BatchNormFold fold;
-    fold.Backward(Input(params, 0)[c], Input(params, 1)[c], Input(params, 2)[c], Input(params, 3)[c], eps,
-                  Input(params, 5)[c], Input(params, 6)[c]);
-    static_cast<float *>(params[7])[c] = static_cast<float>(fold.d_conv_mean);
-    static_cast<float *>(params[8])[c] = static_cast<float>(fold.d_conv_var);
-    static_cast<float *>(params[9])[c] = static_cast<float>(fold.d_gamma);
-    static_cast<float *>(params[10])[c] = static_cast<float>(fold.d_beta);
-  }
-  return 0;
-}
-
 namespace {
 
 void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
@@ -513,62 +416,191 @@ void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
 
 }  // namespace
 
-// params: x (N, C, H, W), scale (C), shift (C) -> x * scale + shift per channel (a QAT
-// convolution's BatchNorm correction and bias in one pass)
-extern "C" int ChannelAffine(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                             void *) {
-  if (nparam != 4) return 1;
+namespace {
+
+// y = x * a + b over one plane (then max(y, 0) with kRelu); the [min, max] of x * a + b (before
+// the ReLU: the range the layer's output observer watches) into *lowest, *highest, NaN where a
+// value is NaN.
+template <bool kRelu>
+void AffinePlane(const float *in, int64_t count, float a, float b, float *out, float *lowest, float *highest) {
+  // vector types: plain loops with NaN checks are not vectorized (see MinMax)
+  const float first = in[0] * a + b;
+  const Floats8 av = {a, a, a, a, a, a, a, a}, bv = {b, b, b, b, b, b, b, b}, zero = {};
+  Floats8 low = {first, first, first, first, first, first, first, first}, high = low;
+  Ints8 nan = {};
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    Floats8 v;
+    std::memcpy(&v, in + i, sizeof v);
+    v = v * av + bv;
+    low = v < low ? v : low;
+    high = v > high ? v : high;
+    nan |= v != v;
+    if (kRelu) v = v > zero ? v : zero;
+    std::memcpy(out + i, &v, sizeof v);
+  }
+  float l = low[0], h = high[0];
+  bool any_nan = false;
+  for (int j = 0; j < 8; ++j) {
+    l = std::min(l, low[j]);
+    h = std::max(h, high[j]);
+    any_nan |= nan[j] != 0;
+  }
+  for (; i < count; ++i) {
+    const float v = in[i] * a + b;
+    l = std::min(l, v);
+    h = std::max(h, v);
+    any_nan |= std::isnan(v);
+    out[i] = kRelu ? std::max(v, 0.0f) : v;
+  }
+  *lowest = any_nan ? std::numeric_limits<float>::quiet_NaN() : l;
+  *highest = any_nan ? std::numeric_limits<float>::quiet_NaN() : h;
+}
+
+// The forward of QatBatchNormForward and QatBatchNormReluForward; see there.
+template <bool kRelu>
+int QatForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 17) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1, 2}, channels, ndims, shapes) || !SizesAre({3}, n * channels * plane, ndims, shapes)) return 3;
-  const float *x = Input(params, 0), *scale = Input(params, 1), *shift = Input(params, 2);
-  float *y = static_cast<float *>(params[3]);
-  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const float a = scale[p % channels], b = shift[p % channels];
-      const float *in = x + p * plane;
-      float *out = y + p * plane;
-      for (int64_t i = 0; i < plane; ++i) out[i] = in[i] * a + b;
+  if (!SizesAre({1, 2, 3, 4, 8, 11, 12, 13, 14, 15, 16}, channels, ndims, shapes) ||
+      !SizesAre({5, 6, 7}, 1, ndims, shapes) || !SizesAre({9}, n * channels * plane, ndims, shapes) ||
+      !SizesAre({10}, 2, ndims, shapes)) {
+    return 3;
+  }
+  const float *x = Input(params, 0), *gamma = Input(params, 1), *beta = Input(params, 2);
+  const float *moving_mean = Input(params, 3), *moving_variance = Input(params, 4);
+  const float eps = *Input(params, 5), keep = *Input(params, 6), act_scale = *Input(params, 7);
+  const float *scales = Input(params, 8);
+  float *y = static_cast<float *>(params[9]);
+  float *outputs[6];  // new moving mean and variance, conv mean and variance, correction, variance read
+  for (int i = 0; i < 6; ++i) outputs[i] = static_cast<float *>(params[11 + i]);
+  const double count = static_cast<double>(n * plane);
+  std::vector<float> lows(n * channels), highs(n * channels);  // per plane
+  ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      // the convolution's moments, shifted by the channel's first value (no cancellation)
+      const float origin = x[c * plane];
+      double sum = 0.0, squares = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const float *p = x + (b * channels + c) * plane;
+        ShiftedSumAndDot(p, p, plane, origin, &sum, &squares);
+      }
+      const double shifted_mean = sum / count;
+      const float conv_mean = static_cast<float>(origin + shifted_mean);
+      const float conv_var = static_cast<float>(std::max(squares / count - shifted_mean * shifted_mean, 0.0));
+      BatchNormFold fold;
+      fold.Forward(conv_mean, conv_var, gamma[c], beta[c], moving_mean[c], moving_variance[c], eps, keep, count);
+      const float correction = static_cast<float>(fold.correction);
+      const float bias = FakeQuantBiasValue(static_cast<float>(fold.bias), act_scale * scales[c]);
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t p = b * channels + c;
+        AffinePlane<kRelu>(x + p * plane, plane, correction, bias, y + p * plane, &lows[p], &highs[p]);
+      }
+      outputs[0][c] = static_cast<float>(fold.new_mean);
+      outputs[1][c] = static_cast<float>(fold.new_variance);
+      outputs[2][c] = conv_mean;
+      outputs[3][c] = conv_var;
+      outputs[4][c] = correction;
+      outputs[5][c] = moving_variance[c];
+    }
+  });
+  MergeRanges(lows, highs, static_cast<float *>(params[10]));
+  return 0;
+}
+
+// The backward of both; with kRelu, params[1] is the forward's output y, and the gradient
+// reaching the BatchNorm is grad_y where y > 0, else 0 (written into grad_x first).
+template <bool kRelu>
+int QatBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  constexpr int kX = kRelu ? 2 : 1;  // the positions after grad_y (and y)
+  if (nparam != kX + 10) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  int64_t n, channels, plane;
+  if (!ChannelShape(ndims[kX], shapes[kX], &n, &channels, &plane)) return 3;
+  const int64_t values = n * channels * plane;
+  if (!SizesAre({0, kX, kX + 7}, values, ndims, shapes) || (kRelu && !SizesAre({1}, values, ndims, shapes)) ||
+      !SizesAre({kX + 1, kX + 2, kX + 3, kX + 4, kX + 5, kX + 8, kX + 9}, channels, ndims, shapes) ||
+      !SizesAre({kX + 6}, 1, ndims, shapes)) {
+    return 3;
+  }
+  const float *grad_y = Input(params, 0), *y = Input(params, 1), *x = Input(params, kX);
+  const float *gamma = Input(params, kX + 1), *conv_mean = Input(params, kX + 2), *conv_var = Input(params, kX + 3);
+  const float *correction = Input(params, kX + 4), *moving_variance = Input(params, kX + 5);
+  const float eps = *Input(params, kX + 6);
+  float *grad_x = static_cast<float *>(params[kX + 7]);
+  float *grad_gamma = static_cast<float *>(params[kX + 8]);
+  float *grad_beta = static_cast<float *>(params[kX + 9]);
+  const float inverse_count = 1.0f / static_cast<float>(n * plane);
+  ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      double total = 0.0, weighted = 0.0;  // of the gradient g reaching the correction and bias, of g * x
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t offset = (b * channels + c) * plane;
+        const float *g = grad_y + offset;
+        if (kRelu) {
+          float *masked = grad_x + offset;
+          for (int64_t i = 0; i < plane; ++i) masked[i] = y[offset + i] > 0.0f ? g[i] : 0.0f;
+          g = masked;
+        }
+        ShiftedSumAndDot(g, x + offset, plane, 0.0f, &total, &weighted);
+      }
+      BatchNormFold fold;
+      fold.Backward(conv_mean[c], conv_var[c], gamma[c], moving_variance[c], eps, static_cast<float>(weighted),
+                    static_cast<float>(total));
+      // grad_x = g * correction (the output's own path) + the moments' gradient
+      const float a = correction[c], m = conv_mean[c];
+      const float shift = static_cast<float>(fold.d_conv_mean) * inverse_count;
+      const float slope = 2.0f * static_cast<float>(fold.d_conv_var) * inverse_count;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t offset = (b * channels + c) * plane;
+        const float *g = kRelu ? grad_x + offset : grad_y + offset;  // in place where masked
+        const float *in = x + offset;
+        float *out = grad_x + offset;
+        for (int64_t i = 0; i < plane; ++i) out[i] = g[i] * a + (shift + slope * (in[i] - m));
+      }
+      grad_gamma[c] = static_cast<float>(fold.d_gamma);
+      grad_beta[c] = static_cast<float>(fold.d_beta);
     }
   });
   return 0;
 }
 
-// params: grad_y, x, scale -> grad_x = grad_y * scale, grad_scale = sum(grad_y * x), grad_shift =
-// sum(grad_y) per channel (sums in double, each channel by one thread: the same on every run)
-extern "C" int ChannelAffineGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                 void *, void *) {
-  if (nparam != 6) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  int64_t n, channels, plane;
-  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1, 3}, n * channels * plane, ndims, shapes) || !SizesAre({2, 4, 5}, channels, ndims, shapes)) {
-    return 3;
-  }
-  const float *grad_y = Input(params, 0), *x = Input(params, 1), *scale = Input(params, 2);
-  float *grad_x = static_cast<float *>(params[3]);
-  float *grad_scale = static_cast<float *>(params[4]);
-  float *grad_shift = static_cast<float *>(params[5]);
-  ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      double weighted = 0.0, total = 0.0;
-      const float a = scale[c];
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *g = grad_y + offset, *in = x + offset;
-        float *out = grad_x + offset;
-        for (int64_t i = 0; i < plane; ++i) {
-          out[i] = g[i] * a;
-          weighted += static_cast<double>(g[i]) * in[i];
-          total += g[i];
-        }
-      }
-      grad_scale[c] = static_cast<float>(weighted);
-      grad_shift[c] = static_cast<float>(total);
-    }
-  });
-  return 0;
+}  // namespace
+
+// A QAT convolution's BatchNorm on batch statistics (QuantConv2d._train_with_batch_statistics)
+// in one operator, after the convolution with the folded, quantized weight:
+// params: x (N, C, H, W: that convolution's output), gamma, beta, moving_mean, moving_variance (C),
+//   eps, keep (the moving statistics' share in their update), act_scale (the input's, 1 each),
+//   scales (C, the weight's)
+//   -> y, [min, max] of y (2), new moving mean, new moving variance, and for the backward the
+//      convolution's batch mean and variance, the correction and moving_variance as read (C)
+// y = x * correction + the folded bias quantized at act_scale * scales, per channel; correction =
+// moving std / batch std, with the batch statistics scaled back to the unfolded convolution's.
+extern "C" int QatBatchNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                   void *, void *) {
+  return QatForward<false>(nparam, params, ndims, shapes, dtypes);
+}
+
+// The same, then max(y, 0): the convolution's ReLU too; the range is still that before the ReLU.
+extern "C" int QatBatchNormReluForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *, void *) {
+  return QatForward<true>(nparam, params, ndims, shapes, dtypes);
+}
+
+// params: grad_y, x, gamma, conv mean, conv variance, correction, moving_variance as read (C), eps (1)
+//   -> grad_x, grad_gamma (C), grad_beta (C) of QatBatchNormForward's y (the batch statistics
+//   depend on x too; the bias's quantization passes its gradient straight through)
+extern "C" int QatBatchNormBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                    void *, void *) {
+  return QatBackward<false>(nparam, params, ndims, shapes, dtypes);
+}
+
+// params: grad_y, y (QatBatchNormReluForward's output), x, ... -> as above, for grad_y * (y > 0)
+extern "C" int QatBatchNormReluBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *, void *) {
+  return QatBackward<true>(nparam, params, ndims, shapes, dtypes);
 }
 
 // params: weight (C, ...), gamma (C), moving_variance (C), eps (1) -> fake-quantized weight * gamma /

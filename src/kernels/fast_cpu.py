@@ -66,8 +66,9 @@ def depthwise_conv_ops(stride):
     """``{variant: custom op}`` for ``stride``, with their backward; None without the library.
 
     Variants: ``plain`` (x, w), ``bias`` (x, w, b) and ``bias_relu`` (x, w, b), the last two
-    for inference with BatchNorm folded, and ``quantized_input`` (x, w, b, scale, zero_point),
-    an int8 layer in eval: x fake-quantized to uint8 as it is read; no gradient.
+    for inference with BatchNorm folded, and ``quantized_input`` (x, w, b, scale, zero_point)
+    and ``quantized_input_relu``, an int8 layer in eval: x fake-quantized to uint8 as it is
+    read; no gradient.
     """
     library = build_kernel_library()
     if library is None:
@@ -97,8 +98,10 @@ def depthwise_conv_ops(stride):
         for variant, function, backward in (("plain", "DepthwiseForward", bprop),
                                             ("bias", "DepthwiseBiasForward", bprop_bias),
                                             ("bias_relu", "DepthwiseBiasReluForward", bprop_bias_relu))}
-    _ops[stride]["quantized_input"] = ops.Custom(f"{library}:DepthwiseQuantizedInputForward", out_shape=out_shape,
-                                                 out_dtype=lambda x, *rest: x, func_type="aot")
+    for variant, function in (("quantized_input", "DepthwiseQuantizedInputForward"),
+                              ("quantized_input_relu", "DepthwiseQuantizedInputReluForward")):
+        _ops[stride][variant] = ops.Custom(f"{library}:{function}", out_shape=out_shape,
+                                           out_dtype=lambda x, *rest: x, func_type="aot")
     return _ops[stride]
 
 
@@ -155,13 +158,19 @@ class FastBatchNorm2d(nn.BatchNorm2d):
 
 
 class FastConvBNAct(ConvBNAct):
-    """``ConvBNAct`` whose BatchNorm and ReLU run as one (:meth:`FastBatchNorm2d.with_relu`)
-    while it has both; the same cell otherwise."""
+    """``ConvBNAct`` whose ReLU runs in one kernel with the cell before it: the BatchNorm
+    (:meth:`FastBatchNorm2d.with_relu`) or, in the fake-quant form, the convolution that
+    computes the BatchNorm too (``QuantConv2d.with_relu``, where ``conv_takes_relu``); the
+    same cell otherwise."""
 
     def construct(self, x):
-        if self.bn is None or self.relu is None:
+        if self.relu is None:
             return super().construct(x)
-        return self.bn.with_relu(self.conv(x))
+        if self.bn is not None:
+            return self.bn.with_relu(self.conv(x))
+        if self.conv_takes_relu:
+            return self.conv.with_relu(x)
+        return super().construct(x)
 
 
 def channel_scale_op():
@@ -229,13 +238,16 @@ def momentum_update_op():
 class DepthwiseConvCPU(nn.Cell):
     """Depthwise convolution (padding kernel // 2) through the compiled kernels; with a bias,
     optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`).
-    ``quantized_input(x, w, b, scale, zero_point)``: on x fake-quantized to uint8, for eval."""
+    ``quantized_input(x, w, b, scale, zero_point)``: on x fake-quantized to uint8, for eval;
+    ``quantized_input_relu``: the same, then a ReLU; ``bias_relu(x, w, b)``: with a ReLU."""
 
     def __init__(self, variants, relu=False):
         super().__init__()
         self.plain = variants["plain"]
         self.with_bias = variants["bias_relu" if relu else "bias"]
+        self.bias_relu = variants["bias_relu"]
         self.quantized_input = variants["quantized_input"]
+        self.quantized_input_relu = variants["quantized_input_relu"]
         self.variants = variants
         self.relu = relu  # whether the ReLU is fused: what fuse_relu_for_inference did, for a reader
 
@@ -330,8 +342,10 @@ def enable_fast_cpu_path(net):
                 switched += 1
     channel_scale = channel_scale_op()
     for _, cell in net.cells_and_names():
-        if type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
+        if type(cell) is ConvBNAct and (isinstance(cell.bn, FastBatchNorm2d)  # pylint: disable=unidiomatic-typecheck
+                                        or getattr(cell.conv, "takes_relu", False)):
             cell.__class__ = FastConvBNAct
+            cell.conv_takes_relu = cell.bn is None and cell.relu is not None and getattr(cell.conv, "takes_relu", False)
         elif type(cell) is SqueezeExcite and channel_scale is not None:  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastSqueezeExcite
             cell.channel_scale = channel_scale

@@ -19,21 +19,21 @@ class FakeQuantKernels(nn.Cell):
     """``activation(x, scale, zero_point)``: x quantize-dequantized to uint8, gradient passed
     straight through inside the representable range; ``weight(w)``: ``(fake-quantized w,
     per-output-channel scales)``, gradient passed straight through; ``min_max(x)``: ``[min,
-    max]`` of x, shape (2,), no gradient; ``channel_moments(x)``: per-channel mean and biased
-    variance of an NCHW tensor, with gradient.
+    max]`` of x, shape (2,), no gradient.
 
     For QAT, each replacing tens of operators on tiny tensors: ``range_ema(x, act_min,
     act_max, ema)``: an observer's next moving range; ``activation_in_range(x, act_min,
     act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
     ``activation_scale(act_min, act_max)``: that scale alone;
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
-    ``batchnorm_fold(conv_mean, conv_var, gamma, beta, moving_mean, moving_variance, eps, keep,
-    count)``: ``(correction, bias, new moving mean, new moving variance, the moving variance as
-    read)`` of :meth:`src.quant.QuantConv2d._train_with_batch_statistics`, with gradient;
-    ``channel_affine(x, scale, shift)``: ``x * scale + shift`` per channel of an NCHW tensor,
-    with gradient; ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded
-    with the moving statistics and fake-quantized, its scales, the moving std as read)``, with
-    gradient to weight and gamma.
+    ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded with the moving
+    statistics and fake-quantized, its scales, the moving std as read)``, with gradient to
+    weight and gamma; ``batchnorm(x, gamma, beta, moving_mean, moving_variance, eps, keep,
+    act_scale, scales)``: the BatchNorm of
+    :meth:`src.quant.QuantConv2d._train_with_batch_statistics` on the convolution's output x,
+    one operator forward and one backward: ``(output, its [min, max] (2,), new moving mean, new
+    moving variance, then what the backward reads)``, with gradient to x, gamma and beta;
+    ``batchnorm_relu``: the same with the ReLU after it (the range is still taken before it).
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -62,14 +62,6 @@ class FakeQuantKernels(nn.Cell):
                                      bprop=activation_bprop)
         self.weight = ops.Custom(f"{library}:FakeQuantWeight", out_shape=lambda w: (w, [w[0]]),
                                  out_dtype=lambda w: (w, w), func_type="aot", bprop=weight_bprop)
-        moments_grad = ops.Custom(f"{library}:ChannelMomentsGrad", out_shape=lambda x, *rest: x,
-                                  out_dtype=lambda x, *rest: x, func_type="aot")
-
-        def moments_bprop(x, out, grad):
-            return (moments_grad(x, out[0], grad[0], grad[1]),)
-
-        self.channel_moments = ops.Custom(f"{library}:ChannelMoments", out_shape=lambda x: ([x[1]], [x[1]]),
-                                          out_dtype=lambda x: (x, x), func_type="aot", bprop=moments_bprop)
         activation_in_range_grad = ops.Custom(f"{library}:FakeQuantActivationInRangeGrad",
                                               out_shape=lambda grad, x, low, high: x,
                                               out_dtype=lambda grad, x, low, high: x, func_type="aot")
@@ -101,21 +93,6 @@ class FakeQuantKernels(nn.Cell):
         self.bias = ops.Custom(f"{library}:FakeQuantBias", out_shape=lambda bias, act_scale, scales: bias,
                                out_dtype=lambda bias, act_scale, scales: bias, func_type="aot", bprop=bias_bprop)
 
-        fold_backward = ops.Custom(f"{library}:BatchNormFoldBackward",
-                                   out_shape=lambda mean, *rest: (mean, mean, mean, mean),
-                                   out_dtype=lambda mean, *rest: (mean, mean, mean, mean), func_type="aot")
-
-        def fold_bprop(mean, var, gamma, beta, moving_mean, moving_var, eps, keep, count, out, grad):
-            # out[4]: the moving variance as the forward read it (see BatchNormFoldForward)
-            grads = fold_backward(mean, var, gamma, out[4], eps, grad[0], grad[1])
-            zeros = ops.zeros_like
-            return (grads[0], grads[1], grads[2], grads[3], zeros(moving_mean), zeros(moving_var), zeros(eps),
-                    zeros(keep), zeros(count))
-
-        self.batchnorm_fold = ops.Custom(f"{library}:BatchNormFoldForward",
-                                         out_shape=lambda mean, *rest: (mean,) * 5,
-                                         out_dtype=lambda mean, *rest: (mean,) * 5, func_type="aot",
-                                         bprop=fold_bprop)
         fold_weight_grad = ops.Custom(f"{library}:FoldQuantizeWeightGrad",
                                       out_shape=lambda grad, w, gamma, std: (w, gamma),
                                       out_dtype=lambda grad, w, gamma, std: (w, w), func_type="aot")
@@ -129,14 +106,7 @@ class FakeQuantKernels(nn.Cell):
                                       out_shape=lambda w, gamma, var, eps: (w, gamma, gamma),
                                       out_dtype=lambda w, gamma, var, eps: (w, w, w), func_type="aot",
                                       bprop=fold_weight_bprop)
-        affine_grad = ops.Custom(f"{library}:ChannelAffineGrad", out_shape=lambda grad, x, scale: (x, scale, scale),
-                                 out_dtype=lambda grad, x, scale: (x, x, x), func_type="aot")
-
-        def affine_bprop(x, scale, shift, out, grad):
-            return affine_grad(grad, x, scale)
-
-        self.channel_affine = ops.Custom(f"{library}:ChannelAffine", out_shape=lambda x, scale, shift: x,
-                                         out_dtype=lambda x, scale, shift: x, func_type="aot", bprop=affine_bprop)
+        self.batchnorm, self.batchnorm_relu = (_qat_batchnorm_op(library, relu) for relu in (False, True))
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,
                                       out_dtype=_eval_params_types, func_type="aot")
         self.eval_params_batchnorm = ops.Custom(f"{library}:QuantLayerEvalParamsBatchNorm",
@@ -144,6 +114,22 @@ class FakeQuantKernels(nn.Cell):
                                                 func_type="aot")
         self.min_max = ops.Custom(f"{library}:MinMax", out_shape=lambda x: [2], out_dtype=lambda x: x,
                                   func_type="aot", bprop=min_max_bprop)
+
+
+def _qat_batchnorm_op(library, relu):
+    name = "QatBatchNormRelu" if relu else "QatBatchNorm"
+    backward = ops.Custom(f"{library}:{name}Backward", out_shape=lambda *shapes: (shapes[-7], shapes[-6], shapes[-6]),
+                          out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
+
+    def bprop(x, gamma, beta, moving_mean, moving_variance, eps, keep, act_scale, scales, out, grad):
+        reads = (grad[0], out[0], x) if relu else (grad[0], x)
+        grad_x, grad_gamma, grad_beta = backward(*reads, gamma, *out[4:], eps)
+        zeros = ops.zeros_like
+        return (grad_x, grad_gamma, grad_beta, zeros(moving_mean), zeros(moving_variance), zeros(eps), zeros(keep),
+                zeros(act_scale), zeros(scales))
+
+    return ops.Custom(f"{library}:{name}Forward", out_shape=lambda x, gamma, *rest: (x, [2]) + (gamma,) * 6,
+                      out_dtype=lambda x, *rest: (x,) * 8, func_type="aot", bprop=bprop)
 
 
 def _eval_params_shapes(weight, bias, *rest):

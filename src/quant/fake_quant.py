@@ -1,7 +1,6 @@
 """Fake-quant layers: float weights quantize-dequantized to int8, inputs to uint8, in training
 and eval alike; what calibration and QAT fine-tuning run. Each holds the observer of its input
 range (``input_quant``, the name in fake-quant checkpoints)."""
-import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 import numpy as np
@@ -15,19 +14,29 @@ from src.quant.primitives import (activation_qparams, fake_quant_activation, fak
                                   fake_quant_weight_per_channel)
 
 
-def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv, fast_quant):
+def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv, fast_quant, relu=False,
+                         on_grid=False):
     """:func:`~src.kernels.apply_conv` of ``x`` fake-quantized to uint8 (``scale``,
-    ``zero_point``), for eval. Where the compiled depthwise kernel runs, it quantizes ``x`` as
-    it reads it (no gradient)."""
+    ``zero_point``), for eval, then a ReLU with ``relu``. ``on_grid``: ``x`` arrives quantized
+    so (by a ghost module's concatenation), and quantizing it again would change nothing. Where
+    the compiled depthwise kernel runs, it quantizes ``x`` as it reads it and applies the ReLU
+    (no gradient)."""
     if fast_quant is not None and bias is not None and is_fast_depthwise(fast_conv):
+        if on_grid and relu:
+            return fast_conv.bias_relu(x, weight, bias)
+        if on_grid:
+            return fast_conv.with_bias(x, weight, bias)
+        if relu:
+            return fast_conv.quantized_input_relu(x, weight, bias, scale, zero_point)
         return fast_conv.quantized_input(x, weight, bias, scale, zero_point)
-    x = fake_quant_activation(x, scale, zero_point, fast_quant)
-    return apply_conv(x, weight, geometry, fast_conv, bias)
+    if not on_grid:
+        x = fake_quant_activation(x, scale, zero_point, fast_quant)
+    out = apply_conv(x, weight, geometry, fast_conv, bias)
+    return ops.relu(out) if relu else out
 
 
 def channel_moments(x):
-    """Per-channel mean and biased variance of an NCHW tensor, with gradient (the framework's
-    operators; the compiled kernels have ``channel_moments`` too)."""
+    """Per-channel mean and biased variance of an NCHW tensor, with gradient."""
     mean = x.mean(axis=(0, 2, 3))
     return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
 
@@ -158,8 +167,12 @@ class QuantConv2d(_FakeQuantLayer):
     ``bn_frozen`` is read when a graph compiles (see :func:`src.quant.set_bn_frozen`): the
     frozen training graph leaves the batch statistics out, which makes it a fifth to a
     quarter quicker to compile.
+
+    :meth:`with_relu` is the layer followed by a ReLU (its observer still watches the output
+    before the ReLU): on the fast CPU path one kernel applies both where it can.
     """
     accepts_fast_conv = True  # see src.kernels.enable_fast_cpu_path
+    takes_relu = True  # see src.kernels.fast_cpu.FastConvBNAct
 
     def __init__(self, conv, bn=None):
         super().__init__()
@@ -186,17 +199,15 @@ class QuantConv2d(_FakeQuantLayer):
         bn = self.bn
         return bn.beta - bn.gamma * bn.moving_mean / moving_std
 
-    def _train_folded(self, x, act_scale):
-        """The output with BatchNorm (where there is one, frozen) folded with its moving
-        statistics, as in eval, with gradient to the weight, gamma and beta."""
+    def _train_folded(self, act_scale):
+        """``(weight, bias)`` with BatchNorm (where there is one, frozen) folded with its moving
+        statistics, fake-quantized as in eval, with gradient to the weight, gamma and beta."""
         bn = self.bn
         if self.fast_quant is not None and bn is not None:
             weight, scales, moving_std = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance,
                                                                      self.bn_eps)
-            bias = self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
-        else:
-            weight, bias = self.quantized_folded(act_scale)
-        return apply_conv(x, weight, self.geometry, self.fast_conv, bias)
+            return weight, self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
+        return self.quantized_folded(act_scale)
 
     def _train_with_batch_statistics(self, x, act_scale):
         """The output with BatchNorm on batch statistics, one convolution.
@@ -207,17 +218,6 @@ class QuantConv2d(_FakeQuantLayer):
         (Krishnamoorthi 2018, section 3.2). The moving statistics take the batch's share.
         """
         bn = self.bn
-        if self.fast_quant is not None:
-            weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
-            out = apply_conv(x, weight, self.geometry, self.fast_conv)
-            conv_mean, conv_var = self.fast_quant.channel_moments(out)
-            count = Tensor([out.shape[0] * out.shape[2] * out.shape[3]], ms.float32)
-            correction, bias, new_mean, new_var, _ = self.fast_quant.batchnorm_fold(
-                conv_mean, conv_var, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps,
-                self.bn_keep, count)
-            ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
-            ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
-            return self.fast_quant.channel_affine(out, correction, self.quantize_bias(bias, act_scale, scales))
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
         out = apply_conv(x, weight, self.geometry, self.fast_conv)
@@ -229,6 +229,19 @@ class QuantConv2d(_FakeQuantLayer):
         bias = self.quantize_bias(bn.beta - bn.gamma * batch_mean / batch_std, act_scale, scales)
         return ops.bias_add(out * (moving_std / batch_std).reshape(1, -1, 1, 1), bias)
 
+    def _train_with_batch_statistics_on_kernels(self, x, act_scale, relu):
+        """:meth:`_train_with_batch_statistics` on the compiled kernels, then a ReLU with
+        ``relu``; returns ``(output, [min, max] of the output before the ReLU)``."""
+        bn = self.bn
+        weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
+        out = apply_conv(x, weight, self.geometry, self.fast_conv)
+        batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
+        out, seen, new_mean, new_var = batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
+                                                 self.bn_eps, self.bn_keep, act_scale, scales)[:4]
+        ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
+        ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
+        return out, seen
+
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn
         keep = moving_share_kept(bn)
@@ -238,18 +251,34 @@ class QuantConv2d(_FakeQuantLayer):
         ops.assign(bn.moving_variance, bn.moving_variance * keep + unbiased * (1 - keep))
 
     def construct(self, x):
+        return self._forward(x, False)
+
+    def with_relu(self, x):
+        return self._forward(x, True)
+
+    def _forward(self, x, relu):
         if self.training:
             x, act_scale = self.quantize_input(x)
+            if self.bn is not None and not self.bn_frozen and self.fast_quant is not None:
+                out, seen = self._train_with_batch_statistics_on_kernels(x, act_scale, relu)
+                # the observer's step from [min, max] is its step from the whole output
+                return ops.depend(out, self.output_range(seen))
             if self.bn is None or self.bn_frozen:
-                out = self._train_folded(x, act_scale)
+                weight, bias = self._train_folded(act_scale)
+                if relu and self.output_range.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
+                    return self.fast_conv.bias_relu(x, weight, bias)
+                out = self.output_range(apply_conv(x, weight, self.geometry, self.fast_conv, bias))
             else:
-                out = self._train_with_batch_statistics(x, act_scale)
-            return self.output_range(out)
+                out = self.output_range(self._train_with_batch_statistics(x, act_scale))
+            return ops.relu(out) if relu else out
         x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
-        out = quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
-                                   self.fast_quant)
-        return self.output_range(out)
+        if self.output_range.calibrating:  # the observer watches the output before the ReLU
+            out = self.output_range(quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry,
+                                                         self.fast_conv, self.fast_quant))
+            return ops.relu(out) if relu else out
+        return quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
+                                    self.fast_quant, relu, on_grid=not self.observes_input)
 
 
 class QuantDense(_FakeQuantLayer):
