@@ -1,5 +1,6 @@
 """The fast CPU path (src/kernels/fast_cpu.py): kernels against MindSpore's convolution, networks with
 and without it, BatchNorm folding, the kernel cache and the fallback without a compiler."""
+import json
 import os
 import subprocess
 import sys
@@ -332,9 +333,9 @@ def test_eval_graphs_leave_the_ranges_alone_and_calibration_compiles_its_own(ker
 
 @pytest.mark.parametrize("bn_frozen, observers_frozen, whole_path",
                          [(False, False, False), (True, False, False), (True, True, False), (False, False, True),
-                          (True, True, True)],
+                          (True, False, True), (True, True, True)],
                          ids=["batch-statistics", "bn-frozen", "bn-and-ranges-frozen", "batch-statistics-whole-path",
-                              "bn-and-ranges-frozen-whole-path"])
+                              "bn-frozen-whole-path", "bn-and-ranges-frozen-whole-path"])
 def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_kernels(kernels, bn_frozen,
                                                                                      observers_frozen, whole_path):
     if whole_path:  # the fast path's convolutions too, and the ReLUs in the kernels before them
@@ -367,6 +368,63 @@ def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_ker
     # noise in gradients that cancel to about 0)
     for got, want in zip([input_a] + weights_a + ranges_a, [input_b] + weights_b + ranges_b):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * max(np.abs(want).max(), 0.05))
+
+
+GRAPH_MODE_QAT_STEPS = """
+import json, sys
+import mindspore as ms, mindspore.nn as nn, numpy as np
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+from src.models import network_for_kind
+from src.quant import observe_ranges, set_bn_frozen
+
+class Forward(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x):
+        return self.net(x)
+
+ms.set_seed(5)
+framework = network_for_kind("fake-quant", 0.5, 4, fast_cpu=False)
+fast = network_for_kind("fake-quant", 0.5, 4, fast_cpu=True)
+for (_, theirs), (_, ours) in zip(framework.parameters_and_names(), fast.parameters_and_names()):
+    ours.set_data(theirs.value().copy())
+x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32))
+states = []
+for net in (fast, framework):
+    observe_ranges(net, [x])
+    calibrated = {n: p.asnumpy().copy() for n, p in net.parameters_and_names() if n.endswith("act_max")}
+    net.set_train(True)
+    step = Forward(net)
+    step.set_train(True)
+    step(x)  # BatchNorm on batch statistics
+    set_bn_frozen(net, True)
+    frozen_step = Forward(net)  # another graph
+    frozen_step.set_train(True)
+    frozen_step(x * 1.5)
+    states.append({n: p.asnumpy() for n, p in net.parameters_and_names()
+                   if n.endswith(("moving_mean", "moving_variance", "act_min", "act_max"))})
+    moved = sum(1 for n, v in calibrated.items() if "output_range" in n and states[-1][n][0] != v[0])
+ours, theirs = states
+worst = max(float(np.abs(ours[n] - theirs[n]).max() / (np.abs(theirs[n]).max() + 1e-6)) for n in theirs)
+print(json.dumps([worst, moved, sum(1 for n in theirs if "output_range" in n and n.endswith("act_max"))]))
+"""
+
+
+def test_in_graph_mode_the_qat_kernels_update_statistics_and_ranges_as_the_framework_does(kernels, tmp_path):
+    """The QAT kernels write the moving statistics and the output ranges in place: in GRAPH_MODE
+    (train.py's; the tests run PyNative) a training step with BatchNorm on batch statistics and
+    one with BatchNorm frozen must leave them as the framework's operators do."""
+    script = tmp_path / "qat_steps.py"  # MindSpore compiles graphs from source files only
+    script.write_text(GRAPH_MODE_QAT_STEPS)
+    env = dict(os.environ, PYTHONPATH=str(REPO), GLOG_v="3")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    worst, moved, output_ranges = json.loads(result.stdout.strip().splitlines()[-1])
+    assert worst < 1e-4
+    assert moved == output_ranges > 40
 
 
 @pytest.mark.parametrize("batchnorm", [True, False])

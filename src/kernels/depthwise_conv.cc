@@ -132,16 +132,6 @@ void WeightGradPlane(const float *padded, const float *grad_out, const Geometry 
   }
 }
 
-// The gradients' shared checks: four parameters, the first two float32 tensors read and the
-// last one written all 4-D (the third is read for its shape only); then the geometry from the
-// shapes at positions input, weight and output. Returns 0, or the error code.
-int GradientGeometry(int nparam, int *ndims, int64_t **shapes, const char **dtypes, int input, int weight,
-                     int output, Geometry *g) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
-  if (!IsFloat32(dtypes[0]) || !IsFloat32(dtypes[1])) return 2;
-  return MakeGeometry(shapes[input], shapes[weight], shapes[output], g) ? 0 : 3;
-}
-
 // y = conv(x, w) [+ b] [then ReLU]; params: x, w, [b, [scale, zero_point,]] y. With
 // quantized_input, x is fake-quantized to uint8 (scale, zero_point) as it is read.
 int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool has_bias, bool relu,
@@ -209,44 +199,41 @@ extern "C" int DepthwiseQuantizedInputReluForward(int nparam, void **params, int
   return Forward(nparam, params, ndims, shapes, dtypes, true, true, true);
 }
 
-// params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (read for its shape only) -> grad_x (N, C, H, W)
-extern "C" int DepthwiseInputGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                  void *, void *) {
+// params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (N, C, H, W) -> grad_x (N, C, H, W),
+// grad_weight (C, 1, K, K). Both gradients in one pass over the planes: each channel belongs
+// to one thread, which sums its weight gradient over the batch (no shared writes) and reads
+// each gradient plane once for both.
+extern "C" int DepthwiseBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                 void *, void *) {
+  if (nparam != 5) return 1;
+  for (int i = 0; i < 5; ++i) {
+    if (ndims[i] != 4) return 1;
+    if (!IsFloat32(dtypes[i])) return 2;
+  }
   Geometry g;
-  if (const int error = GradientGeometry(nparam, ndims, shapes, dtypes, 3, 1, 0, &g)) return error;
+  if (!MakeGeometry(shapes[2], shapes[1], shapes[0], &g)) return 3;
+  for (int i = 0; i < 4; ++i) {
+    if (shapes[3][i] != shapes[2][i] || shapes[4][i] != shapes[1][i]) return 3;
+  }
   const float *grad_y = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
+  const float *x = static_cast<const float *>(params[2]);
   float *grad_x = static_cast<float *>(params[3]);
-  ParallelFor(g.n * g.c, g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(g.ph * g.pw);
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % g.c;
-      if (g.stride == 1) InputGradPlane<1>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
-      else InputGradPlane<2>(grad_y + p * g.oh * g.ow, w + c * g.k * g.k, g, padded.data());
-      CropPlane(padded.data(), g, grad_x + p * g.h * g.w);
-    }
-  });
-  return 0;
-}
-
-// params: x (N, C, H, W), grad_y (N, C, OH, OW), weight (read for its shape only) -> grad_weight (C, 1, K, K)
-extern "C" int DepthwiseWeightGrad(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
-                                   void *, void *) {
-  Geometry g;
-  if (const int error = GradientGeometry(nparam, ndims, shapes, dtypes, 0, 3, 1, &g)) return error;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *grad_y = static_cast<const float *>(params[1]);
-  float *grad_w = static_cast<float *>(params[3]);
-  // each channel belongs to one thread, which sums over the batch: no shared writes
-  ParallelFor(g.c, g.n * g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
+  float *grad_w = static_cast<float *>(params[4]);
+  ParallelFor(g.c, 2 * g.n * g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
     std::vector<float> padded(g.ph * g.pw), lanes(g.k * g.k * g.ow);
     for (int64_t c = begin; c < end; ++c) {
+      const float *weight = w + c * g.k * g.k;
       std::fill(lanes.begin(), lanes.end(), 0.0f);
       for (int64_t b = 0; b < g.n; ++b) {
         const int64_t p = b * g.c + c;
+        const float *grad_plane = grad_y + p * g.oh * g.ow;
         PadPlane(x + p * g.h * g.w, g, padded.data());
-        if (g.stride == 1) WeightGradPlane<1>(padded.data(), grad_y + p * g.oh * g.ow, g, lanes.data());
-        else WeightGradPlane<2>(padded.data(), grad_y + p * g.oh * g.ow, g, lanes.data());
+        if (g.stride == 1) WeightGradPlane<1>(padded.data(), grad_plane, g, lanes.data());
+        else WeightGradPlane<2>(padded.data(), grad_plane, g, lanes.data());
+        if (g.stride == 1) InputGradPlane<1>(grad_plane, weight, g, padded.data());
+        else InputGradPlane<2>(grad_plane, weight, g, padded.data());
+        CropPlane(padded.data(), g, grad_x + p * g.h * g.w);
       }
       for (int64_t t = 0; t < g.k * g.k; ++t) {
         const float *acc = lanes.data() + t * g.ow;

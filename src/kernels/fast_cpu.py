@@ -75,19 +75,18 @@ def depthwise_conv_ops(stride):
         return None
     if stride in _ops:
         return _ops[stride]
-    input_grad = ops.Custom(f"{library}:DepthwiseInputGrad", out_shape=lambda grad, w, x: x,
-                            out_dtype=lambda grad, w, x: x, func_type="aot")
-    weight_grad = ops.Custom(f"{library}:DepthwiseWeightGrad", out_shape=lambda x, grad, w: w,
-                             out_dtype=lambda x, grad, w: w, func_type="aot")
+    backward = ops.Custom(f"{library}:DepthwiseBackward", out_shape=lambda grad, w, x: (x, w),
+                          out_dtype=lambda grad, w, x: (x, x), func_type="aot")
 
     def out_shape(x, w, *bias):
         return [x[0], x[1], *(conv_out_size(x[i], w[i], stride, w[i] // 2) for i in (2, 3))]
 
     def bprop(x, weight, out, grad):
-        return input_grad(grad, weight, x), weight_grad(x, grad, weight)
+        return backward(grad, weight, x)
 
     def bprop_bias(x, weight, bias, out, grad):
-        return input_grad(grad, weight, x), weight_grad(x, grad, weight), grad.sum(axis=(0, 2, 3))
+        grad_x, grad_weight = backward(grad, weight, x)
+        return grad_x, grad_weight, grad.sum(axis=(0, 2, 3))
 
     def bprop_bias_relu(x, weight, bias, out, grad):
         return bprop_bias(x, weight, bias, out, grad * (out > 0).astype(grad.dtype))

@@ -29,11 +29,15 @@ class FakeQuantKernels(nn.Cell):
     ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded with the moving
     statistics and fake-quantized, its scales, the moving std as read)``, with gradient to
     weight and gamma; ``batchnorm(x, gamma, beta, moving_mean, moving_variance, eps, keep,
-    act_scale, scales)``: the BatchNorm of
+    act_scale, scales, act_min, act_max, ema)``: the BatchNorm of
     :meth:`src.quant.QuantConv2d._train_with_batch_statistics` on the convolution's output x,
-    one operator forward and one backward: ``(output, its [min, max] (2,), new moving mean, new
-    moving variance, then what the backward reads)``, with gradient to x, gamma and beta;
-    ``batchnorm_relu``: the same with the ReLU after it (the range is still taken before it).
+    one operator forward and one backward: ``(output, what the backward reads)``, with gradient
+    to x, gamma and beta; it updates the moving statistics and the output observer's range
+    (``act_min``, ``act_max``, with ``ema`` as :class:`src.quant.RangeObserver` holds it) in
+    place; ``batchnorm_relu``: the same with the ReLU after it (the range is still taken
+    before it); ``add_bias(x, bias, act_min, act_max, ema)``: ``x + bias`` per channel, with
+    gradient to x and bias, the output range's step in place; ``add_bias_relu``: the same with
+    the ReLU after it.
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -107,6 +111,7 @@ class FakeQuantKernels(nn.Cell):
                                       out_dtype=lambda w, gamma, var, eps: (w, w, w), func_type="aot",
                                       bprop=fold_weight_bprop)
         self.batchnorm, self.batchnorm_relu = (_qat_batchnorm_op(library, relu) for relu in (False, True))
+        self.add_bias, self.add_bias_relu = (_qat_bias_op(library, relu) for relu in (False, True))
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,
                                       out_dtype=_eval_params_types, func_type="aot")
         self.eval_params_batchnorm = ops.Custom(f"{library}:QuantLayerEvalParamsBatchNorm",
@@ -118,18 +123,35 @@ class FakeQuantKernels(nn.Cell):
 
 def _qat_batchnorm_op(library, relu):
     name = "QatBatchNormRelu" if relu else "QatBatchNorm"
-    backward = ops.Custom(f"{library}:{name}Backward", out_shape=lambda *shapes: (shapes[-7], shapes[-6], shapes[-6]),
+    backward = ops.Custom(f"{library}:{name}Backward", out_shape=lambda *shapes: (shapes[-4], shapes[-3], shapes[-3]),
                           out_dtype=lambda *dtypes: (dtypes[0],) * 3, func_type="aot")
 
-    def bprop(x, gamma, beta, moving_mean, moving_variance, eps, keep, act_scale, scales, out, grad):
+    def bprop(x, gamma, beta, moving_mean, moving_variance, eps, keep, act_scale, scales, act_min, act_max, ema,
+              out, grad):
         reads = (grad[0], out[0], x) if relu else (grad[0], x)
-        grad_x, grad_gamma, grad_beta = backward(*reads, gamma, *out[4:], eps)
+        grad_x, grad_gamma, grad_beta = backward(*reads, gamma, out[1], eps)
         zeros = ops.zeros_like
         return (grad_x, grad_gamma, grad_beta, zeros(moving_mean), zeros(moving_variance), zeros(eps), zeros(keep),
-                zeros(act_scale), zeros(scales))
+                zeros(act_scale), zeros(scales), zeros(act_min), zeros(act_max), zeros(ema))
 
-    return ops.Custom(f"{library}:{name}Forward", out_shape=lambda x, gamma, *rest: (x, [2]) + (gamma,) * 6,
-                      out_dtype=lambda x, *rest: (x,) * 8, func_type="aot", bprop=bprop)
+    return ops.Custom(f"{library}:{name}Forward", out_shape=lambda x, gamma, *rest: (x, [4, gamma[0]]),
+                      out_dtype=lambda x, *rest: (x, x), func_type="aot", bprop=bprop)
+
+
+def _qat_bias_op(library, relu):
+    relu_backward = ops.Custom(f"{library}:QatBiasReluBackward", out_shape=lambda grad, y: (y, [y[1]]),
+                               out_dtype=lambda grad, y: (y, y), func_type="aot")
+
+    def bprop(x, bias, act_min, act_max, ema, out, grad):
+        if relu:
+            grad_x, grad_bias = relu_backward(grad, out)
+        else:
+            grad_x, grad_bias = grad, grad.sum(axis=(0, 2, 3))
+        zeros = ops.zeros_like
+        return grad_x, grad_bias, zeros(act_min), zeros(act_max), zeros(ema)
+
+    return ops.Custom(f"{library}:{'QatBiasRelu' if relu else 'QatBias'}Forward", out_shape=lambda x, *rest: x,
+                      out_dtype=lambda x, *rest: x, func_type="aot", bprop=bprop)
 
 
 def _eval_params_shapes(weight, bias, *rest):

@@ -209,6 +209,25 @@ class QuantConv2d(_FakeQuantLayer):
             return weight, self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
         return self.quantized_folded(act_scale)
 
+    def _train_with_folded_weights(self, x, act_scale, relu):
+        """The training output with BatchNorm frozen (or none), then a ReLU with ``relu``. On
+        the fast path the bias, the ReLU and the output range's step run in one kernel after
+        the convolution, or, where the range is frozen, in the depthwise kernel."""
+        weight, bias = self._train_folded(act_scale)
+        observer = self.output_range
+        if observer.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
+            if relu:
+                return self.fast_conv.bias_relu(x, weight, bias)
+            return self.fast_conv.with_bias(x, weight, bias)
+        if self.fast_quant is not None and bias is not None:
+            out = apply_conv(x, weight, self.geometry, self.fast_conv)
+            ema = observer.frozen_ema if observer.frozen else observer.ema
+            if relu:
+                return self.fast_quant.add_bias_relu(out, bias, observer.act_min, observer.act_max, ema)
+            return self.fast_quant.add_bias(out, bias, observer.act_min, observer.act_max, ema)
+        out = observer(apply_conv(x, weight, self.geometry, self.fast_conv, bias))
+        return ops.relu(out) if relu else out
+
     def _train_with_batch_statistics(self, x, act_scale):
         """The output with BatchNorm on batch statistics, one convolution.
 
@@ -231,16 +250,14 @@ class QuantConv2d(_FakeQuantLayer):
 
     def _train_with_batch_statistics_on_kernels(self, x, act_scale, relu):
         """:meth:`_train_with_batch_statistics` on the compiled kernels, then a ReLU with
-        ``relu``; returns ``(output, [min, max] of the output before the ReLU)``."""
-        bn = self.bn
+        ``relu``. The kernel also takes the moving statistics' and the output range's steps."""
+        bn, observer = self.bn, self.output_range
         weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
         out = apply_conv(x, weight, self.geometry, self.fast_conv)
         batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
-        out, seen, new_mean, new_var = batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
-                                                 self.bn_eps, self.bn_keep, act_scale, scales)[:4]
-        ops.assign(bn.moving_mean, ops.stop_gradient(new_mean))
-        ops.assign(bn.moving_variance, ops.stop_gradient(new_var))
-        return out, seen
+        ema = observer.frozen_ema if observer.frozen else observer.ema
+        return batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
+                         act_scale, scales, observer.act_min, observer.act_max, ema)[0]
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn
@@ -260,16 +277,10 @@ class QuantConv2d(_FakeQuantLayer):
         if self.training:
             x, act_scale = self.quantize_input(x)
             if self.bn is not None and not self.bn_frozen and self.fast_quant is not None:
-                out, seen = self._train_with_batch_statistics_on_kernels(x, act_scale, relu)
-                # the observer's step from [min, max] is its step from the whole output
-                return ops.depend(out, self.output_range(seen))
+                return self._train_with_batch_statistics_on_kernels(x, act_scale, relu)
             if self.bn is None or self.bn_frozen:
-                weight, bias = self._train_folded(act_scale)
-                if relu and self.output_range.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
-                    return self.fast_conv.bias_relu(x, weight, bias)
-                out = self.output_range(apply_conv(x, weight, self.geometry, self.fast_conv, bias))
-            else:
-                out = self.output_range(self._train_with_batch_statistics(x, act_scale))
+                return self._train_with_folded_weights(x, act_scale, relu)
+            out = self.output_range(self._train_with_batch_statistics(x, act_scale))
             return ops.relu(out) if relu else out
         x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()

@@ -27,6 +27,7 @@ class RangeObserver(nn.Cell):
         self.frozen = False
         self.fast_quant = None
         self.ema = Tensor(np.array([ACTIVATION_EMA_DECAY, 1 - ACTIVATION_EMA_DECAY], np.float32))
+        self.frozen_ema = Tensor(np.array([1.0, 0.0], np.float32))  # for kernels that take the step themselves
 
     def construct(self, x):
         if not self.calibrating and (not self.training or self.frozen):
