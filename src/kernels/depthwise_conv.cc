@@ -174,7 +174,7 @@ extern "C" int DepthwiseForward(int nparam, void **params, int *ndims, int64_t *
   return Forward(nparam, params, ndims, shapes, dtypes, false, false);
 }
 
-// params: x, weight, bias (C) -> y; for inference, with BatchNorm folded into weight and bias
+// params: x, weight, bias (C) -> y; with BatchNorm folded into weight and bias
 extern "C" int DepthwiseBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                     void *, void *) {
   return Forward(nparam, params, ndims, shapes, dtypes, true, false);

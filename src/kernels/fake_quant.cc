@@ -381,7 +381,7 @@ struct BatchNormFold {
     new_variance = mv * keep + unbiased * (1 - keep);
   }
 
-  void Backward(float cm, float cv, float gamma, float mv, float eps, float gc, float gb) {
+  void Backward(float cm, float cv, float gamma, float mv, float eps, double gc, double gb) {
     const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
     const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps);
     d_beta = gb;
@@ -451,7 +451,7 @@ void AffinePlane(const float *in, int64_t count, float a, float b, float *out, f
     l = std::min(l, v);
     h = std::max(h, v);
     any_nan |= std::isnan(v);
-    out[i] = kRelu ? std::max(v, 0.0f) : v;
+    out[i] = kRelu ? (v > 0.0f ? v : 0.0f) : v;  // as the vector lanes: NaN becomes 0
   }
   *lowest = any_nan ? std::numeric_limits<float>::quiet_NaN() : l;
   *highest = any_nan ? std::numeric_limits<float>::quiet_NaN() : h;
@@ -561,8 +561,7 @@ int QatBackward(int nparam, void **params, int *ndims, int64_t **shapes, const c
         ShiftedSumAndDot(g, x + offset, plane, 0.0f, &total, &weighted);
       }
       BatchNormFold fold;
-      fold.Backward(conv_mean[c], conv_var[c], gamma[c], moving_variance[c], eps, static_cast<float>(weighted),
-                    static_cast<float>(total));
+      fold.Backward(conv_mean[c], conv_var[c], gamma[c], moving_variance[c], eps, weighted, total);
       // grad_x = g * correction (the output's own path) + the moments' gradient
       const float a = correction[c], m = conv_mean[c];
       const float shift = static_cast<float>(fold.d_conv_mean) * inverse_count;
@@ -588,24 +587,26 @@ namespace {
 // The forward of QatBiasForward and QatBiasReluForward; see there.
 template <bool kRelu>
 int BiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  if (nparam != 6) return 1;
+  const bool observed = nparam == 6;  // else x, bias -> y: no range to step
+  if (nparam != 6 && nparam != 3) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1}, channels, ndims, shapes) || !SizesAre({2, 3}, 1, ndims, shapes) ||
-      !SizesAre({4}, 2, ndims, shapes) || !SizesAre({5}, n * channels * plane, ndims, shapes)) {
+  if (!SizesAre({1}, channels, ndims, shapes) || !SizesAre({nparam - 1}, n * channels * plane, ndims, shapes) ||
+      (observed && (!SizesAre({2, 3}, 1, ndims, shapes) || !SizesAre({4}, 2, ndims, shapes)))) {
     return 3;
   }
-  const float *x = Input(params, 0), *bias = Input(params, 1), *ema = Input(params, 4);
-  float *act_min = static_cast<float *>(params[2]), *act_max = static_cast<float *>(params[3]);
-  float *y = static_cast<float *>(params[5]);
+  const float *x = Input(params, 0), *bias = Input(params, 1);
+  float *y = static_cast<float *>(params[nparam - 1]);
   std::vector<float> lows(n * channels), highs(n * channels);  // per plane
   ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {  // x * 1 + b is x + b exactly
       AffinePlane<kRelu>(x + p * plane, plane, 1.0f, bias[p % channels], y + p * plane, &lows[p], &highs[p]);
     }
   });
-  StepRange(lows, highs, ema, act_min, act_max);
+  if (observed) {
+    StepRange(lows, highs, Input(params, 4), static_cast<float *>(params[2]), static_cast<float *>(params[3]));
+  }
   return 0;
 }
 
@@ -614,7 +615,8 @@ int BiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const c
 // A QAT convolution's bias (BatchNorm frozen and folded, or none) in one operator after the
 // convolution: params: x (N, C, H, W), bias (C), act_min, act_max (1 each: the output
 // observer's range), ema (2, as QatBatchNormForward's) -> y = x + bias per channel. It updates
-// the output's range in place (from [min, max] of y), as QatBatchNormForward does.
+// the output's range in place (from [min, max] of y), as QatBatchNormForward does. Without
+// act_min, act_max and ema (a frozen range): x, bias -> y.
 extern "C" int QatBiasForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                               void *) {
   return BiasForward<false>(nparam, params, ndims, shapes, dtypes);
@@ -662,8 +664,9 @@ extern "C" int QatBiasReluBackward(int nparam, void **params, int *ndims, int64_
 //   -> y, and for the backward (4, C): the convolution's batch mean and variance, the correction,
 //      moving_variance as read.
 // It also updates, in place, the moving statistics and the output's range (from the output's
-// [min, max]): parameters that no other operator of a training step reads. Without the six
-// Assigns and the range operator per layer GhostNet's first QAT step compiled in 26 s, not 35.
+// [min, max]). Nothing after it in a training step reads them: the weight fold reads the moving
+// variance before it, on the path to x. Without the four Assigns and the range operator per
+// layer, GhostNet's first QAT step compiled in 26 s, not 35.
 // y = x * correction + the folded bias quantized at act_scale * scales, per channel; correction =
 // moving std / batch std, with the batch statistics scaled back to the unfolded convolution's.
 extern "C" int QatBatchNormForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,

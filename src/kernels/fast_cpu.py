@@ -66,7 +66,7 @@ def depthwise_conv_ops(stride):
     """``{variant: custom op}`` for ``stride``, with their backward; None without the library.
 
     Variants: ``plain`` (x, w), ``bias`` (x, w, b) and ``bias_relu`` (x, w, b), the last two
-    for inference with BatchNorm folded, and ``quantized_input`` (x, w, b, scale, zero_point)
+    with BatchNorm folded (inference, and int8 training with BatchNorm frozen), and ``quantized_input`` (x, w, b, scale, zero_point)
     and ``quantized_input_relu``, an int8 layer in eval: x fake-quantized to uint8 as it is
     read; no gradient.
     """
@@ -238,13 +238,14 @@ class DepthwiseConvCPU(nn.Cell):
     """Depthwise convolution (padding kernel // 2) through the compiled kernels; with a bias,
     optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`).
     ``quantized_input(x, w, b, scale, zero_point)``: on x fake-quantized to uint8, for eval;
-    ``quantized_input_relu``: the same, then a ReLU; ``bias_relu(x, w, b)``: with a ReLU."""
+    ``quantized_input_relu``: the same, then a ReLU; ``bias_only(x, w, b)`` and
+    ``bias_relu(x, w, b)``: without, with a ReLU, whatever the cell fuses."""
 
     def __init__(self, variants, relu=False):
         super().__init__()
         self.plain = variants["plain"]
         self.with_bias = variants["bias_relu" if relu else "bias"]
-        self.bias_relu = variants["bias_relu"]
+        self.bias_only, self.bias_relu = variants["bias"], variants["bias_relu"]
         self.quantized_input = variants["quantized_input"]
         self.quantized_input_relu = variants["quantized_input_relu"]
         self.variants = variants

@@ -35,9 +35,9 @@ class FakeQuantKernels(nn.Cell):
     to x, gamma and beta; it updates the moving statistics and the output observer's range
     (``act_min``, ``act_max``, with ``ema`` as :class:`src.quant.RangeObserver` holds it) in
     place; ``batchnorm_relu``: the same with the ReLU after it (the range is still taken
-    before it); ``add_bias(x, bias, act_min, act_max, ema)``: ``x + bias`` per channel, with
-    gradient to x and bias, the output range's step in place; ``add_bias_relu``: the same with
-    the ReLU after it.
+    before it); ``add_bias_relu(x, bias)``: ``max(x + bias, 0)`` per channel, with gradient
+    to x and bias; ``add_bias_observing(x, bias, act_min, act_max, ema)``: ``x + bias``, the
+    output range's step in place; ``add_bias_relu_observing``: the same with the ReLU after it.
 
     For eval, no gradient: ``eval_params(weight, bias, act_min, act_max)`` and
     ``eval_params_batchnorm(weight, beta, act_min, act_max, gamma, moving_mean,
@@ -111,7 +111,7 @@ class FakeQuantKernels(nn.Cell):
                                       out_dtype=lambda w, gamma, var, eps: (w, w, w), func_type="aot",
                                       bprop=fold_weight_bprop)
         self.batchnorm, self.batchnorm_relu = (_qat_batchnorm_op(library, relu) for relu in (False, True))
-        self.add_bias, self.add_bias_relu = (_qat_bias_op(library, relu) for relu in (False, True))
+        self.add_bias_relu, self.add_bias_observing, self.add_bias_relu_observing = _qat_bias_ops(library)
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,
                                       out_dtype=_eval_params_types, func_type="aot")
         self.eval_params_batchnorm = ops.Custom(f"{library}:QuantLayerEvalParamsBatchNorm",
@@ -138,20 +138,26 @@ def _qat_batchnorm_op(library, relu):
                       out_dtype=lambda x, *rest: (x, x), func_type="aot", bprop=bprop)
 
 
-def _qat_bias_op(library, relu):
+def _qat_bias_ops(library):
+    """``add_bias_relu(x, bias)`` and the two that step an output range (see FakeQuantKernels)."""
     relu_backward = ops.Custom(f"{library}:QatBiasReluBackward", out_shape=lambda grad, y: (y, [y[1]]),
                                out_dtype=lambda grad, y: (y, y), func_type="aot")
 
-    def bprop(x, bias, act_min, act_max, ema, out, grad):
-        if relu:
-            grad_x, grad_bias = relu_backward(grad, out)
-        else:
-            grad_x, grad_bias = grad, grad.sum(axis=(0, 2, 3))
-        zeros = ops.zeros_like
-        return grad_x, grad_bias, zeros(act_min), zeros(act_max), zeros(ema)
+    def bprop_relu(x, bias, out, grad):
+        return relu_backward(grad, out)
 
-    return ops.Custom(f"{library}:{'QatBiasRelu' if relu else 'QatBias'}Forward", out_shape=lambda x, *rest: x,
-                      out_dtype=lambda x, *rest: x, func_type="aot", bprop=bprop)
+    def bprop_observing(x, bias, act_min, act_max, ema, out, grad):
+        zeros = ops.zeros_like
+        return grad, grad.sum(axis=(0, 2, 3)), zeros(act_min), zeros(act_max), zeros(ema)
+
+    def bprop_relu_observing(x, bias, act_min, act_max, ema, out, grad):
+        zeros = ops.zeros_like
+        return relu_backward(grad, out) + (zeros(act_min), zeros(act_max), zeros(ema))
+
+    return tuple(ops.Custom(f"{library}:{name}", out_shape=lambda x, *rest: x, out_dtype=lambda x, *rest: x,
+                            func_type="aot", bprop=bprop)
+                 for name, bprop in (("QatBiasReluForward", bprop_relu), ("QatBiasForward", bprop_observing),
+                                     ("QatBiasReluForward", bprop_relu_observing)))
 
 
 def _eval_params_shapes(weight, bias, *rest):

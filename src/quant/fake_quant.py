@@ -25,7 +25,7 @@ def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv
         if on_grid and relu:
             return fast_conv.bias_relu(x, weight, bias)
         if on_grid:
-            return fast_conv.with_bias(x, weight, bias)
+            return fast_conv.bias_only(x, weight, bias)
         if relu:
             return fast_conv.quantized_input_relu(x, weight, bias, scale, zero_point)
         return fast_conv.quantized_input(x, weight, bias, scale, zero_point)
@@ -212,19 +212,21 @@ class QuantConv2d(_FakeQuantLayer):
     def _train_with_folded_weights(self, x, act_scale, relu):
         """The training output with BatchNorm frozen (or none), then a ReLU with ``relu``. On
         the fast path the bias, the ReLU and the output range's step run in one kernel after
-        the convolution, or, where the range is frozen, in the depthwise kernel."""
+        the convolution (where the range is frozen, without it; or in the depthwise kernel)."""
         weight, bias = self._train_folded(act_scale)
         observer = self.output_range
         if observer.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
             if relu:
                 return self.fast_conv.bias_relu(x, weight, bias)
-            return self.fast_conv.with_bias(x, weight, bias)
+            return self.fast_conv.bias_only(x, weight, bias)
+        if self.fast_quant is not None and bias is not None and observer.frozen:
+            if relu:
+                return self.fast_quant.add_bias_relu(apply_conv(x, weight, self.geometry, self.fast_conv), bias)
+            return apply_conv(x, weight, self.geometry, self.fast_conv, bias)
         if self.fast_quant is not None and bias is not None:
             out = apply_conv(x, weight, self.geometry, self.fast_conv)
-            ema = observer.frozen_ema if observer.frozen else observer.ema
-            if relu:
-                return self.fast_quant.add_bias_relu(out, bias, observer.act_min, observer.act_max, ema)
-            return self.fast_quant.add_bias(out, bias, observer.act_min, observer.act_max, ema)
+            add_bias = self.fast_quant.add_bias_relu_observing if relu else self.fast_quant.add_bias_observing
+            return add_bias(out, bias, observer.act_min, observer.act_max, observer.ema)
         out = observer(apply_conv(x, weight, self.geometry, self.fast_conv, bias))
         return ops.relu(out) if relu else out
 
@@ -255,9 +257,10 @@ class QuantConv2d(_FakeQuantLayer):
         weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
         out = apply_conv(x, weight, self.geometry, self.fast_conv)
         batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
-        ema = observer.frozen_ema if observer.frozen else observer.ema
+        # the kernel writes the moving statistics in place: any other reader must come before it
+        # (the weight fold does: its output leads to the kernel's input)
         return batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
-                         act_scale, scales, observer.act_min, observer.act_max, ema)[0]
+                         act_scale, scales, observer.act_min, observer.act_max, observer.kernel_ema())[0]
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn

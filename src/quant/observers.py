@@ -27,7 +27,7 @@ class RangeObserver(nn.Cell):
         self.frozen = False
         self.fast_quant = None
         self.ema = Tensor(np.array([ACTIVATION_EMA_DECAY, 1 - ACTIVATION_EMA_DECAY], np.float32))
-        self.frozen_ema = Tensor(np.array([1.0, 0.0], np.float32))  # for kernels that take the step themselves
+        self.frozen_ema = Tensor(np.array([1.0, 0.0], np.float32))
 
     def construct(self, x):
         if not self.calibrating and (not self.training or self.frozen):
@@ -46,6 +46,11 @@ class RangeObserver(nn.Cell):
             ops.assign(self.act_min, ops.minimum(self.act_min, seen_min))
             ops.assign(self.act_max, ops.maximum(self.act_max, seen_max))
         return x
+
+    def kernel_ema(self):
+        """``[decay, 1 - decay]`` for a kernel that takes this range's step itself (in training);
+        ``[1, 0]``, no step, while the range is frozen."""
+        return self.frozen_ema if self.frozen else self.ema
 
     def watch_together(self, first, second):
         """In training, one moving-range step over the union of two tensors' ranges (a
