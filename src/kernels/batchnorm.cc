@@ -17,9 +17,10 @@
 namespace {
 
 using kernels::AllFloat32;
+using kernels::ChannelGradientSums;
+using kernels::ChannelMoments;
 using kernels::ChannelShape;
 using kernels::ParallelFor;
-using kernels::ShiftedSumAndDot;
 using kernels::SizesAre;
 
 // The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
@@ -45,15 +46,8 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   const double count = static_cast<double>(n * plane);
   ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const float origin = x[c * plane];  // the channel's first value
-      double sum = 0.0, squares = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const float *p = x + (b * channels + c) * plane;
-        ShiftedSumAndDot(p, p, plane, origin, &sum, &squares);
-      }
-      const double shifted_mean = sum / count;
-      const double mean = origin + shifted_mean;
-      const double variance = std::max(squares / count - shifted_mean * shifted_mean, 0.0);
+      double mean, variance;
+      ChannelMoments(x, n, channels, plane, c, &mean, &variance);
       const double inv_std = 1.0 / std::sqrt(variance + eps);
       const double scale = gamma[c] * inv_std;
       const float m = static_cast<float>(mean), a = static_cast<float>(scale), shift = beta[c];
@@ -104,16 +98,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double sum = 0.0, dot = 0.0;  // of the gradient g reaching the BatchNorm and of g * x
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *g = grad_y + offset;
-        if (kRelu) {
-          float *masked = grad_x + offset;
-          for (int64_t i = 0; i < plane; ++i) masked[i] = y[offset + i] > 0.0f ? g[i] : 0.0f;
-          g = masked;
-        }
-        ShiftedSumAndDot(g, x + offset, plane, 0.0f, &sum, &dot);
-      }
+      ChannelGradientSums(grad_y, kRelu ? y : nullptr, x, n, channels, plane, c, grad_x, &sum, &dot);
       const double m = mean[c], s = inv_std[c];
       const double d_gamma = (dot - m * sum) * s;  // sum(g * x_hat)
       const double k = gamma[c] * s;

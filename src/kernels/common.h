@@ -20,6 +20,18 @@ void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(
 // sums pass the gradient and x, shift 0.
 void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift, double *sum, double *dot);
 
+// The mean and biased variance of channel c of an NCHW tensor, in double, from sums shifted by
+// the channel's first value (no cancellation where |mean| >> std).
+void ChannelMoments(const float *x, int64_t n, int64_t channels, int64_t plane, int64_t c, double *mean,
+                    double *variance);
+
+// For a backward, the sums over channel c of an NCHW gradient g: adds those of g and of g * x
+// (x may be null: the dot is then of no use) over the channel's n planes to *sum and *dot. g is
+// grad_y, or, with relu_output (the output of a ReLU after the operator), grad_y where
+// relu_output > 0, else 0, written into grad_x, where the caller goes on in place.
+void ChannelGradientSums(const float *grad_y, const float *relu_output, const float *x, int64_t n, int64_t channels,
+                         int64_t plane, int64_t c, float *grad_x, double *sum, double *dot);
+
 // A uint8 activation's fake-quant (src/quant/primitives.py: fake_quant_activation), in the
 // framework's float32 operations and order: clamp to [(0 - zp) * s, (255 - zp) * s], then
 // floor(v / s + 0.5) * s. The kernels are compiled without fused multiply-adds, so the

@@ -24,9 +24,10 @@
 namespace {
 
 using kernels::AllFloat32;
+using kernels::ChannelGradientSums;
+using kernels::ChannelMoments;
 using kernels::ChannelShape;
 using kernels::ParallelFor;
-using kernels::ShiftedSumAndDot;
 using kernels::SizesAre;
 
 using kernels::ActivationQuant;
@@ -493,16 +494,9 @@ int QatForward(int nparam, void **params, int *ndims, int64_t **shapes, const ch
   std::vector<float> lows(n * channels), highs(n * channels);  // per plane
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      // the convolution's moments, shifted by the channel's first value (no cancellation)
-      const float origin = x[c * plane];
-      double sum = 0.0, squares = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const float *p = x + (b * channels + c) * plane;
-        ShiftedSumAndDot(p, p, plane, origin, &sum, &squares);
-      }
-      const double shifted_mean = sum / count;
-      const float conv_mean = static_cast<float>(origin + shifted_mean);
-      const float conv_var = static_cast<float>(std::max(squares / count - shifted_mean * shifted_mean, 0.0));
+      double mean, variance;  // the convolution's
+      ChannelMoments(x, n, channels, plane, c, &mean, &variance);
+      const float conv_mean = static_cast<float>(mean), conv_var = static_cast<float>(variance);
       BatchNormFold fold;
       fold.Forward(conv_mean, conv_var, gamma[c], beta[c], moving_mean[c], moving_variance[c], eps, keep, count);
       const float correction = static_cast<float>(fold.correction);
@@ -550,16 +544,7 @@ int QatBackward(int nparam, void **params, int *ndims, int64_t **shapes, const c
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double total = 0.0, weighted = 0.0;  // of the gradient g reaching the correction and bias, of g * x
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *g = grad_y + offset;
-        if (kRelu) {
-          float *masked = grad_x + offset;
-          for (int64_t i = 0; i < plane; ++i) masked[i] = y[offset + i] > 0.0f ? g[i] : 0.0f;
-          g = masked;
-        }
-        ShiftedSumAndDot(g, x + offset, plane, 0.0f, &total, &weighted);
-      }
+      ChannelGradientSums(grad_y, kRelu ? y : nullptr, x, n, channels, plane, c, grad_x, &total, &weighted);
       BatchNormFold fold;
       fold.Backward(conv_mean[c], conv_var[c], gamma[c], moving_variance[c], eps, weighted, total);
       // grad_x = g * correction (the output's own path) + the moments' gradient
@@ -643,12 +628,7 @@ extern "C" int QatBiasReluBackward(int nparam, void **params, int *ndims, int64_
   ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double total = 0.0, unused = 0.0;
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        float *out = grad_x + offset;
-        for (int64_t i = 0; i < plane; ++i) out[i] = y[offset + i] > 0.0f ? grad_y[offset + i] : 0.0f;
-        ShiftedSumAndDot(out, out, plane, 0.0f, &total, &unused);
-      }
+      ChannelGradientSums(grad_y, y, nullptr, n, channels, plane, c, grad_x, &total, &unused);
       grad_bias[c] = static_cast<float>(total);
     }
   });
