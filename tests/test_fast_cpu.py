@@ -14,9 +14,10 @@ import pytest
 import src.kernels.library as library
 import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
-from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, FastConvBNAct, UnfoldConv,
-                                  FastSqueezeExcite, channel_scale_op, depthwise_conv_ops, enable_fast_cpu_path)
-from src.ghostnet import ConvBNAct, GhostNet, SqueezeExcite
+from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, FastConvBNAct, FastGhostModule,
+                                  UnfoldConv, FastSqueezeExcite, channel_scale_op, depthwise_conv_ops,
+                                  enable_fast_cpu_path)
+from src.ghostnet import ConvBNAct, GhostModule, GhostNet, SqueezeExcite
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen, set_observers_frozen
@@ -113,6 +114,10 @@ def test_the_fast_path_switches_every_depthwise_convolution_and_the_stem(kernels
                                      if isinstance(c, SqueezeExcite))
     fused = [c for _, c in fast.cells_and_names() if isinstance(c, FastConvBNAct) and c.relu is not None]
     assert len(fused) == 2 * 16 + 1  # the first ghost module of each bottleneck (primary, cheap), the last 1x1
+    ghosts = [c for _, c in fast.cells_and_names() if isinstance(c, GhostModule)]
+    assert len(ghosts) == 32 and all(isinstance(c, FastGhostModule) for c in ghosts)
+    one_operator = [c for _, c in fast.cells_and_names() if isinstance(c, FastConvBNAct) and c.depthwise_bn_ops]
+    assert len(one_operator) == len(depthwise)  # in training: convolution, BatchNorm (and ReLU) in one operator
     assert [n for n, _ in fast.parameters_and_names()] == [n for n, _ in framework.parameters_and_names()]
 
 
@@ -177,6 +182,68 @@ def test_the_batchnorm_training_kernels_equal_the_framework_batchnorm(kernels, s
         assert 0 < (results[1][0] == 0).mean() < 1  # the ReLU cuts some values, not all
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+def _training_results(make_cell, path, x, direction):
+    """Output, gradients (input, then parameters) and moving statistics after two training
+    steps of ``make_cell()``: on the fast path (``fused``), on the fast path with each
+    depthwise convolution and BatchNorm as separate kernels (``separate``), or on the
+    framework's operators."""
+    ms.set_seed(3)
+    cell = make_cell()
+    if path != "framework":
+        enable_fast_cpu_path(cell)
+    if path == "separate":
+        if isinstance(cell, FastGhostModule):
+            cell.__class__ = GhostModule
+        for _, inner in cell.cells_and_names():
+            if isinstance(inner, FastConvBNAct):
+                inner.depthwise_bn_ops = None
+    cell.set_train(True)
+    grads = ms.grad(lambda v: (cell(v) * direction).sum(), grad_position=0, weights=cell.trainable_params())(x)
+    statistics = [p.asnumpy() for n, p in cell.parameters_and_names() if "moving_" in n]
+    return [cell(x).asnumpy(), grads[0].asnumpy(), *(g.asnumpy() for g in grads[1]), *statistics]
+
+
+def _assert_fused_equals_separate_and_framework(make_cell, x, direction):
+    fused, separate, framework = (_training_results(make_cell, path, x, direction)
+                                  for path in ("fused", "separate", "framework"))
+    for got, want in zip(fused, separate):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(fused, framework):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+    return fused
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape", [(3, 6, 7, 9), (2, 4, 1, 1)])
+def test_the_fused_ghost_cheap_branch_equals_the_separate_kernels_bit_for_bit(kernels, relu, shape):
+    """The cheap branch and concatenation in one operator (src/kernels/depthwise_batchnorm.cc):
+    output, gradients of the input and of every parameter, and the moving statistics, against
+    the same module on the separate kernels (equal bit for bit) and on the framework's operators."""
+    x = randn(*shape, seed=51) * 3.0 + 1.0  # mean off 0: the ReLU cuts some values, not all
+    direction = randn(shape[0], 10, *shape[2:], seed=52)
+    fused = _assert_fused_equals_separate_and_framework(lambda: GhostModule(shape[1], 10, relu=relu), x, direction)
+    assert len(fused) == 2 + 6 + 4  # output, input, (conv, gamma, beta) x 2 convolutions, moving statistics x 2
+    if relu:
+        assert 0 < (fused[0][:, 5:] == 0).mean() < 1
+
+
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("shape, kernel, stride", [((3, 6, 9, 7), 5, 2), ((2, 4, 8, 8), 3, 2), ((2, 5, 6, 5), 3, 1)])
+def test_the_fused_depthwise_batchnorm_equals_the_separate_kernels_bit_for_bit(kernels, relu, shape, kernel, stride):
+    """A depthwise convolution, its BatchNorm and ReLU in one operator: as the test above, for
+    the stride-2 stages' and shortcuts' layers (odd sizes, where stride 2 leaves a row out)."""
+    x = randn(*shape, seed=53) * 3.0 + 1.0
+    out_size = [(side + 2 * (kernel // 2) - kernel) // stride + 1 for side in shape[2:]]
+    direction = randn(shape[0], shape[1], *out_size, seed=54)
+
+    def make_cell():
+        return ConvBNAct(shape[1], shape[1], kernel, stride, groups=shape[1], relu=relu)
+    fused = _assert_fused_equals_separate_and_framework(make_cell, x, direction)
+    assert fused[0].shape == direction.shape
+    if relu:
+        assert 0 < (fused[0] == 0).mean() < 1
 
 
 def test_network_outputs_and_gradients_equal_with_and_without_the_fast_path(kernels):

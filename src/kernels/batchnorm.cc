@@ -9,19 +9,21 @@
 //
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
-#include <cmath>
 #include <cstdint>
 
+#include "batchnorm.h"
 #include "common.h"
 
 namespace {
 
 using kernels::AllFloat32;
-using kernels::ChannelGradientSums;
-using kernels::ChannelMoments;
+using kernels::ChannelPlanes;
 using kernels::ChannelShape;
+using kernels::NormalizeChannel;
+using kernels::NormalizeChannelBackward;
 using kernels::ParallelFor;
 using kernels::SizesAre;
+using kernels::UpdateMovingStatistics;
 
 // The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
 template <bool kRelu>
@@ -46,26 +48,12 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   const double count = static_cast<double>(n * plane);
   ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double mean, variance;
-      ChannelMoments(x, n, channels, plane, c, &mean, &variance);
-      const double inv_std = 1.0 / std::sqrt(variance + eps);
-      const double scale = gamma[c] * inv_std;
-      const float m = static_cast<float>(mean), a = static_cast<float>(scale), shift = beta[c];
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *in = x + offset;
-        float *out = y + offset;
-        if (kRelu) {
-          for (int64_t i = 0; i < plane; ++i) out[i] = std::max(a * (in[i] - m) + shift, 0.0f);
-        } else {
-          for (int64_t i = 0; i < plane; ++i) out[i] = a * (in[i] - m) + shift;
-        }
-      }
-      mean_out[c] = static_cast<float>(mean);
-      inv_std_out[c] = static_cast<float>(inv_std);
-      const double unbiased = variance * count / std::max(count - 1.0, 1.0);
-      new_mean[c] = static_cast<float>(moving_mean[c] * keep + mean * (1.0 - keep));
-      new_variance[c] = static_cast<float>(moving_variance[c] * keep + unbiased * (1.0 - keep));
+      const kernels::ChannelStatistics s = NormalizeChannel<kRelu>(
+          ChannelPlanes<const float>(x, channels, plane, c), ChannelPlanes<float>(y, channels, plane, c), n, plane,
+          gamma[c], beta[c], eps);
+      mean_out[c] = static_cast<float>(s.mean);
+      inv_std_out[c] = static_cast<float>(s.inv_std);
+      UpdateMovingStatistics(s, count, keep, moving_mean[c], moving_variance[c], &new_mean[c], &new_variance[c]);
     }
   });
   return 0;
@@ -94,26 +82,13 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   float *grad_x = static_cast<float *>(params[kX + 4]);
   float *grad_gamma = static_cast<float *>(params[kX + 5]);
   float *grad_beta = static_cast<float *>(params[kX + 6]);
-  const double count = static_cast<double>(n * plane);
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double sum = 0.0, dot = 0.0;  // of the gradient g reaching the BatchNorm and of g * x
-      ChannelGradientSums(grad_y, kRelu ? y : nullptr, x, n, channels, plane, c, grad_x, &sum, &dot);
-      const double m = mean[c], s = inv_std[c];
-      const double d_gamma = (dot - m * sum) * s;  // sum(g * x_hat)
-      const double k = gamma[c] * s;
-      // grad_x = k * g - k * s * d_gamma / M * (x - m) - k * sum / M
-      const float a = static_cast<float>(k), slope = static_cast<float>(-k * s * d_gamma / count),
-                  shift = static_cast<float>(-k * sum / count), centre = mean[c];
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *g = kRelu ? grad_x + offset : grad_y + offset;  // in place where masked
-        const float *in = x + offset;
-        float *out = grad_x + offset;
-        for (int64_t i = 0; i < plane; ++i) out[i] = a * g[i] + slope * (in[i] - centre) + shift;
-      }
-      grad_gamma[c] = static_cast<float>(d_gamma);
-      grad_beta[c] = static_cast<float>(sum);
+      NormalizeChannelBackward<kRelu>(ChannelPlanes<const float>(grad_y, channels, plane, c),
+                                      ChannelPlanes<const float>(y, channels, plane, c),
+                                      ChannelPlanes<const float>(x, channels, plane, c),
+                                      ChannelPlanes<float>(grad_x, channels, plane, c), n, plane, gamma[c], mean[c],
+                                      inv_std[c], &grad_gamma[c], &grad_beta[c]);
     }
   });
   return 0;

@@ -114,31 +114,27 @@ void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift
   *dot += d;
 }
 
-void ChannelMoments(const float *x, int64_t n, int64_t channels, int64_t plane, int64_t c, double *mean,
-                    double *variance) {
-  const float origin = x[c * plane];
+void ChannelMoments(ChannelPlanes<const float> x, int64_t n, int64_t plane, double *mean, double *variance) {
+  const float origin = x[0][0];
   double sum = 0.0, squares = 0.0;
-  for (int64_t b = 0; b < n; ++b) {
-    const float *p = x + (b * channels + c) * plane;
-    ShiftedSumAndDot(p, p, plane, origin, &sum, &squares);
-  }
+  for (int64_t b = 0; b < n; ++b) ShiftedSumAndDot(x[b], x[b], plane, origin, &sum, &squares);
   const double count = static_cast<double>(n * plane), shifted_mean = sum / count;
   *mean = origin + shifted_mean;
   *variance = std::max(squares / count - shifted_mean * shifted_mean, 0.0);
 }
 
-void ChannelGradientSums(const float *grad_y, const float *relu_output, const float *x, int64_t n, int64_t channels,
-                         int64_t plane, int64_t c, float *grad_x, double *sum, double *dot) {
+void ChannelGradientSums(ChannelPlanes<const float> grad_y, ChannelPlanes<const float> relu_output,
+                         ChannelPlanes<const float> x, int64_t n, int64_t plane, ChannelPlanes<float> grad_x,
+                         double *sum, double *dot) {
   for (int64_t b = 0; b < n; ++b) {
-    const int64_t offset = (b * channels + c) * plane;
-    const float *g = grad_y + offset;
-    if (relu_output != nullptr) {
-      float *masked = grad_x + offset;
-      const float *y = relu_output + offset;
+    const float *g = grad_y[b];
+    if (relu_output) {
+      float *masked = grad_x[b];
+      const float *y = relu_output[b];
       for (int64_t i = 0; i < plane; ++i) masked[i] = y[i] > 0.0f ? g[i] : 0.0f;
       g = masked;
     }
-    ShiftedSumAndDot(g, x != nullptr ? x + offset : g, plane, 0.0f, sum, dot);
+    ShiftedSumAndDot(g, x ? x[b] : g, plane, 0.0f, sum, dot);
   }
 }
 

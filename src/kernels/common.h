@@ -20,17 +20,43 @@ void ParallelFor(int64_t count, int64_t work_per_item, const std::function<void(
 // sums pass the gradient and x, shift 0.
 void ShiftedSumAndDot(const float *a, const float *b, int64_t count, float shift, double *sum, double *dot);
 
-// The mean and biased variance of channel c of an NCHW tensor, in double, from sums shifted by
-// the channel's first value (no cancellation where |mean| >> std).
-void ChannelMoments(const float *x, int64_t n, int64_t channels, int64_t plane, int64_t c, double *mean,
-                    double *variance);
+// The planes of one channel of an NCHW tensor: image b's plane starts at planes[b]. A
+// channel c of a C-channel tensor, or of a concatenation's part (the second half of a
+// 2C-channel tensor: channel C + c of 2C).
+template <class T>
+struct ChannelPlanes {
+  T *first;        // image 0's plane; null for "no tensor"
+  int64_t stride;  // from one image's plane to the next: channels * plane
+  ChannelPlanes(T *base, int64_t channels, int64_t plane, int64_t c)
+      : first(base == nullptr ? nullptr : base + c * plane), stride(channels * plane) {}
+  T *operator[](int64_t b) const { return first + b * stride; }
+  explicit operator bool() const { return first != nullptr; }
+};
 
-// For a backward, the sums over channel c of an NCHW gradient g: adds those of g and of g * x
-// (x may be null: the dot is then of no use) over the channel's n planes to *sum and *dot. g is
+// The mean and biased variance of a channel of n planes, in double, from sums shifted by the
+// channel's first value (no cancellation where |mean| >> std).
+void ChannelMoments(ChannelPlanes<const float> x, int64_t n, int64_t plane, double *mean, double *variance);
+
+inline void ChannelMoments(const float *x, int64_t n, int64_t channels, int64_t plane, int64_t c, double *mean,
+                           double *variance) {
+  ChannelMoments(ChannelPlanes<const float>(x, channels, plane, c), n, plane, mean, variance);
+}
+
+// For a backward, the sums over a channel of a gradient g: adds those of g and of g * x (x may
+// be absent: the dot is then of no use) over the channel's n planes to *sum and *dot. g is
 // grad_y, or, with relu_output (the output of a ReLU after the operator), grad_y where
 // relu_output > 0, else 0, written into grad_x, where the caller goes on in place.
-void ChannelGradientSums(const float *grad_y, const float *relu_output, const float *x, int64_t n, int64_t channels,
-                         int64_t plane, int64_t c, float *grad_x, double *sum, double *dot);
+void ChannelGradientSums(ChannelPlanes<const float> grad_y, ChannelPlanes<const float> relu_output,
+                         ChannelPlanes<const float> x, int64_t n, int64_t plane, ChannelPlanes<float> grad_x,
+                         double *sum, double *dot);
+
+inline void ChannelGradientSums(const float *grad_y, const float *relu_output, const float *x, int64_t n,
+                                int64_t channels, int64_t plane, int64_t c, float *grad_x, double *sum, double *dot) {
+  ChannelGradientSums(ChannelPlanes<const float>(grad_y, channels, plane, c),
+                      ChannelPlanes<const float>(relu_output, channels, plane, c),
+                      ChannelPlanes<const float>(x, channels, plane, c), n, plane,
+                      ChannelPlanes<float>(grad_x, channels, plane, c), sum, dot);
+}
 
 // A uint8 activation's fake-quant (src/quant/primitives.py: fake_quant_activation), in the
 // framework's float32 operations and order: clamp to [(0 - zp) * s, (255 - zp) * s], then

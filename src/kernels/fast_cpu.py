@@ -13,6 +13,10 @@ plain loop. Here:
 * the stem runs as unfold + matrix product, both fast framework ops with gradients;
 * BatchNorm in training (batch statistics) runs ``src/kernels/batchnorm.cc``, forward and
   backward (:class:`FastBatchNorm2d`); in eval it is the framework's;
+* in training, a depthwise convolution with the BatchNorm (and ReLU) after it runs
+  ``src/kernels/depthwise_batchnorm.cc``, one operator forward and one backward
+  (:class:`FastConvBNAct`); in a ghost module, with the concatenation after the cheap
+  branch (:class:`FastGhostModule`);
 * a squeeze-excite gate's product runs ``src/kernels/channel_scale.cc`` (:class:`FastSqueezeExcite`);
 * the optimizer's update of all parameters is one operator, ``src/kernels/optimizer.cc``
   (:class:`CompiledMomentum`, which ``src.train_utils.build_optimizer`` picks on the CPU);
@@ -28,7 +32,7 @@ import mindspore as ms
 import mindspore.nn as nn
 import mindspore.ops as ops
 
-from src.ghostnet import ConvBNAct, SqueezeExcite, moving_share_kept
+from src.ghostnet import ConvBNAct, GhostModule, SqueezeExcite, moving_share_kept
 from src.kernels.library import build_kernel_library
 from src.kernels.quant_cpu import fake_quant_kernels
 
@@ -149,20 +153,31 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         return self._train(x, self.train_relu_op)
 
     def _train(self, x, op):
-        y, _, _, new_mean, new_variance = op(x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
-                                             self.keep, self.eps_tensor)
+        y, _, _, new_mean, new_variance = op(x, *self.statistics_inputs())
+        self.update_moving_statistics(new_mean, new_variance)
+        return y
+
+    def statistics_inputs(self):
+        """What a training kernel reads of this BatchNorm, in the kernels' order: gamma, beta, the
+        moving mean and variance, the share kept, eps."""
+        return self.gamma, self.beta, self.moving_mean, self.moving_variance, self.keep, self.eps_tensor
+
+    def update_moving_statistics(self, new_mean, new_variance):
         ops.assign(self.moving_mean, ops.stop_gradient(new_mean))
         ops.assign(self.moving_variance, ops.stop_gradient(new_variance))
-        return y
 
 
 class FastConvBNAct(ConvBNAct):
     """``ConvBNAct`` whose ReLU runs in one kernel with the cell before it: the BatchNorm
     (:meth:`FastBatchNorm2d.with_relu`) or, in the fake-quant form, the convolution that
-    computes the BatchNorm too (``QuantConv2d.with_relu``, where ``conv_takes_relu``); the
-    same cell otherwise."""
+    computes the BatchNorm too (``QuantConv2d.with_relu``, where ``conv_takes_relu``). A
+    depthwise convolution, its BatchNorm and ReLU run as one operator in training, where
+    ``depthwise_bn_ops`` holds it (without and with the ReLU). The same cell otherwise."""
 
     def construct(self, x):
+        if self.depthwise_bn_ops is not None and self.bn is not None and self.bn.training:  # batch statistics
+            plain, with_relu = self.depthwise_bn_ops
+            return self.depthwise_batchnorm(x, plain if self.relu is None else with_relu)
         if self.relu is None:
             return super().construct(x)
         if self.bn is not None:
@@ -170,6 +185,81 @@ class FastConvBNAct(ConvBNAct):
         if self.conv_takes_relu:
             return self.conv.with_relu(x)
         return super().construct(x)
+
+    def depthwise_batchnorm(self, x, op):
+        """The convolution and the BatchNorm (with the ReLU) in training, as ``op``
+        (:func:`depthwise_batchnorm_train_op`) computes them; the moving statistics updated."""
+        out, _, _, _, new_mean, new_variance = op(x, self.conv.weight, *self.bn.statistics_inputs())
+        self.bn.update_moving_statistics(new_mean, new_variance)
+        return out
+
+
+def depthwise_batchnorm_train_op(stride, relu, concat=False):
+    """The training operator of a depthwise convolution (``stride``) and the BatchNorm after it
+    (src/kernels/depthwise_batchnorm.cc), then a ReLU with ``relu``; with ``concat``, a ghost
+    module's cheap branch and the concatenation after it (stride 1). With its backward; None
+    without the library.
+
+    ``(x, weight, gamma, beta, moving_mean, moving_variance, keep, eps) -> (out, the
+    convolution's output, batch mean, 1 / sqrt(batch variance + eps), new moving mean, new
+    moving variance)``: out is ``BatchNorm(depthwise(x))``, with ``concat``
+    ``concat(x, BatchNorm(depthwise(x)))``; the statistics as :func:`batchnorm_train_op`'s."""
+    library = build_kernel_library()
+    if library is None:
+        return None
+    key = ("depthwise_batchnorm", stride, relu, concat)
+    if key not in _ops:
+        name = ("GhostCheap" if concat else "DepthwiseBatchNorm") + ("Relu" if relu else "")
+        # (grad_out, [out,] conv, x, weight, gamma, mean, inv_std) -> grads of x, weight, gamma, beta
+        backward = ops.Custom(f"{library}:{name}TrainBackward",
+                              out_shape=lambda *shapes: (shapes[-5], shapes[-4], shapes[-3], shapes[-3]),
+                              out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot")
+
+        def bprop(x, weight, gamma, beta, moving_mean, moving_variance, keep, eps, out, grad):
+            reads = (grad[0], out[0]) if relu else (grad[0],)
+            grads = backward(*reads, out[1], x, weight, gamma, out[2], out[3])
+            return (*grads, ops.zeros_like(moving_mean), ops.zeros_like(moving_variance), ops.zeros_like(keep),
+                    ops.zeros_like(eps))
+
+        def out_shape(x, weight, gamma, *rest):
+            conv = [x[0], x[1], *(conv_out_size(x[i], weight[i], stride, weight[i] // 2) for i in (2, 3))]
+            return ([x[0], 2 * x[1], *x[2:]] if concat else conv), conv, gamma, gamma, gamma, gamma
+
+        _ops[key] = ops.Custom(f"{library}:{name}TrainForward", out_shape=out_shape,
+                               out_dtype=lambda x, *rest: (x,) * 6, func_type="aot", bprop=bprop)
+    return _ops[key]
+
+
+def depthwise_batchnorm_stride(conv_bn):
+    """The stride of ``conv_bn``'s convolution where a ``ConvBNAct`` (its cells switched) is a
+    fast depthwise convolution without bias and a fast BatchNorm, which
+    :func:`depthwise_batchnorm_train_op` can run in training; else None."""
+    conv = conv_bn.conv
+    if not (isinstance(conv, FastConv2d) and is_fast_depthwise(conv.fast_conv) and not conv.has_bias
+            and isinstance(conv_bn.bn, FastBatchNorm2d)):
+        return None
+    return conv_geometry(conv)[0][-1]
+
+
+class FastGhostModule(GhostModule):
+    """``GhostModule`` whose cheap branch (depthwise convolution, BatchNorm on batch statistics,
+    ReLU) and the concatenation after it run as one operator in training, and one backward;
+    the same cell otherwise (eval, BatchNorm folded, the int8 forms)."""
+
+    def construct(self, x):
+        cheap = self.cheap_operation
+        if cheap.bn is None or not cheap.bn.training or self.concat_quant is not None:
+            return super().construct(x)
+        plain, with_relu = self.cheap_train_ops
+        return cheap.depthwise_batchnorm(self.primary_conv(x), plain if cheap.relu is None else with_relu)
+
+
+def _takes_fused_cheap_branch(module):
+    """Whether ``module`` (a ``GhostModule``, its cells switched) fits :class:`FastGhostModule`:
+    a stride-1 depthwise convolution and BatchNorm that :func:`depthwise_batchnorm_train_op`
+    runs, halves that fill the output, no int8 quantization."""
+    return (not module.trim and module.concat_quant is None
+            and depthwise_batchnorm_stride(module.cheap_operation) == 1)
 
 
 def channel_scale_op():
@@ -308,8 +398,9 @@ class FastConv2d(nn.Conv2d):
 
 def enable_fast_cpu_path(net):
     """Switch ``net``'s depthwise and stem convolutions, its training BatchNorms (with the ReLU
-    after them, :class:`FastConvBNAct`) and its squeeze-excite products to the fast cells, in
-    place, when the device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
+    after them, :class:`FastConvBNAct`), its ghost modules' cheap branches in training
+    (:class:`FastGhostModule`) and its squeeze-excite products to the fast cells, in place,
+    when the device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
 
     Besides ``nn.Conv2d``, a cell with ``accepts_fast_conv = True`` (the quantized layers of
     src/quant/) takes one: it has ``weight``, ``geometry`` and a ``fast_conv`` it calls
@@ -342,10 +433,16 @@ def enable_fast_cpu_path(net):
                 switched += 1
     channel_scale = channel_scale_op()
     for _, cell in net.cells_and_names():
-        if type(cell) is ConvBNAct and (isinstance(cell.bn, FastBatchNorm2d)  # pylint: disable=unidiomatic-typecheck
+        if type(cell) is GhostModule and _takes_fused_cheap_branch(cell):  # pylint: disable=unidiomatic-typecheck
+            cell.__class__ = FastGhostModule
+            cell.cheap_train_ops = tuple(depthwise_batchnorm_train_op(1, relu, concat=True) for relu in (False, True))
+        elif type(cell) is ConvBNAct and (isinstance(cell.bn, FastBatchNorm2d)  # pylint: disable=unidiomatic-typecheck
                                         or getattr(cell.conv, "takes_relu", False)):
             cell.__class__ = FastConvBNAct
             cell.conv_takes_relu = cell.bn is None and cell.relu is not None and getattr(cell.conv, "takes_relu", False)
+            stride = depthwise_batchnorm_stride(cell)
+            cell.depthwise_bn_ops = None if stride is None else tuple(
+                depthwise_batchnorm_train_op(stride, relu) for relu in (False, True))
         elif type(cell) is SqueezeExcite and channel_scale is not None:  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastSqueezeExcite
             cell.channel_scale = channel_scale

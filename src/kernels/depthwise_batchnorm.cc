@@ -1,0 +1,171 @@
+// A depthwise convolution and the BatchNorm after it (batch statistics) in training, with the
+// ReLU after them or not, as one AOT custom operator forward and one backward; in a ghost
+// module, with the concatenation after the cheap branch too:
+//   DepthwiseBatchNorm*: y = BatchNorm(depthwise(x)) [then ReLU];
+//   GhostCheap*:         out = concat(x, BatchNorm(depthwise(x)) [then ReLU]), stride 1.
+//
+// In the framework a ghost module's cheap branch is a depthwise convolution, a BatchNorm and
+// a concatenation, and in the backward the concatenation's two slices, a BatchNorm backward, a
+// depthwise backward and the sum of the input's two gradients: seven operators and four
+// passes over memory, for work that is all per channel. Here one thread takes a channel
+// through all of it. Each piece is the kernels' own (depthwise.h, batchnorm.h), in the same
+// order: the results equal the separate kernels' bit for bit.
+//
+// Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
+// int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "batchnorm.h"
+#include "common.h"
+#include "depthwise.h"
+
+namespace {
+
+using kernels::AllFloat32;
+using kernels::ChannelPlanes;
+using kernels::ParallelFor;
+using kernels::SizesAre;
+using kernels::depthwise::Geometry;
+
+// The geometry of the depthwise convolution of x (N, C, H, W) by weight (C, 1, K, K) into the
+// convolution's output conv, and whether out fits: conv itself, or with kConcat (N, 2C, H, W)
+// at stride 1.
+template <bool kConcat>
+bool MakeGeometry(int *ndims, int64_t **shapes, int x, int weight, int conv, int out, Geometry *g) {
+  if (ndims[x] != 4 || ndims[weight] != 4 || ndims[conv] != 4 || ndims[out] != 4) return false;
+  if (!kernels::depthwise::MakeGeometry(shapes[x], shapes[weight], shapes[conv], g)) return false;
+  const int64_t *o = shapes[out];
+  if (!kConcat) return std::equal(o, o + 4, shapes[conv]);
+  return g->stride == 1 && o[0] == g->n && o[1] == 2 * g->c && o[2] == g->h && o[3] == g->w;
+}
+
+// params: x (N, C, H, W), weight (C, 1, K, K), gamma, beta, moving_mean, moving_variance (C),
+// keep (1), eps (1) -> out (N, C, OH, OW), or with kConcat (N, 2C, H, W); conv (N, C, OH, OW:
+// the convolution's output, for the backward); batch mean (C); inv_std (C); new moving mean
+// (C); new moving variance (C). The statistics as BatchNormTrainForward's (batchnorm.cc).
+template <bool kRelu, bool kConcat>
+int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != 14) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  Geometry g;
+  if (!MakeGeometry<kConcat>(ndims, shapes, 0, 1, 9, 8, &g)) return 3;
+  const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
+  if (!SizesAre({2, 3, 4, 5, 10, 11, 12, 13}, channels, ndims, shapes) || !SizesAre({6, 7}, 1, ndims, shapes)) {
+    return 3;
+  }
+  const float *x = static_cast<const float *>(params[0]);
+  const float *weight = static_cast<const float *>(params[1]);
+  const float *gamma = static_cast<const float *>(params[2]);
+  const float *beta = static_cast<const float *>(params[3]);
+  const float *moving_mean = static_cast<const float *>(params[4]);
+  const float *moving_variance = static_cast<const float *>(params[5]);
+  const double keep = *static_cast<const float *>(params[6]);
+  const double eps = *static_cast<const float *>(params[7]);
+  float *out = static_cast<float *>(params[8]);
+  float *conv = static_cast<float *>(params[9]);
+  float *mean_out = static_cast<float *>(params[10]);
+  float *inv_std_out = static_cast<float *>(params[11]);
+  float *new_mean = static_cast<float *>(params[12]);
+  float *new_variance = static_cast<float *>(params[13]);
+  const double count = static_cast<double>(g.n * out_plane);
+  const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
+  ParallelFor(channels, g.n * out_plane * (g.k * g.k + 3), [&](int64_t begin, int64_t end) {
+    std::vector<float> padded(g.ph * g.pw);
+    for (int64_t c = begin; c < end; ++c) {
+      const ChannelPlanes<const float> in(x, channels, plane, c);
+      const ChannelPlanes<float> convolved(conv, channels, out_plane, c), copied(out, out_channels, plane, c);
+      for (int64_t b = 0; b < g.n; ++b) {
+        kernels::depthwise::PadPlane(in[b], g, padded.data());
+        kernels::depthwise::ConvolvePadded(padded.data(), weight + c * g.k * g.k, 0.0f, false, g, convolved[b]);
+        if (kConcat) std::memcpy(copied[b], in[b], plane * sizeof(float));
+      }
+      const kernels::ChannelStatistics s = kernels::NormalizeChannel<kRelu>(
+          ChannelPlanes<const float>(conv, channels, out_plane, c),
+          ChannelPlanes<float>(out, out_channels, out_plane, offset + c), g.n, out_plane, gamma[c], beta[c], eps);
+      mean_out[c] = static_cast<float>(s.mean);
+      inv_std_out[c] = static_cast<float>(s.inv_std);
+      kernels::UpdateMovingStatistics(s, count, keep, moving_mean[c], moving_variance[c], &new_mean[c],
+                                      &new_variance[c]);
+    }
+  });
+  return 0;
+}
+
+// params: grad_out, [out (the forward's, with kRelu),] conv, x, weight, gamma, mean, inv_std ->
+// grad_x (N, C, H, W), grad_weight (C, 1, K, K), grad_gamma (C), grad_beta (C)
+template <bool kRelu, bool kConcat>
+int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  constexpr int kConv = kRelu ? 2 : 1;  // the positions after grad_out (and out)
+  if (nparam != kConv + 10) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  Geometry g;
+  if (!MakeGeometry<kConcat>(ndims, shapes, kConv + 1, kConv + 2, kConv, 0, &g)) return 3;
+  const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
+  if (!SizesAre({kConv + 6}, g.n * channels * plane, ndims, shapes) ||
+      (kRelu && !SizesAre({1}, kernels::Elements(ndims[0], shapes[0]), ndims, shapes)) ||
+      !SizesAre({kConv + 3, kConv + 4, kConv + 5, kConv + 8, kConv + 9}, channels, ndims, shapes) ||
+      !SizesAre({kConv + 7}, channels * g.k * g.k, ndims, shapes)) {
+    return 3;
+  }
+  const float *grad_out = static_cast<const float *>(params[0]);
+  const float *out = kRelu ? static_cast<const float *>(params[1]) : nullptr;
+  const float *conv = static_cast<const float *>(params[kConv]);
+  const float *x = static_cast<const float *>(params[kConv + 1]);
+  const float *weight = static_cast<const float *>(params[kConv + 2]);
+  const float *gamma = static_cast<const float *>(params[kConv + 3]);
+  const float *mean = static_cast<const float *>(params[kConv + 4]);
+  const float *inv_std = static_cast<const float *>(params[kConv + 5]);
+  float *grad_x = static_cast<float *>(params[kConv + 6]);
+  float *grad_weight = static_cast<float *>(params[kConv + 7]);
+  float *grad_gamma = static_cast<float *>(params[kConv + 8]);
+  float *grad_beta = static_cast<float *>(params[kConv + 9]);
+  const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
+  ParallelFor(channels, g.n * out_plane * (2 * g.k * g.k + 4), [&](int64_t begin, int64_t end) {
+    // the convolution's gradient, one channel's planes of it; at stride 1 it goes into grad_x's
+    // planes, where the convolution's backward then runs in place (each plane is read whole
+    // before its input gradient is written)
+    std::vector<float> padded(g.ph * g.pw), lanes(g.k * g.k * g.ow), scratch(g.stride == 1 ? 0 : g.n * out_plane);
+    for (int64_t c = begin; c < end; ++c) {
+      const ChannelPlanes<float> grad_conv = g.stride == 1 ? ChannelPlanes<float>(grad_x, channels, plane, c)
+                                                           : ChannelPlanes<float>(scratch.data(), 1, out_plane, 0);
+      kernels::NormalizeChannelBackward<kRelu>(
+          ChannelPlanes<const float>(grad_out, out_channels, out_plane, offset + c),
+          ChannelPlanes<const float>(out, out_channels, out_plane, offset + c),
+          ChannelPlanes<const float>(conv, channels, out_plane, c), grad_conv, g.n, out_plane, gamma[c], mean[c],
+          inv_std[c], &grad_gamma[c], &grad_beta[c]);
+      const ChannelPlanes<const float> in(x, channels, plane, c), direct(grad_out, out_channels, plane, c);
+      const ChannelPlanes<float> grad_in(grad_x, channels, plane, c);
+      std::fill(lanes.begin(), lanes.end(), 0.0f);
+      for (int64_t b = 0; b < g.n; ++b) {
+        kernels::depthwise::BackwardPlane(in[b], grad_conv[b], weight + c * g.k * g.k, g, padded.data(),
+                                          lanes.data(), grad_in[b]);
+        if (kConcat) {  // the input's own path through the concatenation
+          float *sum = grad_in[b];
+          const float *d = direct[b];
+          for (int64_t i = 0; i < plane; ++i) sum[i] += d[i];
+        }
+      }
+      kernels::depthwise::SumLanes(lanes.data(), g, grad_weight + c * g.k * g.k);
+    }
+  });
+  return 0;
+}
+
+}  // namespace
+
+#define DEPTHWISE_BATCHNORM_ENTRY(name, function, relu, concat)                                                   \
+  extern "C" int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) { \
+    return function<relu, concat>(nparam, params, ndims, shapes, dtypes);                                          \
+  }
+
+DEPTHWISE_BATCHNORM_ENTRY(DepthwiseBatchNormTrainForward, Forward, false, false)
+DEPTHWISE_BATCHNORM_ENTRY(DepthwiseBatchNormReluTrainForward, Forward, true, false)
+DEPTHWISE_BATCHNORM_ENTRY(GhostCheapTrainForward, Forward, false, true)
+DEPTHWISE_BATCHNORM_ENTRY(GhostCheapReluTrainForward, Forward, true, true)
+DEPTHWISE_BATCHNORM_ENTRY(DepthwiseBatchNormTrainBackward, Backward, false, false)
+DEPTHWISE_BATCHNORM_ENTRY(DepthwiseBatchNormReluTrainBackward, Backward, true, false)
+DEPTHWISE_BATCHNORM_ENTRY(GhostCheapTrainBackward, Backward, false, true)
+DEPTHWISE_BATCHNORM_ENTRY(GhostCheapReluTrainBackward, Backward, true, true)
