@@ -216,7 +216,7 @@ def _assert_fused_equals_separate_and_framework(make_cell, x, direction):
 
 
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("shape", [(3, 6, 7, 9), (2, 4, 1, 1)])
+@pytest.mark.parametrize("shape", [(3, 6, 7, 9), (2, 4, 1, 1), (2, 3, 12, 10)])  # batch innermost up to 64 values a plane
 def test_the_fused_ghost_cheap_branch_equals_the_separate_kernels_bit_for_bit(kernels, relu, shape):
     """The cheap branch and concatenation in one operator (src/kernels/depthwise_batchnorm.cc):
     output, gradients of the input and of every parameter, and the moving statistics, against
@@ -230,7 +230,8 @@ def test_the_fused_ghost_cheap_branch_equals_the_separate_kernels_bit_for_bit(ke
 
 
 @pytest.mark.parametrize("relu", [True, False])
-@pytest.mark.parametrize("shape, kernel, stride", [((3, 6, 9, 7), 5, 2), ((2, 4, 8, 8), 3, 2), ((2, 5, 6, 5), 3, 1)])
+@pytest.mark.parametrize("shape, kernel, stride", [((3, 6, 9, 7), 5, 2), ((2, 4, 8, 8), 3, 2), ((2, 5, 6, 5), 3, 1),
+                                                  ((2, 3, 11, 10), 5, 2), ((17, 2, 4, 4), 3, 1)])
 def test_the_fused_depthwise_batchnorm_equals_the_separate_kernels_bit_for_bit(kernels, relu, shape, kernel, stride):
     """A depthwise convolution, its BatchNorm and ReLU in one operator: as the test above, for
     the stride-2 stages' and shortcuts' layers (odd sizes, where stride 2 leaves a row out)."""

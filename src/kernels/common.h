@@ -29,6 +29,8 @@ struct ChannelPlanes {
   int64_t stride;  // from one image's plane to the next: channels * plane
   ChannelPlanes(T *base, int64_t channels, int64_t plane, int64_t c)
       : first(base == nullptr ? nullptr : base + c * plane), stride(channels * plane) {}
+  template <class U>  // a read-only view of writable planes
+  ChannelPlanes(const ChannelPlanes<U> &other) : first(other.first), stride(other.stride) {}  // NOLINT: implicit
   T *operator[](int64_t b) const { return first + b * stride; }
   explicit operator bool() const { return first != nullptr; }
 };

@@ -1,15 +1,21 @@
-// Depthwise convolution of one plane (one channel of one image), shared by the depthwise
-// kernels (depthwise_conv.cc) and the depthwise convolution with its BatchNorm
-// (depthwise_batchnorm.cc).
+// Depthwise convolution of one plane (one channel of one image) and of one channel's planes
+// over the batch, shared by the depthwise kernels (depthwise_conv.cc) and the depthwise
+// convolution with its BatchNorm (depthwise_batchnorm.cc).
 //
 // float32 planes, weight K x K per channel, symmetric padding K / 2, stride 1 or 2 (recovered
 // from the shapes). Each plane is copied into a zeroed padded buffer first, so the inner loops
-// run without bounds checks.
+// run without bounds checks. A channel of small planes (GhostNet's last stages: 2 x 2 to 8 x 8
+// at 64 px) is convolved with the batch as the innermost axis instead: a plane's loops are
+// too short to vectorize, and their setup cost more than their arithmetic.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "common.h"
 
 namespace kernels {
 namespace depthwise {
@@ -61,9 +67,12 @@ inline void CropPlane(const float *padded, const Geometry &g, float *dst) {
   for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + y * g.w, padded + (y + g.pad) * g.pw + g.pad, cols * sizeof(float));
 }
 
-template <int64_t S>
+// The loops below take the stride S and kernel size K as constants (K = 0: g.k at run time),
+// so that for GhostNet's 3 and 5 the compiler unrolls the taps; the arithmetic and its order
+// are the same for every K.
+template <int64_t S, int64_t K>
 void ForwardPlane(const float *padded, const float *weight, float bias, bool relu, const Geometry &g, float *out) {
-  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  const int64_t k = K ? K : g.k, pw = g.pw, ow = g.ow;
   for (int64_t y = 0; y < g.oh; ++y) {
     float *row = out + y * ow;
     std::fill(row, row + ow, bias);
@@ -81,9 +90,9 @@ void ForwardPlane(const float *padded, const float *weight, float bias, bool rel
   }
 }
 
-template <int64_t S>
+template <int64_t S, int64_t K>
 void InputGradPlane(const float *grad_out, const float *weight, const Geometry &g, float *padded_grad) {
-  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  const int64_t k = K ? K : g.k, pw = g.pw, ow = g.ow;
   std::fill(padded_grad, padded_grad + g.ph * pw, 0.0f);
   for (int64_t y = 0; y < g.oh; ++y) {
     const float *go = grad_out + y * ow;
@@ -100,9 +109,9 @@ void InputGradPlane(const float *grad_out, const float *weight, const Geometry &
 
 // Adds one plane's products to `lanes`: k * k rows of OW partial sums, one per output column,
 // so that the loop runs across columns (it vectorizes) instead of along one serial sum.
-template <int64_t S>
+template <int64_t S, int64_t K>
 void WeightGradPlane(const float *padded, const float *grad_out, const Geometry &g, float *lanes) {
-  const int64_t k = g.k, pw = g.pw, ow = g.ow;
+  const int64_t k = K ? K : g.k, pw = g.pw, ow = g.ow;
   for (int64_t i = 0; i < k; ++i) {
     for (int64_t j = 0; j < k; ++j) {
       float *acc = lanes + (i * k + j) * ow;
@@ -115,12 +124,32 @@ void WeightGradPlane(const float *padded, const float *grad_out, const Geometry 
   }
 }
 
+template <int64_t S, int64_t K>
+void BackwardPadded(const float *grad_y, const float *weight, const Geometry &g, float *padded, float *lanes) {
+  WeightGradPlane<S, K>(padded, grad_y, g, lanes);
+  InputGradPlane<S, K>(grad_y, weight, g, padded);
+}
+
+// Calls fn(stride, kernel) with each as a std::integral_constant: GhostNet's kernel sizes 3
+// and 5 as constants, any other as 0 (read from the geometry at run time).
+template <class F>
+void WithGeometryConstants(const Geometry &g, F &&fn) {
+  using One = std::integral_constant<int64_t, 1>;
+  using Two = std::integral_constant<int64_t, 2>;
+  using Three = std::integral_constant<int64_t, 3>;
+  using Five = std::integral_constant<int64_t, 5>;
+  using Any = std::integral_constant<int64_t, 0>;
+  const bool one = g.stride == 1;
+  if (g.k == 3) one ? fn(One(), Three()) : fn(Two(), Three());
+  else if (g.k == 5) one ? fn(One(), Five()) : fn(Two(), Five());
+  else one ? fn(One(), Any()) : fn(Two(), Any());
+}
+
 // One plane of the forward from its padded copy (PH x PW): y = conv(x) + bias, then
 // max(y, 0) with relu.
 inline void ConvolvePadded(const float *padded, const float *weight, float bias, bool relu, const Geometry &g,
                            float *y) {
-  if (g.stride == 1) ForwardPlane<1>(padded, weight, bias, relu, g, y);
-  else ForwardPlane<2>(padded, weight, bias, relu, g, y);
+  WithGeometryConstants(g, [&](auto s, auto k) { ForwardPlane<s(), k()>(padded, weight, bias, relu, g, y); });
 }
 
 // One plane of the backward: adds its share of the weight gradient to `lanes` (K * K * OW)
@@ -128,10 +157,7 @@ inline void ConvolvePadded(const float *padded, const float *weight, float bias,
 inline void BackwardPlane(const float *x, const float *grad_y, const float *weight, const Geometry &g, float *padded,
                           float *lanes, float *grad_x) {
   PadPlane(x, g, padded);
-  if (g.stride == 1) WeightGradPlane<1>(padded, grad_y, g, lanes);
-  else WeightGradPlane<2>(padded, grad_y, g, lanes);
-  if (g.stride == 1) InputGradPlane<1>(grad_y, weight, g, padded);
-  else InputGradPlane<2>(grad_y, weight, g, padded);
+  WithGeometryConstants(g, [&](auto s, auto k) { BackwardPadded<s(), k()>(grad_y, weight, g, padded, lanes); });
   CropPlane(padded, g, grad_x);
 }
 
@@ -142,6 +168,147 @@ inline void SumLanes(const float *lanes, const Geometry &g, float *grad_weight) 
     float sum = 0.0f;
     for (int64_t col = 0; col < g.ow; ++col) sum += acc[col];
     grad_weight[t] = sum;
+  }
+}
+
+// Channels of planes up to this size take the batched path below.
+constexpr int64_t kBatchedPlaneLimit = 64;
+
+inline bool Batched(const Geometry &g) { return g.h * g.w <= kBatchedPlaneLimit; }
+
+// What a thread needs to convolve channels of this geometry, either way.
+struct Workspace {
+  std::vector<float> padded, lanes, batched_in, batched_grad;
+  explicit Workspace(const Geometry &g)
+      : padded(g.ph * g.pw),
+        lanes(g.k * g.k * g.ow),
+        batched_in(Batched(g) ? g.ph * g.pw * g.n : 0),
+        batched_grad(Batched(g) ? g.oh * g.ow * g.n : 0) {}
+};
+
+// The n planes of x, padded, into dst as (PH, PW, N): the batch innermost.
+inline void PadChannelBatched(ChannelPlanes<const float> x, const Geometry &g, float *dst) {
+  const int64_t n = g.n, rows = InnerRows(g), cols = InnerCols(g);
+  std::fill(dst, dst + g.ph * g.pw * n, 0.0f);
+  for (int64_t b = 0; b < n; ++b) {
+    const float *src = x[b];
+    for (int64_t y = 0; y < rows; ++y) {
+      float *row = dst + ((y + g.pad) * g.pw + g.pad) * n + b;
+      for (int64_t col = 0; col < cols; ++col) row[col * n] = src[y * g.w + col];
+    }
+  }
+}
+
+// ForwardPlane for all n planes at once, on PadChannelBatched's layout, without bias: each
+// output value takes its taps in ForwardPlane's order, so the results are equal bit for bit.
+template <int64_t S, int64_t K>
+void ForwardChannelBatched(const float *padded, const float *weight, const Geometry &g, float *out) {
+  const int64_t k = K ? K : g.k, n = g.n, pw = g.pw;
+  for (int64_t y = 0; y < g.oh; ++y) {
+    for (int64_t col = 0; col < g.ow; ++col) {
+      float *acc = out + (y * g.ow + col) * n;
+      std::fill(acc, acc + n, 0.0f);
+      for (int64_t i = 0; i < k; ++i) {
+        for (int64_t j = 0; j < k; ++j) {
+          const float wv = weight[i * k + j];
+          const float *src = padded + ((y * S + i) * pw + col * S + j) * n;
+          for (int64_t b = 0; b < n; ++b) acc[b] += wv * src[b];
+        }
+      }
+    }
+  }
+}
+
+// The depthwise convolution (no bias) of one channel's n planes x into y.
+inline void ConvolveChannel(ChannelPlanes<const float> x, const float *weight, const Geometry &g, Workspace *ws,
+                            ChannelPlanes<float> y) {
+  if (!Batched(g)) {
+    for (int64_t b = 0; b < g.n; ++b) {
+      PadPlane(x[b], g, ws->padded.data());
+      ConvolvePadded(ws->padded.data(), weight, 0.0f, false, g, y[b]);
+    }
+    return;
+  }
+  float *out = ws->batched_grad.data();  // (OH, OW, N)
+  PadChannelBatched(x, g, ws->batched_in.data());
+  WithGeometryConstants(g, [&](auto s, auto k) { ForwardChannelBatched<s(), k()>(ws->batched_in.data(), weight, g, out); });
+  for (int64_t b = 0; b < g.n; ++b) {
+    float *dst = y[b];
+    for (int64_t i = 0; i < g.oh * g.ow; ++i) dst[i] = out[i * g.n + b];
+  }
+}
+
+// The backward on PadChannelBatched's layout: the weight gradient summed over the batch lanes
+// (each lane over the output positions first), and the input gradient, padded, into
+// `padded_x` in place of x, each value taking its terms in InputGradPlane's order.
+template <int64_t S, int64_t K>
+void BackwardChannelBatched(float *padded_x, const float *grad, const float *weight, const Geometry &g,
+                            float *grad_weight) {
+  const int64_t k = K ? K : g.k, n = g.n, pw = g.pw;
+  float lanes[16];
+  for (int64_t i = 0; i < k; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      float total = 0.0f;
+      for (int64_t first = 0; first < n; first += 16) {  // the batch in blocks of 16 lanes
+        const int64_t width = std::min<int64_t>(16, n - first);
+        std::fill(lanes, lanes + width, 0.0f);
+        for (int64_t y = 0; y < g.oh; ++y) {
+          for (int64_t col = 0; col < g.ow; ++col) {
+            const float *src = padded_x + ((y * S + i) * pw + col * S + j) * n + first;
+            const float *go = grad + (y * g.ow + col) * n + first;
+            for (int64_t b = 0; b < width; ++b) lanes[b] += src[b] * go[b];
+          }
+        }
+        for (int64_t b = 0; b < width; ++b) total += lanes[b];
+      }
+      grad_weight[i * k + j] = total;
+    }
+  }
+  std::fill(padded_x, padded_x + g.ph * pw * n, 0.0f);
+  for (int64_t y = 0; y < g.oh; ++y) {
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) {
+        const float wv = weight[i * k + j];
+        for (int64_t col = 0; col < g.ow; ++col) {
+          float *dst = padded_x + ((y * S + i) * pw + col * S + j) * n;
+          const float *go = grad + (y * g.ow + col) * n;
+          for (int64_t b = 0; b < n; ++b) dst[b] += wv * go[b];
+        }
+      }
+    }
+  }
+}
+
+// One channel's backward over its n planes: the input gradient into grad_x (which may be the
+// planes of grad_y: each is read whole before it is written) and the weight gradient (K * K).
+inline void BackwardChannel(ChannelPlanes<const float> x, ChannelPlanes<const float> grad_y, const float *weight,
+                            const Geometry &g, Workspace *ws, ChannelPlanes<float> grad_x, float *grad_weight) {
+  if (!Batched(g)) {
+    std::fill(ws->lanes.begin(), ws->lanes.end(), 0.0f);
+    for (int64_t b = 0; b < g.n; ++b) {
+      BackwardPlane(x[b], grad_y[b], weight, g, ws->padded.data(), ws->lanes.data(), grad_x[b]);
+    }
+    SumLanes(ws->lanes.data(), g, grad_weight);
+    return;
+  }
+  const int64_t n = g.n, out_plane = g.oh * g.ow;
+  float *padded = ws->batched_in.data(), *grad = ws->batched_grad.data();
+  PadChannelBatched(x, g, padded);
+  for (int64_t b = 0; b < n; ++b) {
+    const float *src = grad_y[b];
+    for (int64_t i = 0; i < out_plane; ++i) grad[i * n + b] = src[i];
+  }
+  WithGeometryConstants(g, [&](auto s, auto k) {
+    BackwardChannelBatched<s(), k()>(padded, grad, weight, g, grad_weight);
+  });
+  const int64_t rows = InnerRows(g), cols = InnerCols(g);
+  for (int64_t b = 0; b < n; ++b) {
+    float *dst = grad_x[b];
+    std::fill(dst, dst + g.h * g.w, 0.0f);
+    for (int64_t y = 0; y < rows; ++y) {
+      const float *row = padded + ((y + g.pad) * g.pw + g.pad) * n + b;
+      for (int64_t col = 0; col < cols; ++col) dst[y * g.w + col] = row[col * n];
+    }
   }
 }
 

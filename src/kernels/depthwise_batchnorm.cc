@@ -73,15 +73,13 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   const double count = static_cast<double>(g.n * out_plane);
   const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
   ParallelFor(channels, g.n * out_plane * (g.k * g.k + 3), [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(g.ph * g.pw);
+    kernels::depthwise::Workspace workspace(g);
     for (int64_t c = begin; c < end; ++c) {
       const ChannelPlanes<const float> in(x, channels, plane, c);
-      const ChannelPlanes<float> convolved(conv, channels, out_plane, c), copied(out, out_channels, plane, c);
-      for (int64_t b = 0; b < g.n; ++b) {
-        kernels::depthwise::PadPlane(in[b], g, padded.data());
-        kernels::depthwise::ConvolvePadded(padded.data(), weight + c * g.k * g.k, 0.0f, false, g, convolved[b]);
-        if (kConcat) std::memcpy(copied[b], in[b], plane * sizeof(float));
-      }
+      kernels::depthwise::ConvolveChannel(in, weight + c * g.k * g.k, g, &workspace,
+                                          ChannelPlanes<float>(conv, channels, out_plane, c));
+      const ChannelPlanes<float> copied(out, out_channels, plane, c);
+      for (int64_t b = 0; kConcat && b < g.n; ++b) std::memcpy(copied[b], in[b], plane * sizeof(float));
       const kernels::ChannelStatistics s = kernels::NormalizeChannel<kRelu>(
           ChannelPlanes<const float>(conv, channels, out_plane, c),
           ChannelPlanes<float>(out, out_channels, out_plane, offset + c), g.n, out_plane, gamma[c], beta[c], eps);
@@ -125,9 +123,10 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
   ParallelFor(channels, g.n * out_plane * (2 * g.k * g.k + 4), [&](int64_t begin, int64_t end) {
     // the convolution's gradient, one channel's planes of it; at stride 1 it goes into grad_x's
-    // planes, where the convolution's backward then runs in place (each plane is read whole
-    // before its input gradient is written)
-    std::vector<float> padded(g.ph * g.pw), lanes(g.k * g.k * g.ow), scratch(g.stride == 1 ? 0 : g.n * out_plane);
+    // planes, where the convolution's backward then runs in place (BackwardChannel reads each
+    // plane whole before it writes the input gradient)
+    kernels::depthwise::Workspace workspace(g);
+    std::vector<float> scratch(g.stride == 1 ? 0 : g.n * out_plane);
     for (int64_t c = begin; c < end; ++c) {
       const ChannelPlanes<float> grad_conv = g.stride == 1 ? ChannelPlanes<float>(grad_x, channels, plane, c)
                                                            : ChannelPlanes<float>(scratch.data(), 1, out_plane, 0);
@@ -136,19 +135,15 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
           ChannelPlanes<const float>(out, out_channels, out_plane, offset + c),
           ChannelPlanes<const float>(conv, channels, out_plane, c), grad_conv, g.n, out_plane, gamma[c], mean[c],
           inv_std[c], &grad_gamma[c], &grad_beta[c]);
-      const ChannelPlanes<const float> in(x, channels, plane, c), direct(grad_out, out_channels, plane, c);
       const ChannelPlanes<float> grad_in(grad_x, channels, plane, c);
-      std::fill(lanes.begin(), lanes.end(), 0.0f);
-      for (int64_t b = 0; b < g.n; ++b) {
-        kernels::depthwise::BackwardPlane(in[b], grad_conv[b], weight + c * g.k * g.k, g, padded.data(),
-                                          lanes.data(), grad_in[b]);
-        if (kConcat) {  // the input's own path through the concatenation
-          float *sum = grad_in[b];
-          const float *d = direct[b];
-          for (int64_t i = 0; i < plane; ++i) sum[i] += d[i];
-        }
+      kernels::depthwise::BackwardChannel(ChannelPlanes<const float>(x, channels, plane, c),
+                                          grad_conv, weight + c * g.k * g.k, g, &workspace, grad_in, grad_weight + c * g.k * g.k);
+      const ChannelPlanes<const float> direct(grad_out, out_channels, plane, c);
+      for (int64_t b = 0; kConcat && b < g.n; ++b) {  // the input's own path through the concatenation
+        float *sum = grad_in[b];
+        const float *d = direct[b];
+        for (int64_t i = 0; i < plane; ++i) sum[i] += d[i];
       }
-      kernels::depthwise::SumLanes(lanes.data(), g, grad_weight + c * g.k * g.k);
     }
   });
   return 0;

@@ -17,16 +17,17 @@
 
 namespace {
 
+using kernels::ChannelPlanes;
 using kernels::IsFloat32;
 using kernels::ParallelFor;
-using kernels::depthwise::BackwardPlane;
+using kernels::depthwise::BackwardChannel;
 using kernels::depthwise::ConvolvePadded;
 using kernels::depthwise::Geometry;
 using kernels::depthwise::InnerCols;
 using kernels::depthwise::InnerRows;
 using kernels::depthwise::MakeGeometry;
 using kernels::depthwise::PadPlane;
-using kernels::depthwise::SumLanes;
+using kernels::depthwise::Workspace;
 
 // PadPlane of the plane fake-quantized to uint8 (for an int8 layer's input, in eval).
 void PadPlaneQuantized(const float *src, const Geometry &g, const kernels::ActivationQuant &quant, float *dst) {
@@ -128,16 +129,11 @@ extern "C" int DepthwiseBackward(int nparam, void **params, int *ndims, int64_t 
   float *grad_x = static_cast<float *>(params[3]);
   float *grad_w = static_cast<float *>(params[4]);
   ParallelFor(g.c, 2 * g.n * g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
-    std::vector<float> padded(g.ph * g.pw), lanes(g.k * g.k * g.ow);
+    Workspace workspace(g);
     for (int64_t c = begin; c < end; ++c) {
-      const float *weight = w + c * g.k * g.k;
-      std::fill(lanes.begin(), lanes.end(), 0.0f);
-      for (int64_t b = 0; b < g.n; ++b) {
-        const int64_t p = b * g.c + c;
-        BackwardPlane(x + p * g.h * g.w, grad_y + p * g.oh * g.ow, weight, g, padded.data(), lanes.data(),
-                      grad_x + p * g.h * g.w);
-      }
-      SumLanes(lanes.data(), g, grad_w + c * g.k * g.k);
+      BackwardChannel(ChannelPlanes<const float>(x, g.c, g.h * g.w, c), ChannelPlanes<const float>(grad_y, g.c, g.oh * g.ow, c),
+                      w + c * g.k * g.k, g, &workspace, ChannelPlanes<float>(grad_x, g.c, g.h * g.w, c),
+                      grad_w + c * g.k * g.k);
     }
   });
   return 0;
