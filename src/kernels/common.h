@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 #include <initializer_list>
+#include <type_traits>
 
 namespace kernels {
 
@@ -29,7 +30,7 @@ struct ChannelPlanes {
   int64_t stride;  // from one image's plane to the next: channels * plane
   ChannelPlanes(T *base, int64_t channels, int64_t plane, int64_t c)
       : first(base == nullptr ? nullptr : base + c * plane), stride(channels * plane) {}
-  template <class U>  // a read-only view of writable planes
+  template <class U, class = std::enable_if_t<std::is_convertible_v<U *, T *>>>  // a read-only view of writable planes
   ChannelPlanes(const ChannelPlanes<U> &other) : first(other.first), stride(other.stride) {}  // NOLINT: implicit
   T *operator[](int64_t b) const { return first + b * stride; }
   explicit operator bool() const { return first != nullptr; }

@@ -64,7 +64,9 @@ inline void PadPlane(const float *src, const Geometry &g, float *dst) {
 inline void CropPlane(const float *padded, const Geometry &g, float *dst) {
   std::fill(dst, dst + g.h * g.w, 0.0f);
   const int64_t rows = InnerRows(g), cols = InnerCols(g);
-  for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + y * g.w, padded + (y + g.pad) * g.pw + g.pad, cols * sizeof(float));
+  for (int64_t y = 0; y < rows; ++y) {
+    std::memcpy(dst + y * g.w, padded + (y + g.pad) * g.pw + g.pad, cols * sizeof(float));
+  }
 }
 
 // The loops below take the stride S and kernel size K as constants (K = 0: g.k at run time),
@@ -186,17 +188,35 @@ struct Workspace {
         batched_grad(Batched(g) ? g.oh * g.ow * g.n : 0) {}
 };
 
-// The n planes of x, padded, into dst as (PH, PW, N): the batch innermost.
-inline void PadChannelBatched(ChannelPlanes<const float> x, const Geometry &g, float *dst) {
-  const int64_t n = g.n, rows = InnerRows(g), cols = InnerCols(g);
-  std::fill(dst, dst + g.ph * g.pw * n, 0.0f);
+// Copies a rows x cols window of each of the n planes (rows `width` long) into dst, laid out
+// (row, column, image) with rows `dst_width` long, from (top, left) on.
+inline void ToBatchInnermost(ChannelPlanes<const float> planes, int64_t n, int64_t rows, int64_t cols, int64_t width,
+                             float *dst, int64_t dst_width, int64_t top, int64_t left) {
   for (int64_t b = 0; b < n; ++b) {
-    const float *src = x[b];
+    const float *src = planes[b];
     for (int64_t y = 0; y < rows; ++y) {
-      float *row = dst + ((y + g.pad) * g.pw + g.pad) * n + b;
-      for (int64_t col = 0; col < cols; ++col) row[col * n] = src[y * g.w + col];
+      float *row = dst + ((y + top) * dst_width + left) * n + b;
+      for (int64_t col = 0; col < cols; ++col) row[col * n] = src[y * width + col];
     }
   }
+}
+
+// The inverse: the window of src (laid out as above) at (top, left) into the n planes.
+inline void FromBatchInnermost(const float *src, int64_t src_width, int64_t top, int64_t left, int64_t n, int64_t rows,
+                               int64_t cols, ChannelPlanes<float> planes, int64_t width) {
+  for (int64_t b = 0; b < n; ++b) {
+    float *dst = planes[b];
+    for (int64_t y = 0; y < rows; ++y) {
+      const float *row = src + ((y + top) * src_width + left) * n + b;
+      for (int64_t col = 0; col < cols; ++col) dst[y * width + col] = row[col * n];
+    }
+  }
+}
+
+// The n planes of x, padded, into dst as (PH, PW, N).
+inline void PadChannelBatched(ChannelPlanes<const float> x, const Geometry &g, float *dst) {
+  std::fill(dst, dst + g.ph * g.pw * g.n, 0.0f);
+  ToBatchInnermost(x, g.n, InnerRows(g), InnerCols(g), g.w, dst, g.pw, g.pad, g.pad);
 }
 
 // ForwardPlane for all n planes at once, on PadChannelBatched's layout, without bias: each
@@ -229,13 +249,10 @@ inline void ConvolveChannel(ChannelPlanes<const float> x, const float *weight, c
     }
     return;
   }
-  float *out = ws->batched_grad.data();  // (OH, OW, N)
-  PadChannelBatched(x, g, ws->batched_in.data());
-  WithGeometryConstants(g, [&](auto s, auto k) { ForwardChannelBatched<s(), k()>(ws->batched_in.data(), weight, g, out); });
-  for (int64_t b = 0; b < g.n; ++b) {
-    float *dst = y[b];
-    for (int64_t i = 0; i < g.oh * g.ow; ++i) dst[i] = out[i * g.n + b];
-  }
+  float *padded = ws->batched_in.data(), *out = ws->batched_grad.data();  // out: (OH, OW, N)
+  PadChannelBatched(x, g, padded);
+  WithGeometryConstants(g, [&](auto s, auto k) { ForwardChannelBatched<s(), k()>(padded, weight, g, out); });
+  FromBatchInnermost(out, g.ow, 0, 0, g.n, g.oh, g.ow, y, g.ow);
 }
 
 // The backward on PadChannelBatched's layout: the weight gradient summed over the batch lanes
@@ -279,8 +296,9 @@ void BackwardChannelBatched(float *padded_x, const float *grad, const float *wei
   }
 }
 
-// One channel's backward over its n planes: the input gradient into grad_x (which may be the
-// planes of grad_y: each is read whole before it is written) and the weight gradient (K * K).
+// One channel's backward over its n planes: the input gradient into grad_x and the weight
+// gradient (K * K). At stride 1 grad_x may be the planes of grad_y: each is read whole before
+// it is written.
 inline void BackwardChannel(ChannelPlanes<const float> x, ChannelPlanes<const float> grad_y, const float *weight,
                             const Geometry &g, Workspace *ws, ChannelPlanes<float> grad_x, float *grad_weight) {
   if (!Batched(g)) {
@@ -291,25 +309,14 @@ inline void BackwardChannel(ChannelPlanes<const float> x, ChannelPlanes<const fl
     SumLanes(ws->lanes.data(), g, grad_weight);
     return;
   }
-  const int64_t n = g.n, out_plane = g.oh * g.ow;
   float *padded = ws->batched_in.data(), *grad = ws->batched_grad.data();
   PadChannelBatched(x, g, padded);
-  for (int64_t b = 0; b < n; ++b) {
-    const float *src = grad_y[b];
-    for (int64_t i = 0; i < out_plane; ++i) grad[i * n + b] = src[i];
-  }
+  ToBatchInnermost(grad_y, g.n, g.oh, g.ow, g.ow, grad, g.ow, 0, 0);
   WithGeometryConstants(g, [&](auto s, auto k) {
     BackwardChannelBatched<s(), k()>(padded, grad, weight, g, grad_weight);
   });
-  const int64_t rows = InnerRows(g), cols = InnerCols(g);
-  for (int64_t b = 0; b < n; ++b) {
-    float *dst = grad_x[b];
-    std::fill(dst, dst + g.h * g.w, 0.0f);
-    for (int64_t y = 0; y < rows; ++y) {
-      const float *row = padded + ((y + g.pad) * g.pw + g.pad) * n + b;
-      for (int64_t col = 0; col < cols; ++col) dst[y * g.w + col] = row[col * n];
-    }
-  }
+  for (int64_t b = 0; b < g.n; ++b) std::fill(grad_x[b], grad_x[b] + g.h * g.w, 0.0f);  // where padded does not reach
+  FromBatchInnermost(padded, g.pw, g.pad, g.pad, g.n, InnerRows(g), InnerCols(g), grad_x, g.w);
 }
 
 

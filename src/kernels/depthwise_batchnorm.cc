@@ -34,9 +34,10 @@ using kernels::depthwise::Geometry;
 // convolution's output conv, and whether out fits: conv itself, or with kConcat (N, 2C, H, W)
 // at stride 1.
 template <bool kConcat>
-bool MakeGeometry(int *ndims, int64_t **shapes, int x, int weight, int conv, int out, Geometry *g) {
+bool FusedGeometry(int *ndims, int64_t **shapes, int x, int weight, int conv, int out, Geometry *g) {
   if (ndims[x] != 4 || ndims[weight] != 4 || ndims[conv] != 4 || ndims[out] != 4) return false;
   if (!kernels::depthwise::MakeGeometry(shapes[x], shapes[weight], shapes[conv], g)) return false;
+  if (g->n * g->oh * g->ow <= 0) return false;  // the statistics need values
   const int64_t *o = shapes[out];
   if (!kConcat) return std::equal(o, o + 4, shapes[conv]);
   return g->stride == 1 && o[0] == g->n && o[1] == 2 * g->c && o[2] == g->h && o[3] == g->w;
@@ -51,7 +52,7 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (nparam != 14) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!MakeGeometry<kConcat>(ndims, shapes, 0, 1, 9, 8, &g)) return 3;
+  if (!FusedGeometry<kConcat>(ndims, shapes, 0, 1, 9, 8, &g)) return 3;
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!SizesAre({2, 3, 4, 5, 10, 11, 12, 13}, channels, ndims, shapes) || !SizesAre({6, 7}, 1, ndims, shapes)) {
     return 3;
@@ -100,7 +101,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   if (nparam != kConv + 10) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!MakeGeometry<kConcat>(ndims, shapes, kConv + 1, kConv + 2, kConv, 0, &g)) return 3;
+  if (!FusedGeometry<kConcat>(ndims, shapes, kConv + 1, kConv + 2, kConv, 0, &g)) return 3;
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!SizesAre({kConv + 6}, g.n * channels * plane, ndims, shapes) ||
       (kRelu && !SizesAre({1}, kernels::Elements(ndims[0], shapes[0]), ndims, shapes)) ||
@@ -136,8 +137,9 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
           ChannelPlanes<const float>(conv, channels, out_plane, c), grad_conv, g.n, out_plane, gamma[c], mean[c],
           inv_std[c], &grad_gamma[c], &grad_beta[c]);
       const ChannelPlanes<float> grad_in(grad_x, channels, plane, c);
-      kernels::depthwise::BackwardChannel(ChannelPlanes<const float>(x, channels, plane, c),
-                                          grad_conv, weight + c * g.k * g.k, g, &workspace, grad_in, grad_weight + c * g.k * g.k);
+      kernels::depthwise::BackwardChannel(ChannelPlanes<const float>(x, channels, plane, c), grad_conv,
+                                          weight + c * g.k * g.k, g, &workspace, grad_in,
+                                          grad_weight + c * g.k * g.k);
       const ChannelPlanes<const float> direct(grad_out, out_channels, plane, c);
       for (int64_t b = 0; kConcat && b < g.n; ++b) {  // the input's own path through the concatenation
         float *sum = grad_in[b];

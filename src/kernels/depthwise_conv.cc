@@ -3,13 +3,13 @@
 // float32, NCHW input, weight (C, 1, K, K), symmetric padding K / 2, stride 1 or 2. The
 // stride is not passed: each function recovers it from the shapes it is given.
 // MindSpore's CPU Conv2D sends depthwise convolutions to oneDNN's reference kernel; a
-// plane-by-plane loop over a padded copy runs tens of times faster.
+// plane-by-plane loop over a padded copy runs tens of times faster (depthwise.h; channels of
+// small planes in training with the batch innermost).
 //
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then output.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "common.h"
@@ -110,7 +110,7 @@ extern "C" int DepthwiseQuantizedInputReluForward(int nparam, void **params, int
 // params: grad_y (N, C, OH, OW), weight (C, 1, K, K), x (N, C, H, W) -> grad_x (N, C, H, W),
 // grad_weight (C, 1, K, K). Both gradients in one pass over the planes: each channel belongs
 // to one thread, which sums its weight gradient over the batch (no shared writes) and reads
-// each gradient plane once for both.
+// each gradient plane once for both (depthwise.h: BackwardChannel).
 extern "C" int DepthwiseBackward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                  void *, void *) {
   if (nparam != 5) return 1;
@@ -131,9 +131,9 @@ extern "C" int DepthwiseBackward(int nparam, void **params, int *ndims, int64_t 
   ParallelFor(g.c, 2 * g.n * g.oh * g.ow * g.k * g.k, [&](int64_t begin, int64_t end) {
     Workspace workspace(g);
     for (int64_t c = begin; c < end; ++c) {
-      BackwardChannel(ChannelPlanes<const float>(x, g.c, g.h * g.w, c), ChannelPlanes<const float>(grad_y, g.c, g.oh * g.ow, c),
-                      w + c * g.k * g.k, g, &workspace, ChannelPlanes<float>(grad_x, g.c, g.h * g.w, c),
-                      grad_w + c * g.k * g.k);
+      BackwardChannel(ChannelPlanes<const float>(x, g.c, g.h * g.w, c),
+                      ChannelPlanes<const float>(grad_y, g.c, g.oh * g.ow, c), w + c * g.k * g.k, g, &workspace,
+                      ChannelPlanes<float>(grad_x, g.c, g.h * g.w, c), grad_w + c * g.k * g.k);
     }
   });
   return 0;

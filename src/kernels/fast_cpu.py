@@ -172,12 +172,13 @@ class FastConvBNAct(ConvBNAct):
     (:meth:`FastBatchNorm2d.with_relu`) or, in the fake-quant form, the convolution that
     computes the BatchNorm too (``QuantConv2d.with_relu``, where ``conv_takes_relu``). A
     depthwise convolution, its BatchNorm and ReLU run as one operator in training, where
-    ``depthwise_bn_ops`` holds it (without and with the ReLU). The same cell otherwise."""
+    ``depthwise_bn_ops`` holds it (:func:`depthwise_batchnorm_train_ops`). The same cell
+    otherwise."""
 
     def construct(self, x):
-        if self.depthwise_bn_ops is not None and self.bn is not None and self.bn.training:  # batch statistics
-            plain, with_relu = self.depthwise_bn_ops
-            return self.depthwise_batchnorm(x, plain if self.relu is None else with_relu)
+        if self.depthwise_bn_ops is not None and self.bn is not None:
+            if self.bn.training:  # batch statistics
+                return self.depthwise_batchnorm(x, self.depthwise_bn_ops)
         if self.relu is None:
             return super().construct(x)
         if self.bn is not None:
@@ -186,9 +187,11 @@ class FastConvBNAct(ConvBNAct):
             return self.conv.with_relu(x)
         return super().construct(x)
 
-    def depthwise_batchnorm(self, x, op):
-        """The convolution and the BatchNorm (with the ReLU) in training, as ``op``
-        (:func:`depthwise_batchnorm_train_op`) computes them; the moving statistics updated."""
+    def depthwise_batchnorm(self, x, train_ops):
+        """The convolution and the BatchNorm (with this cell's ReLU, if any) in training, as
+        ``train_ops`` (:func:`depthwise_batchnorm_train_ops`) compute them; the moving
+        statistics updated."""
+        op = train_ops[0] if self.relu is None else train_ops[1]
         out, _, _, _, new_mean, new_variance = op(x, self.conv.weight, *self.bn.statistics_inputs())
         self.bn.update_moving_statistics(new_mean, new_variance)
         return out
@@ -230,6 +233,11 @@ def depthwise_batchnorm_train_op(stride, relu, concat=False):
     return _ops[key]
 
 
+def depthwise_batchnorm_train_ops(stride, concat=False):
+    """:func:`depthwise_batchnorm_train_op` without and with the ReLU."""
+    return tuple(depthwise_batchnorm_train_op(stride, relu, concat) for relu in (False, True))
+
+
 def depthwise_batchnorm_stride(conv_bn):
     """The stride of ``conv_bn``'s convolution where a ``ConvBNAct`` (its cells switched) is a
     fast depthwise convolution without bias and a fast BatchNorm, which
@@ -248,10 +256,10 @@ class FastGhostModule(GhostModule):
 
     def construct(self, x):
         cheap = self.cheap_operation
-        if cheap.bn is None or not cheap.bn.training or self.concat_quant is not None:
-            return super().construct(x)
-        plain, with_relu = self.cheap_train_ops
-        return cheap.depthwise_batchnorm(self.primary_conv(x), plain if cheap.relu is None else with_relu)
+        if cheap.bn is not None and self.concat_quant is None:
+            if cheap.bn.training:  # batch statistics
+                return cheap.depthwise_batchnorm(self.primary_conv(x), self.cheap_train_ops)
+        return super().construct(x)
 
 
 def _takes_fused_cheap_branch(module):
@@ -435,14 +443,13 @@ def enable_fast_cpu_path(net):
     for _, cell in net.cells_and_names():
         if type(cell) is GhostModule and _takes_fused_cheap_branch(cell):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastGhostModule
-            cell.cheap_train_ops = tuple(depthwise_batchnorm_train_op(1, relu, concat=True) for relu in (False, True))
+            cell.cheap_train_ops = depthwise_batchnorm_train_ops(1, concat=True)
         elif type(cell) is ConvBNAct and (isinstance(cell.bn, FastBatchNorm2d)  # pylint: disable=unidiomatic-typecheck
                                         or getattr(cell.conv, "takes_relu", False)):
             cell.__class__ = FastConvBNAct
             cell.conv_takes_relu = cell.bn is None and cell.relu is not None and getattr(cell.conv, "takes_relu", False)
             stride = depthwise_batchnorm_stride(cell)
-            cell.depthwise_bn_ops = None if stride is None else tuple(
-                depthwise_batchnorm_train_op(stride, relu) for relu in (False, True))
+            cell.depthwise_bn_ops = None if stride is None else depthwise_batchnorm_train_ops(stride)
         elif type(cell) is SqueezeExcite and channel_scale is not None:  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastSqueezeExcite
             cell.channel_scale = channel_scale
