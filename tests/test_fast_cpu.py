@@ -347,6 +347,20 @@ def test_the_kernel_cache_is_keyed_by_source_and_flags(monkeypatch):
     assert library._cache_key(compiler, b"source") != key
 
 
+def test_a_failing_compile_warns_with_the_command_and_leaves_no_files(monkeypatch, tmp_path, caplog):
+    if library._compiler() is None:
+        pytest.skip("no C++ compiler")
+    broken = tmp_path / "broken.cc"
+    broken.write_text("int f( {\n")
+    monkeypatch.setattr(library, "KERNEL_SOURCES", library.KERNEL_SOURCES + (str(broken),))
+    monkeypatch.setattr(library, "_library", {})
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING"):
+        assert library.build_kernel_library() is None
+    assert "compiling the CPU kernels failed" in caplog.text and "broken.cc" in caplog.text
+    assert [f for _, _, files in os.walk(tmp_path / "cache") for f in files] == []  # no objects, no partial library
+
+
 def test_processes_building_at_once_share_one_cached_library(tmp_path):
     if library._compiler() is None:
         pytest.skip("no C++ compiler")
