@@ -17,13 +17,12 @@
 namespace {
 
 using kernels::AllFloat32;
+using kernels::BatchNormGradOperands;
+using kernels::BatchNormOperands;
 using kernels::ChannelPlanes;
 using kernels::ChannelShape;
-using kernels::NormalizeChannel;
-using kernels::NormalizeChannelBackward;
 using kernels::ParallelFor;
 using kernels::SizesAre;
-using kernels::UpdateMovingStatistics;
 
 // The forward of BatchNormTrainForward and BatchNormReluTrainForward (y = max(y, 0)).
 template <bool kRelu>
@@ -32,28 +31,14 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (!AllFloat32(nparam, dtypes)) return 2;
   int64_t n, channels, plane;
   if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane)) return 3;
-  if (!SizesAre({1, 2, 3, 4, 8, 9, 10, 11}, channels, ndims, shapes) || !SizesAre({5, 6}, 1, ndims, shapes)) return 3;
+  if (!BatchNormOperands::ShapesFit(1, 8, channels, ndims, shapes)) return 3;
   const float *x = static_cast<const float *>(params[0]);
-  const float *gamma = static_cast<const float *>(params[1]);
-  const float *beta = static_cast<const float *>(params[2]);
-  const float *moving_mean = static_cast<const float *>(params[3]);
-  const float *moving_variance = static_cast<const float *>(params[4]);
-  const double keep = *static_cast<const float *>(params[5]);
-  const double eps = *static_cast<const float *>(params[6]);
   float *y = static_cast<float *>(params[7]);
-  float *mean_out = static_cast<float *>(params[8]);
-  float *inv_std_out = static_cast<float *>(params[9]);
-  float *new_mean = static_cast<float *>(params[10]);
-  float *new_variance = static_cast<float *>(params[11]);
-  const double count = static_cast<double>(n * plane);
+  const BatchNormOperands bn(params, 1, 8);
   ParallelFor(channels, n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const kernels::ChannelStatistics s = NormalizeChannel<kRelu>(
-          ChannelPlanes<const float>(x, channels, plane, c), ChannelPlanes<float>(y, channels, plane, c), n, plane,
-          gamma[c], beta[c], eps);
-      mean_out[c] = static_cast<float>(s.mean);
-      inv_std_out[c] = static_cast<float>(s.inv_std);
-      UpdateMovingStatistics(s, count, keep, moving_mean[c], moving_variance[c], &new_mean[c], &new_variance[c]);
+      bn.Normalize<kRelu>(c, ChannelPlanes<const float>(x, channels, plane, c),
+                          ChannelPlanes<float>(y, channels, plane, c), n, plane);
     }
   });
   return 0;
@@ -70,25 +55,20 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   if (!ChannelShape(ndims[kX], shapes[kX], &n, &channels, &plane)) return 3;
   const int64_t values = n * channels * plane;
   if (!SizesAre({0, kX, kX + 4}, values, ndims, shapes) || (kRelu && !SizesAre({1}, values, ndims, shapes)) ||
-      !SizesAre({kX + 1, kX + 2, kX + 3, kX + 5, kX + 6}, channels, ndims, shapes)) {
+      !BatchNormGradOperands::ShapesFit(kX + 1, kX + 5, channels, ndims, shapes)) {
     return 3;
   }
   const float *grad_y = static_cast<const float *>(params[0]);
   const float *y = static_cast<const float *>(params[1]);
   const float *x = static_cast<const float *>(params[kX]);
-  const float *gamma = static_cast<const float *>(params[kX + 1]);
-  const float *mean = static_cast<const float *>(params[kX + 2]);
-  const float *inv_std = static_cast<const float *>(params[kX + 3]);
   float *grad_x = static_cast<float *>(params[kX + 4]);
-  float *grad_gamma = static_cast<float *>(params[kX + 5]);
-  float *grad_beta = static_cast<float *>(params[kX + 6]);
+  const BatchNormGradOperands bn(params, kX + 1, kX + 5);
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      NormalizeChannelBackward<kRelu>(ChannelPlanes<const float>(grad_y, channels, plane, c),
-                                      ChannelPlanes<const float>(y, channels, plane, c),
-                                      ChannelPlanes<const float>(x, channels, plane, c),
-                                      ChannelPlanes<float>(grad_x, channels, plane, c), n, plane, gamma[c], mean[c],
-                                      inv_std[c], &grad_gamma[c], &grad_beta[c]);
+      bn.Backward<kRelu>(c, ChannelPlanes<const float>(grad_y, channels, plane, c),
+                         ChannelPlanes<const float>(y, channels, plane, c),
+                         ChannelPlanes<const float>(x, channels, plane, c),
+                         ChannelPlanes<float>(grad_x, channels, plane, c), n, plane);
     }
   });
   return 0;

@@ -39,14 +39,48 @@ ChannelStatistics NormalizeChannel(ChannelPlanes<const float> x, ChannelPlanes<f
   return s;
 }
 
-// The moving statistics after a step: the batch's share is 1 - keep, its variance unbiased
-// (count / (count - 1), count = N H W), as MindSpore's BatchNorm does.
-inline void UpdateMovingStatistics(const ChannelStatistics &s, double count, double keep, float moving_mean,
-                                   float moving_variance, float *new_mean, float *new_variance) {
-  const double unbiased = s.variance * count / std::max(count - 1.0, 1.0);
-  *new_mean = static_cast<float>(moving_mean * keep + s.mean * (1.0 - keep));
-  *new_variance = static_cast<float>(moving_variance * keep + unbiased * (1.0 - keep));
-}
+// A training BatchNorm operator's own operands, laid out alike in every such kernel (in
+// FastBatchNorm2d.statistics_inputs' order): gamma, beta, moving_mean, moving_variance (C), keep
+// (1), eps (1) from params[inputs] on; batch mean, inv_std, new moving mean, new moving
+// variance (C) from params[outputs] on.
+struct BatchNormOperands {
+  const float *gamma, *beta, *moving_mean, *moving_variance;
+  double keep, eps;
+  float *mean, *inv_std, *new_mean, *new_variance;
+
+  static bool ShapesFit(int inputs, int outputs, int64_t channels, int *ndims, int64_t **shapes) {
+    return SizesAre({inputs, inputs + 1, inputs + 2, inputs + 3, outputs, outputs + 1, outputs + 2, outputs + 3},
+                    channels, ndims, shapes) &&
+           SizesAre({inputs + 4, inputs + 5}, 1, ndims, shapes);
+  }
+
+  BatchNormOperands(void **params, int inputs, int outputs)
+      : gamma(static_cast<const float *>(params[inputs])),
+        beta(static_cast<const float *>(params[inputs + 1])),
+        moving_mean(static_cast<const float *>(params[inputs + 2])),
+        moving_variance(static_cast<const float *>(params[inputs + 3])),
+        keep(*static_cast<const float *>(params[inputs + 4])),
+        eps(*static_cast<const float *>(params[inputs + 5])),
+        mean(static_cast<float *>(params[outputs])),
+        inv_std(static_cast<float *>(params[outputs + 1])),
+        new_mean(static_cast<float *>(params[outputs + 2])),
+        new_variance(static_cast<float *>(params[outputs + 3])) {}
+
+  // NormalizeChannel<kRelu> of channel c, x's planes into y's, and its statistics written: the
+  // batch's, for the backward, and the moving statistics' step. The batch's share of that is
+  // 1 - keep, its variance unbiased (count / (count - 1), count = N H W), as MindSpore's
+  // BatchNorm does.
+  template <bool kRelu>
+  void Normalize(int64_t c, ChannelPlanes<const float> x, ChannelPlanes<float> y, int64_t n, int64_t plane) const {
+    const ChannelStatistics s = NormalizeChannel<kRelu>(x, y, n, plane, gamma[c], beta[c], eps);
+    mean[c] = static_cast<float>(s.mean);
+    inv_std[c] = static_cast<float>(s.inv_std);
+    const double count = static_cast<double>(n * plane);
+    const double unbiased = s.variance * count / std::max(count - 1.0, 1.0);
+    new_mean[c] = static_cast<float>(moving_mean[c] * keep + s.mean * (1.0 - keep));
+    new_variance[c] = static_cast<float>(moving_variance[c] * keep + unbiased * (1.0 - keep));
+  }
+};
 
 // The backward of NormalizeChannel<kRelu> (y is its output, read with kRelu only):
 //   g = grad_y (where y > 0 with kRelu), grad_beta = sum(g), grad_gamma = sum(g * x_hat),
@@ -75,5 +109,32 @@ void NormalizeChannelBackward(ChannelPlanes<const float> grad_y, ChannelPlanes<c
   *grad_gamma = static_cast<float>(d_gamma);
   *grad_beta = static_cast<float>(sum);
 }
+
+// The backward's BatchNorm operands, laid out alike in every such kernel: gamma, the forward's
+// batch mean and inv_std (C) from params[inputs] on; grad_gamma, grad_beta (C) from
+// params[outputs] on.
+struct BatchNormGradOperands {
+  const float *gamma, *mean, *inv_std;
+  float *grad_gamma, *grad_beta;
+
+  static bool ShapesFit(int inputs, int outputs, int64_t channels, int *ndims, int64_t **shapes) {
+    return SizesAre({inputs, inputs + 1, inputs + 2, outputs, outputs + 1}, channels, ndims, shapes);
+  }
+
+  BatchNormGradOperands(void **params, int inputs, int outputs)
+      : gamma(static_cast<const float *>(params[inputs])),
+        mean(static_cast<const float *>(params[inputs + 1])),
+        inv_std(static_cast<const float *>(params[inputs + 2])),
+        grad_gamma(static_cast<float *>(params[outputs])),
+        grad_beta(static_cast<float *>(params[outputs + 1])) {}
+
+  // NormalizeChannelBackward<kRelu> of channel c.
+  template <bool kRelu>
+  void Backward(int64_t c, ChannelPlanes<const float> grad_y, ChannelPlanes<const float> y,
+                ChannelPlanes<const float> x, ChannelPlanes<float> grad_x, int64_t n, int64_t plane) const {
+    NormalizeChannelBackward<kRelu>(grad_y, y, x, grad_x, n, plane, gamma[c], mean[c], inv_std[c], &grad_gamma[c],
+                                    &grad_beta[c]);
+  }
+};
 
 }  // namespace kernels

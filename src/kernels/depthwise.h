@@ -57,7 +57,9 @@ inline int64_t InnerCols(const Geometry &g) { return std::min(g.w, g.pw - g.pad)
 inline void PadPlane(const float *src, const Geometry &g, float *dst) {
   std::fill(dst, dst + g.ph * g.pw, 0.0f);
   const int64_t rows = InnerRows(g), cols = InnerCols(g);
-  for (int64_t y = 0; y < rows; ++y) std::memcpy(dst + (y + g.pad) * g.pw + g.pad, src + y * g.w, cols * sizeof(float));
+  for (int64_t y = 0; y < rows; ++y) {
+    std::memcpy(dst + (y + g.pad) * g.pw + g.pad, src + y * g.w, cols * sizeof(float));
+  }
 }
 
 // The inverse: the H x W plane of a padded buffer, zero where the buffer does not reach.
@@ -180,12 +182,15 @@ inline bool Batched(const Geometry &g) { return g.h * g.w <= kBatchedPlaneLimit;
 
 // What a thread needs to convolve channels of this geometry, either way.
 struct Workspace {
-  std::vector<float> padded, lanes, batched_in, batched_grad;
+  std::vector<float> padded, lanes;  // one plane at a time
+  // batched: the padded input (PH, PW, N), and the values at the output's positions (OH, OW, N):
+  // the forward's output, or the backward's incoming gradient
+  std::vector<float> batched_in, batched_out;
   explicit Workspace(const Geometry &g)
       : padded(g.ph * g.pw),
         lanes(g.k * g.k * g.ow),
         batched_in(Batched(g) ? g.ph * g.pw * g.n : 0),
-        batched_grad(Batched(g) ? g.oh * g.ow * g.n : 0) {}
+        batched_out(Batched(g) ? g.oh * g.ow * g.n : 0) {}
 };
 
 // Copies a rows x cols window of each of the n planes (rows `width` long) into dst, laid out
@@ -249,7 +254,7 @@ inline void ConvolveChannel(ChannelPlanes<const float> x, const float *weight, c
     }
     return;
   }
-  float *padded = ws->batched_in.data(), *out = ws->batched_grad.data();  // out: (OH, OW, N)
+  float *padded = ws->batched_in.data(), *out = ws->batched_out.data();
   PadChannelBatched(x, g, padded);
   WithGeometryConstants(g, [&](auto s, auto k) { ForwardChannelBatched<s(), k()>(padded, weight, g, out); });
   FromBatchInnermost(out, g.ow, 0, 0, g.n, g.oh, g.ow, y, g.ow);
@@ -309,7 +314,7 @@ inline void BackwardChannel(ChannelPlanes<const float> x, ChannelPlanes<const fl
     SumLanes(ws->lanes.data(), g, grad_weight);
     return;
   }
-  float *padded = ws->batched_in.data(), *grad = ws->batched_grad.data();
+  float *padded = ws->batched_in.data(), *grad = ws->batched_out.data();
   PadChannelBatched(x, g, padded);
   ToBatchInnermost(grad_y, g.n, g.oh, g.ow, g.ow, grad, g.ow, 0, 0);
   WithGeometryConstants(g, [&](auto s, auto k) {
@@ -318,7 +323,6 @@ inline void BackwardChannel(ChannelPlanes<const float> x, ChannelPlanes<const fl
   for (int64_t b = 0; b < g.n; ++b) std::fill(grad_x[b], grad_x[b] + g.h * g.w, 0.0f);  // where padded does not reach
   FromBatchInnermost(padded, g.pw, g.pad, g.pad, g.n, InnerRows(g), InnerCols(g), grad_x, g.w);
 }
-
 
 }  // namespace depthwise
 }  // namespace kernels

@@ -54,24 +54,12 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   Geometry g;
   if (!FusedGeometry<kConcat>(ndims, shapes, 0, 1, 9, 8, &g)) return 3;
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
-  if (!SizesAre({2, 3, 4, 5, 10, 11, 12, 13}, channels, ndims, shapes) || !SizesAre({6, 7}, 1, ndims, shapes)) {
-    return 3;
-  }
+  if (!kernels::BatchNormOperands::ShapesFit(2, 10, channels, ndims, shapes)) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const float *weight = static_cast<const float *>(params[1]);
-  const float *gamma = static_cast<const float *>(params[2]);
-  const float *beta = static_cast<const float *>(params[3]);
-  const float *moving_mean = static_cast<const float *>(params[4]);
-  const float *moving_variance = static_cast<const float *>(params[5]);
-  const double keep = *static_cast<const float *>(params[6]);
-  const double eps = *static_cast<const float *>(params[7]);
   float *out = static_cast<float *>(params[8]);
   float *conv = static_cast<float *>(params[9]);
-  float *mean_out = static_cast<float *>(params[10]);
-  float *inv_std_out = static_cast<float *>(params[11]);
-  float *new_mean = static_cast<float *>(params[12]);
-  float *new_variance = static_cast<float *>(params[13]);
-  const double count = static_cast<double>(g.n * out_plane);
+  const kernels::BatchNormOperands bn(params, 2, 10);
   const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
   ParallelFor(channels, g.n * out_plane * (g.k * g.k + 3), [&](int64_t begin, int64_t end) {
     kernels::depthwise::Workspace workspace(g);
@@ -81,13 +69,8 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
                                           ChannelPlanes<float>(conv, channels, out_plane, c));
       const ChannelPlanes<float> copied(out, out_channels, plane, c);
       for (int64_t b = 0; kConcat && b < g.n; ++b) std::memcpy(copied[b], in[b], plane * sizeof(float));
-      const kernels::ChannelStatistics s = kernels::NormalizeChannel<kRelu>(
-          ChannelPlanes<const float>(conv, channels, out_plane, c),
-          ChannelPlanes<float>(out, out_channels, out_plane, offset + c), g.n, out_plane, gamma[c], beta[c], eps);
-      mean_out[c] = static_cast<float>(s.mean);
-      inv_std_out[c] = static_cast<float>(s.inv_std);
-      kernels::UpdateMovingStatistics(s, count, keep, moving_mean[c], moving_variance[c], &new_mean[c],
-                                      &new_variance[c]);
+      bn.Normalize<kRelu>(c, ChannelPlanes<const float>(conv, channels, out_plane, c),
+                          ChannelPlanes<float>(out, out_channels, out_plane, offset + c), g.n, out_plane);
     }
   });
   return 0;
@@ -105,7 +88,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!SizesAre({kConv + 6}, g.n * channels * plane, ndims, shapes) ||
       (kRelu && !SizesAre({1}, kernels::Elements(ndims[0], shapes[0]), ndims, shapes)) ||
-      !SizesAre({kConv + 3, kConv + 4, kConv + 5, kConv + 8, kConv + 9}, channels, ndims, shapes) ||
+      !kernels::BatchNormGradOperands::ShapesFit(kConv + 3, kConv + 8, channels, ndims, shapes) ||
       !SizesAre({kConv + 7}, channels * g.k * g.k, ndims, shapes)) {
     return 3;
   }
@@ -114,13 +97,9 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   const float *conv = static_cast<const float *>(params[kConv]);
   const float *x = static_cast<const float *>(params[kConv + 1]);
   const float *weight = static_cast<const float *>(params[kConv + 2]);
-  const float *gamma = static_cast<const float *>(params[kConv + 3]);
-  const float *mean = static_cast<const float *>(params[kConv + 4]);
-  const float *inv_std = static_cast<const float *>(params[kConv + 5]);
   float *grad_x = static_cast<float *>(params[kConv + 6]);
   float *grad_weight = static_cast<float *>(params[kConv + 7]);
-  float *grad_gamma = static_cast<float *>(params[kConv + 8]);
-  float *grad_beta = static_cast<float *>(params[kConv + 9]);
+  const kernels::BatchNormGradOperands bn(params, kConv + 3, kConv + 8);
   const int64_t out_channels = kConcat ? 2 * channels : channels, offset = kConcat ? channels : 0;
   ParallelFor(channels, g.n * out_plane * (2 * g.k * g.k + 4), [&](int64_t begin, int64_t end) {
     // the convolution's gradient, one channel's planes of it; at stride 1 it goes into grad_x's
@@ -131,11 +110,9 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
     for (int64_t c = begin; c < end; ++c) {
       const ChannelPlanes<float> grad_conv = g.stride == 1 ? ChannelPlanes<float>(grad_x, channels, plane, c)
                                                            : ChannelPlanes<float>(scratch.data(), 1, out_plane, 0);
-      kernels::NormalizeChannelBackward<kRelu>(
-          ChannelPlanes<const float>(grad_out, out_channels, out_plane, offset + c),
-          ChannelPlanes<const float>(out, out_channels, out_plane, offset + c),
-          ChannelPlanes<const float>(conv, channels, out_plane, c), grad_conv, g.n, out_plane, gamma[c], mean[c],
-          inv_std[c], &grad_gamma[c], &grad_beta[c]);
+      bn.Backward<kRelu>(c, ChannelPlanes<const float>(grad_out, out_channels, out_plane, offset + c),
+                         ChannelPlanes<const float>(out, out_channels, out_plane, offset + c),
+                         ChannelPlanes<const float>(conv, channels, out_plane, c), grad_conv, g.n, out_plane);
       const ChannelPlanes<float> grad_in(grad_x, channels, plane, c);
       kernels::depthwise::BackwardChannel(ChannelPlanes<const float>(x, channels, plane, c), grad_conv,
                                           weight + c * g.k * g.k, g, &workspace, grad_in,
