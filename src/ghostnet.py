@@ -153,9 +153,7 @@ class GhostModule(nn.Cell):
             out = ops.cat((primary, self.cheap_operation(primary)), axis=1)
         else:  # int8: both halves on one scale, so concatenating is a copy
             quantized = self.concat_quant(primary)
-            cheap = self.cheap_operation(quantized)
-            out = ops.cat((quantized, self.concat_quant(cheap)), axis=1)
-            self.concat_quant.watch(primary, cheap)
+            out = self.concat_quant.concat(primary, quantized, self.cheap_operation(quantized))
         if self.trim:
             out = out[:, :self.out_channels]
         return out

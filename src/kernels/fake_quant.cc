@@ -40,30 +40,38 @@ constexpr float kTiny = 1e-12f;
 typedef float Floats8 __attribute__((vector_size(32)));
 typedef int32_t Ints8 __attribute__((vector_size(32)));
 
-void QuantizeAll(const ActivationQuant &quant, const float *x, int64_t count, float *y) {
-  ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;  // a local copy: the loop vectorizes
-    for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
-  });
+// y[i] = quant(x[i]) over [begin, end), on this thread
+void QuantizeRange(const ActivationQuant &quant, const float *x, int64_t begin, int64_t end, float *y) {
+  const ActivationQuant q = quant;  // a local copy: the loop vectorizes
+  for (int64_t i = begin; i < end; ++i) y[i] = q(x[i]);
 }
 
-// grad_x = grad_y where x passes straight through the quantizer, else 0
+void QuantizeAll(const ActivationQuant &quant, const float *x, int64_t count, float *y) {
+  ParallelFor(count, 1, [&](int64_t begin, int64_t end) { QuantizeRange(quant, x, begin, end, y); });
+}
+
+// grad_x = grad_y where x passes straight through the quantizer, else 0, over [begin, end), on this thread
+void StraightThroughRange(const ActivationQuant &quant, const float *grad_y, const float *x, int64_t begin,
+                          int64_t end, float *grad_x) {
+  const ActivationQuant q = quant;
+  // vector types: the compiler does not vectorize the select below (measured 1.5x slower)
+  const Floats8 low = {q.low, q.low, q.low, q.low, q.low, q.low, q.low, q.low}, zero = {};
+  const Floats8 high = {q.high, q.high, q.high, q.high, q.high, q.high, q.high, q.high};
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    Floats8 v, g;
+    std::memcpy(&v, x + i, sizeof v);
+    std::memcpy(&g, grad_y + i, sizeof g);
+    const Floats8 passed = (v >= low) & (v <= high) ? g : zero;
+    std::memcpy(grad_x + i, &passed, sizeof passed);
+  }
+  for (; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
+}
+
 void StraightThrough(const ActivationQuant &quant, const float *grad_y, const float *x, int64_t count,
                      float *grad_x) {
   ParallelFor(count, 1, [&](int64_t begin, int64_t end) {
-    const ActivationQuant q = quant;
-    // vector types: the compiler does not vectorize the select below (measured 1.5x slower)
-    const Floats8 low = {q.low, q.low, q.low, q.low, q.low, q.low, q.low, q.low}, zero = {};
-    const Floats8 high = {q.high, q.high, q.high, q.high, q.high, q.high, q.high, q.high};
-    int64_t i = begin;
-    for (; i + 8 <= end; i += 8) {
-      Floats8 v, g;
-      std::memcpy(&v, x + i, sizeof v);
-      std::memcpy(&g, grad_y + i, sizeof g);
-      const Floats8 passed = (v >= low) & (v <= high) ? g : zero;
-      std::memcpy(grad_x + i, &passed, sizeof passed);
-    }
-    for (; i < end; ++i) grad_x[i] = q.Passes(x[i]) ? grad_y[i] : 0.0f;
+    StraightThroughRange(quant, grad_y, x, begin, end, grad_x);
   });
 }
 
@@ -298,51 +306,96 @@ extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes,
   return 0;
 }
 
-// params: x, act_min (1), act_max (1) -> fake-quantized x, scale (1): FakeQuantActivation with the
-// scale and zero point of the range (primitives.activation_qparams) computed here
+namespace {
+
+// x fake-quantized into y with the scale and zero point of the range [act_min, act_max]
+// (primitives.activation_qparams); the scale into *scale_out, the range into range_out (2), for
+// the backward: it must not read the range's parameters, which may take their step in place
+// before it runs.
+void QuantizeInRange(const float *x, int64_t count, float act_min, float act_max, float *y, float *scale_out,
+                     float *range_out) {
+  float scale, zero_point;
+  ActivationQParams(act_min, act_max, &scale, &zero_point);
+  QuantizeAll(ActivationQuant(scale, zero_point), x, count, y);
+  *scale_out = scale;
+  range_out[0] = act_min;
+  range_out[1] = act_max;
+}
+
+// An observer's moving step (observers.RangeObserver in training) from the range seen,
+// [seen_min, seen_max], in place; none where 1 - decay (ema[1]) is 0: the range is frozen.
+void StepRange(const float *ema, float seen_min, float seen_max, float *act_min, float *act_max) {
+  if (ema[1] == 0.0f) return;
+  *act_min = *act_min * ema[0] + seen_min * ema[1];
+  *act_max = *act_max * ema[0] + seen_max * ema[1];
+}
+
+}  // namespace
+
+// params: x, act_min (1), act_max (1) -> fake-quantized x, scale (1), the range as read (2):
+// FakeQuantActivation with the scale and zero point of the range computed here
 extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims, int64_t **shapes,
                                           const char **dtypes, void *, void *) {
-  if (nparam != 5) return 1;
+  if (nparam != 6) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (!SizesAre({3}, count, ndims, shapes) || !SizesAre({1, 2, 4}, 1, ndims, shapes)) return 3;
-  float scale, zero_point;
-  ActivationQParams(*static_cast<const float *>(params[1]), *static_cast<const float *>(params[2]), &scale,
-                    &zero_point);
-  const ActivationQuant quant(scale, zero_point);
-  QuantizeAll(quant, static_cast<const float *>(params[0]), count, static_cast<float *>(params[3]));
-  *static_cast<float *>(params[4]) = scale;
+  if (!SizesAre({5}, 2, ndims, shapes)) return 3;
+  QuantizeInRange(Input(params, 0), count, *Input(params, 1), *Input(params, 2), static_cast<float *>(params[3]),
+                  static_cast<float *>(params[4]), static_cast<float *>(params[5]));
   return 0;
 }
 
-// params: act_min (1), act_max (1) -> scale (1) of the range (primitives.activation_qparams), for a
-// layer whose input arrives quantized and which needs only the scale
-extern "C" int ActivationScale(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
-                               void *) {
-  if (nparam != 3) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  if (!SizesAre({0, 1, 2}, 1, ndims, shapes)) return 3;
-  float scale, zero_point;
-  ActivationQParams(*static_cast<const float *>(params[0]), *static_cast<const float *>(params[1]), &scale,
-                    &zero_point);
-  *static_cast<float *>(params[2]) = scale;
-  return 0;
-}
-
-// params: grad_y, x, act_min, act_max -> grad_x: the straight-through mask of the range's quantizer
-extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
-                                              const char **dtypes, void *, void *) {
-  if (nparam != 5) return 1;
+// An observed input in a training step (RangeObserver's step, then fake_quant.quantize_in_range)
+// in one operator: params: x, act_min (1), act_max (1), ema (2: decay, 1 - decay)
+//   -> as FakeQuantActivationInRange, with the range after its step.
+// The range takes its step in place from x's [min, max] (none where frozen: 1 - decay = 0);
+// nothing else in a training step reads it (the layer's own input quantization).
+extern "C" int FakeQuantActivationObserved(int nparam, void **params, int *ndims, int64_t **shapes,
+                                           const char **dtypes, void *, void *) {
+  if (nparam != 7) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   const int64_t count = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({1, 4}, count, ndims, shapes) || !SizesAre({2, 3}, 1, ndims, shapes)) return 3;
+  if (count == 0 || !SizesAre({4}, count, ndims, shapes) || !SizesAre({1, 2, 5}, 1, ndims, shapes)) return 3;
+  if (!SizesAre({3, 6}, 2, ndims, shapes)) return 3;
+  const float *x = Input(params, 0);
+  float *act_min = static_cast<float *>(params[1]), *act_max = static_cast<float *>(params[2]);
+  float seen_min, seen_max;
+  MinMaxOf(x, count, &seen_min, &seen_max);
+  StepRange(Input(params, 3), seen_min, seen_max, act_min, act_max);
+  QuantizeInRange(x, count, *act_min, *act_max, static_cast<float *>(params[4]), static_cast<float *>(params[5]),
+                  static_cast<float *>(params[6]));
+  return 0;
+}
+
+// params: x, act_min (1), act_max (1) -> scale (1) of the range (primitives.activation_qparams), for a
+// layer whose input x arrives quantized and which needs only the scale. x is not read: it orders
+// this read after what computed x (a ghost module's concatenation, which takes the range's step
+// in place).
+extern "C" int ActivationScale(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                               void *) {
+  if (nparam != 4) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (!SizesAre({1, 2, 3}, 1, ndims, shapes)) return 3;
   float scale, zero_point;
-  ActivationQParams(*static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]), &scale,
-                    &zero_point);
-  const ActivationQuant quant(scale, zero_point);
-  const float *grad_y = static_cast<const float *>(params[0]);
-  const float *x = static_cast<const float *>(params[1]);
-  StraightThrough(quant, grad_y, x, count, static_cast<float *>(params[4]));
+  ActivationQParams(*Input(params, 1), *Input(params, 2), &scale, &zero_point);
+  *static_cast<float *>(params[3]) = scale;
+  return 0;
+}
+
+// params: grad_y, x, range (2: as the forward read it) -> grad_x: the straight-through mask of the
+// range's quantizer (FakeQuantActivationInRange's and FakeQuantActivationObserved's backward)
+extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                              const char **dtypes, void *, void *) {
+  if (nparam != 4) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (!SizesAre({1, 3}, count, ndims, shapes) || !SizesAre({2}, 2, ndims, shapes)) return 3;
+  const float *range = Input(params, 2);
+  float scale, zero_point;
+  ActivationQParams(range[0], range[1], &scale, &zero_point);
+  StraightThrough(ActivationQuant(scale, zero_point), Input(params, 0), Input(params, 1), count,
+                  static_cast<float *>(params[3]));
   return 0;
 }
 
@@ -458,15 +511,12 @@ void AffinePlane(const float *in, int64_t count, float a, float b, float *out, f
   *highest = any_nan ? std::numeric_limits<float>::quiet_NaN() : h;
 }
 
-// An output observer's step, in place, from its parts' ranges (RangeEma's arithmetic); none
-// where 1 - decay (ema[1]) is 0: the range is frozen.
+// An observer's step, in place, from its parts' ranges (none where the range is frozen).
 void StepRange(const std::vector<float> &lows, const std::vector<float> &highs, const float *ema, float *act_min,
                float *act_max) {
-  if (ema[1] == 0.0f) return;
   float seen[2];
   MergeRanges(lows, highs, seen);
-  *act_min = *act_min * ema[0] + seen[0] * ema[1];
-  *act_max = *act_max * ema[0] + seen[1] * ema[1];
+  StepRange(ema, seen[0], seen[1], act_min, act_max);
 }
 
 // The forward of QatBatchNormForward and QatBatchNormReluForward; see there.
@@ -727,6 +777,92 @@ extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int
         sum += static_cast<double>(grad_q[k]) * w[k];
       }
       grad_gamma[c] = static_cast<float>(sum / moving_std[c]);
+    }
+  });
+  return 0;
+}
+
+// A ghost module's concatenation in a QAT training step (fake_quant.ConcatQuant.concat) in one
+// operator: params: quantized (N, C1, H, W: the primary half, quantized in the range), cheap (N,
+//   C2, H, W), primary (N, C1, H, W: the primary half before quantizing), act_min, act_max (1
+//   each), ema (2: decay, 1 - decay)
+//   -> (N, C1 + C2, H, W): quantized, then cheap fake-quantized in the range; the range as read (2).
+// Then the range takes its step in place from [min, max] over primary and cheap together
+// (RangeObserver.watch_together; none where frozen): both parts of a step sit on one grid.
+extern "C" int GhostConcatQuantForward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                       const char **dtypes, void *, void *) {
+  if (nparam != 8) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  int64_t n, first, plane, cheap_n, second, cheap_plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &first, &plane) ||
+      !ChannelShape(ndims[1], shapes[1], &cheap_n, &second, &cheap_plane) || cheap_n != n || cheap_plane != plane ||
+      ndims[2] != 4 || !std::equal(shapes[0], shapes[0] + 4, shapes[2])) {
+    return 3;
+  }
+  const int64_t channels = first + second;
+  if (!SizesAre({6}, n * channels * plane, ndims, shapes) || !SizesAre({3, 4}, 1, ndims, shapes) ||
+      !SizesAre({5, 7}, 2, ndims, shapes)) {
+    return 3;
+  }
+  const float *quantized = Input(params, 0), *cheap = Input(params, 1);
+  float *act_min = static_cast<float *>(params[3]), *act_max = static_cast<float *>(params[4]);
+  float *out = static_cast<float *>(params[6]), *range = static_cast<float *>(params[7]);
+  float scale, zero_point;
+  ActivationQParams(*act_min, *act_max, &scale, &zero_point);
+  const ActivationQuant quant(scale, zero_point);
+  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = p / channels, c = p % channels;
+      float *to = out + p * plane;
+      if (c < first) {
+        std::memcpy(to, quantized + (b * first + c) * plane, plane * sizeof(float));
+      } else {
+        QuantizeRange(quant, cheap + (b * second + c - first) * plane, 0, plane, to);
+      }
+    }
+  });
+  range[0] = *act_min;
+  range[1] = *act_max;
+  std::vector<float> lows(2), highs(2);
+  MinMaxOf(Input(params, 2), n * first * plane, &lows[0], &highs[0]);
+  MinMaxOf(cheap, n * second * plane, &lows[1], &highs[1]);
+  StepRange(lows, highs, Input(params, 5), act_min, act_max);
+  return 0;
+}
+
+// params: grad_y (N, C1 + C2, H, W), cheap (N, C2, H, W), range (2: as the forward read it)
+//   -> grad_quantized (N, C1, H, W: the first half of grad_y), grad_cheap (N, C2, H, W: the second
+//      half where cheap passes straight through the range's quantizer, else 0)
+extern "C" int GhostConcatQuantBackward(int nparam, void **params, int *ndims, int64_t **shapes,
+                                        const char **dtypes, void *, void *) {
+  if (nparam != 5) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  int64_t n, channels, plane, cheap_n, second, cheap_plane;
+  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane) ||
+      !ChannelShape(ndims[1], shapes[1], &cheap_n, &second, &cheap_plane) || cheap_n != n || cheap_plane != plane ||
+      second >= channels) {
+    return 3;
+  }
+  const int64_t first = channels - second;
+  if (!SizesAre({2}, 2, ndims, shapes) || !SizesAre({3}, n * first * plane, ndims, shapes) ||
+      !SizesAre({4}, n * second * plane, ndims, shapes)) {
+    return 3;
+  }
+  const float *grad_y = Input(params, 0), *cheap = Input(params, 1), *range = Input(params, 2);
+  float *grad_quantized = static_cast<float *>(params[3]), *grad_cheap = static_cast<float *>(params[4]);
+  float scale, zero_point;
+  ActivationQParams(range[0], range[1], &scale, &zero_point);
+  const ActivationQuant quant(scale, zero_point);
+  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t b = p / channels, c = p % channels;
+      const float *from = grad_y + p * plane;
+      if (c < first) {
+        std::memcpy(grad_quantized + (b * first + c) * plane, from, plane * sizeof(float));
+      } else {
+        const int64_t at = (b * second + c - first) * plane;
+        StraightThroughRange(quant, from, cheap + at, 0, plane, grad_cheap + at);
+      }
     }
   });
   return 0;

@@ -23,8 +23,14 @@ class FakeQuantKernels(nn.Cell):
 
     For QAT, each replacing tens of operators on tiny tensors: ``range_ema(x, act_min,
     act_max, ema)``: an observer's next moving range; ``activation_in_range(x, act_min,
-    act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale)``;
-    ``activation_scale(act_min, act_max)``: that scale alone;
+    act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale, the
+    range as read)``; ``activation_observed(x, act_min, act_max, ema)``: the same after the
+    range's step on x, taken in place (an observed input in training);
+    ``activation_scale(x, act_min, act_max)``: that scale alone, read once x is computed
+    (x arrives quantized; it is not read); ``ghost_concat(quantized, cheap,
+    primary, act_min, act_max, ema)``: ``(a ghost module's output: quantized, then cheap
+    fake-quantized in the range, the range as read)``, then the range's step over primary and
+    cheap, in place (:meth:`src.quant.ConcatQuant.concat`);
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
     ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded with the moving
     statistics and fake-quantized, its scales, the moving std as read)``, with gradient to
@@ -67,22 +73,31 @@ class FakeQuantKernels(nn.Cell):
         self.weight = ops.Custom(f"{library}:FakeQuantWeight", out_shape=lambda w: (w, [w[0]]),
                                  out_dtype=lambda w: (w, w), func_type="aot", bprop=weight_bprop)
         activation_in_range_grad = ops.Custom(f"{library}:FakeQuantActivationInRangeGrad",
-                                              out_shape=lambda grad, x, low, high: x,
-                                              out_dtype=lambda grad, x, low, high: x, func_type="aot")
+                                              out_shape=lambda grad, x, used_range: x,
+                                              out_dtype=lambda grad, x, used_range: x, func_type="aot")
 
         def activation_in_range_bprop(x, low, high, out, grad):
-            return activation_in_range_grad(grad[0], x, low, high), ops.zeros_like(low), ops.zeros_like(high)
+            # out[2]: the range as the forward read it (it may have taken its step in place since)
+            return activation_in_range_grad(grad[0], x, out[2]), ops.zeros_like(low), ops.zeros_like(high)
+
+        def activation_observed_bprop(x, low, high, ema, out, grad):
+            return activation_in_range_bprop(x, low, high, out, grad) + (ops.zeros_like(ema),)
 
         self.activation_in_range = ops.Custom(f"{library}:FakeQuantActivationInRange",
-                                              out_shape=lambda x, low, high: (x, [1]),
-                                              out_dtype=lambda x, low, high: (x, x), func_type="aot",
+                                              out_shape=lambda x, low, high: (x, [1], [2]),
+                                              out_dtype=lambda x, low, high: (x, x, x), func_type="aot",
                                               bprop=activation_in_range_bprop)
+        self.activation_observed = ops.Custom(f"{library}:FakeQuantActivationObserved",
+                                              out_shape=lambda x, low, high, ema: (x, [1], [2]),
+                                              out_dtype=lambda x, low, high, ema: (x, x, x), func_type="aot",
+                                              bprop=activation_observed_bprop)
+        self.ghost_concat = _ghost_concat_op(library)
 
-        def scale_bprop(low, high, out, grad):
-            return ops.zeros_like(low), ops.zeros_like(high)
+        def scale_bprop(x, low, high, out, grad):
+            return ops.zeros_like(x), ops.zeros_like(low), ops.zeros_like(high)
 
-        self.activation_scale = ops.Custom(f"{library}:ActivationScale", out_shape=lambda low, high: low,
-                                           out_dtype=lambda low, high: low, func_type="aot", bprop=scale_bprop)
+        self.activation_scale = ops.Custom(f"{library}:ActivationScale", out_shape=lambda x, low, high: low,
+                                           out_dtype=lambda x, low, high: low, func_type="aot", bprop=scale_bprop)
 
         def range_ema_bprop(x, low, high, ema, out, grad):
             return ops.zeros_like(x), ops.zeros_like(low), ops.zeros_like(high), ops.zeros_like(ema)
@@ -136,6 +151,20 @@ def _qat_batchnorm_op(library, relu):
 
     return ops.Custom(f"{library}:{name}Forward", out_shape=lambda x, gamma, *rest: (x, [4, gamma[0]]),
                       out_dtype=lambda x, *rest: (x, x), func_type="aot", bprop=bprop)
+
+
+def _ghost_concat_op(library):
+    backward = ops.Custom(f"{library}:GhostConcatQuantBackward", out_shape=lambda grad, cheap, used_range: (
+        [grad[0], grad[1] - cheap[1], *grad[2:]], cheap), out_dtype=lambda grad, *rest: (grad, grad), func_type="aot")
+
+    def bprop(quantized, cheap, primary, low, high, ema, out, grad):
+        zeros = ops.zeros_like
+        return backward(grad[0], cheap, out[1]) + (zeros(primary), zeros(low), zeros(high), zeros(ema))
+
+    return ops.Custom(f"{library}:GhostConcatQuantForward",
+                      out_shape=lambda quantized, cheap, *rest: ([quantized[0], quantized[1] + cheap[1], *quantized[2:]],
+                                                                 [2]),
+                      out_dtype=lambda quantized, *rest: (quantized, quantized), func_type="aot", bprop=bprop)
 
 
 def _qat_bias_ops(library):

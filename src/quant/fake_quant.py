@@ -41,21 +41,23 @@ def channel_moments(x):
     return mean, ((x - mean.reshape(1, -1, 1, 1)) ** 2).mean(axis=(0, 2, 3))
 
 
-def quantize_in_range(x, observer, fast_quant=None, moves_later=False):
-    """``(x fake-quantized to uint8 with the range ``observer`` holds, the scale)``.
-
-    ``moves_later``: the range moves after this use within the training step (a
-    concatenation's, see :class:`ConcatQuant`). The kernel then reads a copy: its gradient
-    would otherwise clip with the range as it stands at the end of the step (measured: the
-    gradients parted from the framework's).
-    """
-    low, high = observer.act_min, observer.act_max
+def quantize_in_range(x, observer, fast_quant=None):
+    """``(x fake-quantized to uint8 with the range ``observer`` holds, the scale)``."""
     if fast_quant is not None:
-        if moves_later:
-            low, high = ops.deepcopy(low), ops.deepcopy(high)
-        return fast_quant.activation_in_range(x, low, high)
-    scale, zero_point = activation_qparams(low, high)
+        quantized, scale, _ = fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
+        return quantized, scale
+    scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
     return fake_quant_activation(x, scale, zero_point), scale
+
+
+def observe_and_quantize(x, observer, fast_quant=None):
+    """In training: ``observer``'s step on ``x``, then :func:`quantize_in_range`. On the kernels
+    one operator, which takes the step in place."""
+    if fast_quant is not None:
+        quantized, scale, _ = fast_quant.activation_observed(x, observer.act_min, observer.act_max,
+                                                             observer.kernel_ema())
+        return quantized, scale
+    return quantize_in_range(observer(x), observer)
 
 
 class ConcatQuant(nn.Cell):
@@ -64,8 +66,9 @@ class ConcatQuant(nn.Cell):
     is the input quantization of the layer that reads the first part (the cheap operation).
 
     Calling it quantizes a part with the range as it stands (calibrating, after widening the
-    range to the part). In training the range moves once per step, after both parts are
-    quantized, by :meth:`watch`: each part of a step sits on one grid.
+    range to the part); :meth:`concat` quantizes the second part and concatenates. In training
+    the range moves once per step, after both parts are quantized: each part of a step sits on
+    one grid.
     """
     accepts_fast_quant = True  # see src.kernels.enable_fast_cpu_path
 
@@ -77,12 +80,20 @@ class ConcatQuant(nn.Cell):
     def construct(self, x):
         if not self.training:
             x = self.observer(x)  # widens the range while calibrating, else nothing
-        moves_later = self.training and not self.observer.frozen
-        return quantize_in_range(x, self.observer, self.fast_quant, moves_later)[0]
+        return quantize_in_range(x, self.observer, self.fast_quant)[0]
 
-    def watch(self, first, second):
-        """Training: the range's step for this batch, over both (float) parts together."""
-        self.observer.watch_together(first, second)
+    def concat(self, primary, quantized, cheap):
+        """A ghost module's output: ``quantized`` (``primary`` through this quantization) and
+        ``cheap`` quantized, concatenated. In training, then the range's step over both float
+        parts together (a step per part would settle between their ranges, not cover both); on
+        the kernels all in one operator, the step in place."""
+        observer = self.observer
+        if self.training and self.fast_quant is not None:
+            return self.fast_quant.ghost_concat(quantized, cheap, primary, observer.act_min, observer.act_max,
+                                                observer.kernel_ema())[0]
+        out = ops.cat((quantized, self.construct(cheap)), axis=1)
+        observer.watch_together(primary, cheap)
+        return out
 
 
 class _FakeQuantLayer(nn.Cell):
@@ -119,9 +130,10 @@ class _FakeQuantLayer(nn.Cell):
         observer = self.input_quant
         if not self.observes_input:
             if self.fast_quant is not None:
-                return x, self.fast_quant.activation_scale(observer.act_min, observer.act_max)
+                # read after x is computed: a ghost module's concatenation takes the range's step in place
+                return x, self.fast_quant.activation_scale(x, observer.act_min, observer.act_max)
             return x, activation_qparams(observer.act_min, observer.act_max)[0]
-        return quantize_in_range(self.input_quant(x), observer, self.fast_quant)
+        return observe_and_quantize(x, observer, self.fast_quant)
 
     def quantize_bias(self, bias, act_scale, scales):
         """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""

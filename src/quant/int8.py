@@ -91,5 +91,7 @@ class Int8ConcatQuant(nn.Cell):
         scale, zero_point = self.layer.input_qparams()
         return fake_quant_activation(x, scale, zero_point, self.fast_quant)
 
-    def watch(self, first, second):
-        """Nothing: an int8 network's ranges are fixed."""
+    def concat(self, primary, quantized, cheap):
+        """A ghost module's output: ``quantized`` (``primary`` through this quantization) and
+        ``cheap`` quantized, concatenated (see :meth:`src.quant.ConcatQuant.concat`)."""
+        return ops.cat((quantized, self.construct(cheap)), axis=1)
