@@ -782,6 +782,45 @@ extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int
   return 0;
 }
 
+namespace {
+
+// A concatenation along channels: the whole (N, C1 + C2, H, W) of parts (N, C1, H, W) and
+// (N, C2, H, W), each plane of the whole copied from, or computed out of, its part's plane.
+struct ChannelConcat {
+  int64_t n, first, second, plane;
+
+  // From the shapes at these parameter positions; false unless they fit.
+  bool Read(int *ndims, int64_t **shapes, int whole, int first_part, int second_part) {
+    int64_t channels;
+    if (!ChannelShape(ndims[whole], shapes[whole], &n, &channels, &plane) || ndims[second_part] != 4) return false;
+    const int64_t *part = shapes[second_part];
+    second = part[1];
+    first = channels - second;
+    return part[0] == n && part[2] * part[3] == plane && first > 0 && second > 0 &&
+           SizesAre({first_part}, n * first * plane, ndims, shapes) &&
+           SizesAre({second_part}, n * second * plane, ndims, shapes);
+  }
+
+  // fn(offset of a plane in the whole, whether it is in the first part, its offset in that part),
+  // for every plane, in parallel.
+  template <class Fn>
+  void ForEachPlane(const Fn &fn) const {
+    const int64_t channels = first + second;
+    ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t b = p / channels, c = p % channels;
+        if (c < first) {
+          fn(p * plane, true, (b * first + c) * plane);
+        } else {
+          fn(p * plane, false, (b * second + c - first) * plane);
+        }
+      }
+    });
+  }
+};
+
+}  // namespace
+
 // A ghost module's concatenation in a QAT training step (fake_quant.ConcatQuant.concat) in one
 // operator: params: quantized (N, C1, H, W: the primary half, quantized in the range), cheap (N,
 //   C2, H, W), primary (N, C1, H, W: the primary half before quantizing), act_min, act_max (1
@@ -793,15 +832,9 @@ extern "C" int GhostConcatQuantForward(int nparam, void **params, int *ndims, in
                                        const char **dtypes, void *, void *) {
   if (nparam != 8) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
-  int64_t n, first, plane, cheap_n, second, cheap_plane;
-  if (!ChannelShape(ndims[0], shapes[0], &n, &first, &plane) ||
-      !ChannelShape(ndims[1], shapes[1], &cheap_n, &second, &cheap_plane) || cheap_n != n || cheap_plane != plane ||
-      ndims[2] != 4 || !std::equal(shapes[0], shapes[0] + 4, shapes[2])) {
-    return 3;
-  }
-  const int64_t channels = first + second;
-  if (!SizesAre({6}, n * channels * plane, ndims, shapes) || !SizesAre({3, 4}, 1, ndims, shapes) ||
-      !SizesAre({5, 7}, 2, ndims, shapes)) {
+  ChannelConcat concat;
+  if (!concat.Read(ndims, shapes, 6, 0, 1) || !SizesAre({2}, Elements(ndims[0], shapes[0]), ndims, shapes) ||
+      !SizesAre({3, 4}, 1, ndims, shapes) || !SizesAre({5, 7}, 2, ndims, shapes)) {
     return 3;
   }
   const float *quantized = Input(params, 0), *cheap = Input(params, 1);
@@ -810,22 +843,19 @@ extern "C" int GhostConcatQuantForward(int nparam, void **params, int *ndims, in
   float scale, zero_point;
   ActivationQParams(*act_min, *act_max, &scale, &zero_point);
   const ActivationQuant quant(scale, zero_point);
-  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / channels, c = p % channels;
-      float *to = out + p * plane;
-      if (c < first) {
-        std::memcpy(to, quantized + (b * first + c) * plane, plane * sizeof(float));
-      } else {
-        QuantizeRange(quant, cheap + (b * second + c - first) * plane, 0, plane, to);
-      }
+  const int64_t plane = concat.plane;
+  concat.ForEachPlane([&](int64_t at, bool in_first, int64_t part_at) {
+    if (in_first) {
+      std::memcpy(out + at, quantized + part_at, plane * sizeof(float));
+    } else {
+      QuantizeRange(quant, cheap + part_at, 0, plane, out + at);
     }
   });
   range[0] = *act_min;
   range[1] = *act_max;
   std::vector<float> lows(2), highs(2);
-  MinMaxOf(Input(params, 2), n * first * plane, &lows[0], &highs[0]);
-  MinMaxOf(cheap, n * second * plane, &lows[1], &highs[1]);
+  MinMaxOf(Input(params, 2), concat.n * concat.first * plane, &lows[0], &highs[0]);
+  MinMaxOf(cheap, concat.n * concat.second * plane, &lows[1], &highs[1]);
   StepRange(lows, highs, Input(params, 5), act_min, act_max);
   return 0;
 }
@@ -837,15 +867,9 @@ extern "C" int GhostConcatQuantBackward(int nparam, void **params, int *ndims, i
                                         const char **dtypes, void *, void *) {
   if (nparam != 5) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
-  int64_t n, channels, plane, cheap_n, second, cheap_plane;
-  if (!ChannelShape(ndims[0], shapes[0], &n, &channels, &plane) ||
-      !ChannelShape(ndims[1], shapes[1], &cheap_n, &second, &cheap_plane) || cheap_n != n || cheap_plane != plane ||
-      second >= channels) {
-    return 3;
-  }
-  const int64_t first = channels - second;
-  if (!SizesAre({2}, 2, ndims, shapes) || !SizesAre({3}, n * first * plane, ndims, shapes) ||
-      !SizesAre({4}, n * second * plane, ndims, shapes)) {
+  ChannelConcat concat;
+  if (!concat.Read(ndims, shapes, 0, 3, 1) || !SizesAre({4}, Elements(ndims[1], shapes[1]), ndims, shapes) ||
+      !SizesAre({2}, 2, ndims, shapes)) {
     return 3;
   }
   const float *grad_y = Input(params, 0), *cheap = Input(params, 1), *range = Input(params, 2);
@@ -853,16 +877,12 @@ extern "C" int GhostConcatQuantBackward(int nparam, void **params, int *ndims, i
   float scale, zero_point;
   ActivationQParams(range[0], range[1], &scale, &zero_point);
   const ActivationQuant quant(scale, zero_point);
-  ParallelFor(n * channels, plane, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t b = p / channels, c = p % channels;
-      const float *from = grad_y + p * plane;
-      if (c < first) {
-        std::memcpy(grad_quantized + (b * first + c) * plane, from, plane * sizeof(float));
-      } else {
-        const int64_t at = (b * second + c - first) * plane;
-        StraightThroughRange(quant, from, cheap + at, 0, plane, grad_cheap + at);
-      }
+  const int64_t plane = concat.plane;
+  concat.ForEachPlane([&](int64_t at, bool in_first, int64_t part_at) {
+    if (in_first) {
+      std::memcpy(grad_quantized + part_at, grad_y + at, plane * sizeof(float));
+    } else {
+      StraightThroughRange(quant, grad_y + at, cheap + part_at, 0, plane, grad_cheap + part_at);
     }
   });
   return 0;
