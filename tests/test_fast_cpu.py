@@ -438,26 +438,37 @@ def test_the_training_input_quantization_kernels_equal_the_framework_bit_for_bit
         np.testing.assert_array_equal(got, want)
     assert (results[0][-1] == 2.0) == frozen and (results[0][2] == 0).any()  # the range moved; some values clip
 
-    primary = ms.Tensor(rng.normal(0.0, 3.0, (2, 3, 5, 4)).astype(np.float32))
-    cheap = ms.Tensor(rng.normal(1.0, 1.5, (2, 4, 5, 4)).astype(np.float32))
+    primary_values = rng.normal(0.0, 3.0, (2, 3, 5, 4)).astype(np.float32)
+    primary_values[0, 0, 0, :2] = 10.0, -10.0  # the step widens the range [-2, 3] by about 0.08 each side
+    cheap_values = rng.normal(1.0, 1.5, (2, 4, 5, 4)).astype(np.float32)
+    between = (1, 2, 3, slice(0, 2))  # outside the range as it stands, inside it after the step
+    cheap_values[between] = 3.03, -2.04
+    primary, cheap = ms.Tensor(primary_values), ms.Tensor(cheap_values)
     concat_direction = ms.Tensor(rng.standard_normal((2, 7, 5, 4)).astype(np.float32))
     results = []
     for kernel in (fq, None):
-        concat_quant = ConcatQuant(observer_with_range(-2.0, 3.0, frozen))
-        concat_quant.fast_quant = kernel
-        concat_quant.set_train(True)
-
-        def module(halves, q=concat_quant):
-            first, second = halves
+        def module(first, second, q):
             return q.concat(first, q(first), second)
 
-        out = module((primary, cheap)).asnumpy()
-        step_range = [concat_quant.observer.act_min.asnumpy(), concat_quant.observer.act_max.asnumpy()]
-        grads = ms.grad(lambda a, b: (module((a, b)) * concat_direction).sum(), grad_position=(0, 1))(primary, cheap)
+        def concat_quant_from_the_start():
+            concat_quant = ConcatQuant(observer_with_range(-2.0, 3.0, frozen))
+            concat_quant.fast_quant = kernel
+            concat_quant.set_train(True)
+            return concat_quant
+
+        stepped = concat_quant_from_the_start()
+        out = module(primary, cheap, stepped).asnumpy()
+        step_range = [stepped.observer.act_min.asnumpy(), stepped.observer.act_max.asnumpy()]
+        fresh = concat_quant_from_the_start()  # the gradient's forward takes the same step
+        grads = ms.grad(lambda a, b: (module(a, b, fresh) * concat_direction).sum(), grad_position=(0, 1))(primary,
+                                                                                                          cheap)
         results.append([out, grads[0].asnumpy(), grads[1].asnumpy()] + step_range)
     for got, want in zip(*results):
         np.testing.assert_array_equal(got, want)
     assert (results[0][-1] == 3.0) == frozen and (results[0][2] == 0).any()
+    # the cheap half's gradient clips with the range its forward used, not the range after the step
+    assert (results[0][2][between] == 0).all() and (results[0][-1] > 3.03) != frozen
+    assert (results[0][-2] < -2.04) != frozen
 
 
 def test_eval_graphs_leave_the_ranges_alone_and_calibration_compiles_its_own(kernels):

@@ -791,14 +791,16 @@ struct ChannelConcat {
 
   // From the shapes at these parameter positions; false unless they fit.
   bool Read(int *ndims, int64_t **shapes, int whole, int first_part, int second_part) {
-    int64_t channels;
-    if (!ChannelShape(ndims[whole], shapes[whole], &n, &channels, &plane) || ndims[second_part] != 4) return false;
-    const int64_t *part = shapes[second_part];
-    second = part[1];
-    first = channels - second;
-    return part[0] == n && part[2] * part[3] == plane && first > 0 && second > 0 &&
-           SizesAre({first_part}, n * first * plane, ndims, shapes) &&
-           SizesAre({second_part}, n * second * plane, ndims, shapes);
+    if (ndims[whole] != 4 || ndims[first_part] != 4 || ndims[second_part] != 4) return false;
+    const int64_t *all = shapes[whole];
+    for (const int64_t *part : {shapes[first_part], shapes[second_part]}) {
+      if (part[0] != all[0] || part[2] != all[2] || part[3] != all[3]) return false;
+    }
+    n = all[0];
+    first = shapes[first_part][1];
+    second = shapes[second_part][1];
+    plane = all[2] * all[3];
+    return first > 0 && second > 0 && all[1] == first + second && n * plane > 0;
   }
 
   // fn(offset of a plane in the whole, whether it is in the first part, its offset in that part),
