@@ -161,9 +161,10 @@ def _ghost_concat_op(library):
         zeros = ops.zeros_like
         return backward(grad[0], cheap, out[1]) + (zeros(primary), zeros(low), zeros(high), zeros(ema))
 
-    return ops.Custom(f"{library}:GhostConcatQuantForward",
-                      out_shape=lambda quantized, cheap, *rest: ([quantized[0], quantized[1] + cheap[1], *quantized[2:]],
-                                                                 [2]),
+    def out_shape(quantized, cheap, *rest):
+        return [quantized[0], quantized[1] + cheap[1], *quantized[2:]], [2]
+
+    return ops.Custom(f"{library}:GhostConcatQuantForward", out_shape=out_shape,
                       out_dtype=lambda quantized, *rest: (quantized, quantized), func_type="aot", bprop=bprop)
 
 
