@@ -221,6 +221,13 @@ void ActivationQParams(float act_min, float act_max, float *scale, float *zero_p
   *zero_point = std::min(std::max(std::floor((0.0f - low / *scale) + 0.5f), 0.0f), 255.0f);
 }
 
+// The uint8 quantizer of the range [act_min, act_max] (ActivationQParams).
+ActivationQuant RangeQuant(float act_min, float act_max) {
+  float scale, zero_point;
+  ActivationQParams(act_min, act_max, &scale, &zero_point);
+  return ActivationQuant(scale, zero_point);
+}
+
 // What an int8 layer computes with in eval, from a fake-quant layer's float parameters:
 // params: weight (C, ...), bias or BatchNorm beta (C), act_min (1), act_max (1)
 //         [, BatchNorm gamma, moving_mean, moving_variance (C), eps (1)]
@@ -314,10 +321,9 @@ namespace {
 // before it runs.
 void QuantizeInRange(const float *x, int64_t count, float act_min, float act_max, float *y, float *scale_out,
                      float *range_out) {
-  float scale, zero_point;
-  ActivationQParams(act_min, act_max, &scale, &zero_point);
-  QuantizeAll(ActivationQuant(scale, zero_point), x, count, y);
-  *scale_out = scale;
+  const ActivationQuant quant = RangeQuant(act_min, act_max);
+  QuantizeAll(quant, x, count, y);
+  *scale_out = quant.scale;
   range_out[0] = act_min;
   range_out[1] = act_max;
 }
@@ -332,18 +338,37 @@ void StepRange(const float *ema, float seen_min, float seen_max, float *act_min,
 
 }  // namespace
 
+namespace {
+
+// FakeQuantActivationInRange and, `observed`, FakeQuantActivationObserved: see there.
+int ActivationInRange(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, bool observed) {
+  const int inputs = observed ? 4 : 3;  // x, act_min, act_max[, ema]
+  if (nparam != inputs + 3) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (!SizesAre({inputs}, count, ndims, shapes) || !SizesAre({1, 2, inputs + 1}, 1, ndims, shapes) ||
+      !SizesAre({inputs + 2}, 2, ndims, shapes) || (observed && (count == 0 || !SizesAre({3}, 2, ndims, shapes)))) {
+    return 3;
+  }
+  const float *x = Input(params, 0);
+  float *act_min = static_cast<float *>(params[1]), *act_max = static_cast<float *>(params[2]);
+  if (observed) {
+    float seen_min, seen_max;
+    MinMaxOf(x, count, &seen_min, &seen_max);
+    StepRange(Input(params, 3), seen_min, seen_max, act_min, act_max);
+  }
+  QuantizeInRange(x, count, *act_min, *act_max, static_cast<float *>(params[inputs]),
+                  static_cast<float *>(params[inputs + 1]), static_cast<float *>(params[inputs + 2]));
+  return 0;
+}
+
+}  // namespace
+
 // params: x, act_min (1), act_max (1) -> fake-quantized x, scale (1), the range as read (2):
 // FakeQuantActivation with the scale and zero point of the range computed here
 extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims, int64_t **shapes,
                                           const char **dtypes, void *, void *) {
-  if (nparam != 6) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  const int64_t count = Elements(ndims[0], shapes[0]);
-  if (!SizesAre({3}, count, ndims, shapes) || !SizesAre({1, 2, 4}, 1, ndims, shapes)) return 3;
-  if (!SizesAre({5}, 2, ndims, shapes)) return 3;
-  QuantizeInRange(Input(params, 0), count, *Input(params, 1), *Input(params, 2), static_cast<float *>(params[3]),
-                  static_cast<float *>(params[4]), static_cast<float *>(params[5]));
-  return 0;
+  return ActivationInRange(nparam, params, ndims, shapes, dtypes, false);
 }
 
 // An observed input in a training step (RangeObserver's step, then fake_quant.quantize_in_range)
@@ -353,19 +378,7 @@ extern "C" int FakeQuantActivationInRange(int nparam, void **params, int *ndims,
 // nothing else in a training step reads it (the layer's own input quantization).
 extern "C" int FakeQuantActivationObserved(int nparam, void **params, int *ndims, int64_t **shapes,
                                            const char **dtypes, void *, void *) {
-  if (nparam != 7) return 1;
-  if (!AllFloat32(nparam, dtypes)) return 2;
-  const int64_t count = Elements(ndims[0], shapes[0]);
-  if (count == 0 || !SizesAre({4}, count, ndims, shapes) || !SizesAre({1, 2, 5}, 1, ndims, shapes)) return 3;
-  if (!SizesAre({3, 6}, 2, ndims, shapes)) return 3;
-  const float *x = Input(params, 0);
-  float *act_min = static_cast<float *>(params[1]), *act_max = static_cast<float *>(params[2]);
-  float seen_min, seen_max;
-  MinMaxOf(x, count, &seen_min, &seen_max);
-  StepRange(Input(params, 3), seen_min, seen_max, act_min, act_max);
-  QuantizeInRange(x, count, *act_min, *act_max, static_cast<float *>(params[4]), static_cast<float *>(params[5]),
-                  static_cast<float *>(params[6]));
-  return 0;
+  return ActivationInRange(nparam, params, ndims, shapes, dtypes, true);
 }
 
 // params: x, act_min (1), act_max (1) -> scale (1) of the range (primitives.activation_qparams), for a
@@ -392,9 +405,7 @@ extern "C" int FakeQuantActivationInRangeGrad(int nparam, void **params, int *nd
   const int64_t count = Elements(ndims[0], shapes[0]);
   if (!SizesAre({1, 3}, count, ndims, shapes) || !SizesAre({2}, 2, ndims, shapes)) return 3;
   const float *range = Input(params, 2);
-  float scale, zero_point;
-  ActivationQParams(range[0], range[1], &scale, &zero_point);
-  StraightThrough(ActivationQuant(scale, zero_point), Input(params, 0), Input(params, 1), count,
+  StraightThrough(RangeQuant(range[0], range[1]), Input(params, 0), Input(params, 1), count,
                   static_cast<float *>(params[3]));
   return 0;
 }
@@ -842,9 +853,7 @@ extern "C" int GhostConcatQuantForward(int nparam, void **params, int *ndims, in
   const float *quantized = Input(params, 0), *cheap = Input(params, 1);
   float *act_min = static_cast<float *>(params[3]), *act_max = static_cast<float *>(params[4]);
   float *out = static_cast<float *>(params[6]), *range = static_cast<float *>(params[7]);
-  float scale, zero_point;
-  ActivationQParams(*act_min, *act_max, &scale, &zero_point);
-  const ActivationQuant quant(scale, zero_point);
+  const ActivationQuant quant = RangeQuant(*act_min, *act_max);
   const int64_t plane = concat.plane;
   concat.ForEachPlane([&](int64_t at, bool in_first, int64_t part_at) {
     if (in_first) {
@@ -876,9 +885,7 @@ extern "C" int GhostConcatQuantBackward(int nparam, void **params, int *ndims, i
   }
   const float *grad_y = Input(params, 0), *cheap = Input(params, 1), *range = Input(params, 2);
   float *grad_quantized = static_cast<float *>(params[3]), *grad_cheap = static_cast<float *>(params[4]);
-  float scale, zero_point;
-  ActivationQParams(range[0], range[1], &scale, &zero_point);
-  const ActivationQuant quant(scale, zero_point);
+  const ActivationQuant quant = RangeQuant(range[0], range[1]);
   const int64_t plane = concat.plane;
   concat.ForEachPlane([&](int64_t at, bool in_first, int64_t part_at) {
     if (in_first) {
