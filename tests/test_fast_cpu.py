@@ -15,15 +15,15 @@ import src.kernels.library as library
 import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
 from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, FastConvBNAct, FastGhostModule,
-                                  UnfoldConv, FastSqueezeExcite, channel_scale_op, depthwise_conv_ops,
-                                  enable_fast_cpu_path)
+                                  QuantConvBNAct, UnfoldConv, FastSqueezeExcite, channel_scale_op,
+                                  depthwise_conv_ops, enable_fast_cpu_path)
 from src.ghostnet import ConvBNAct, GhostModule, GhostNet, SqueezeExcite
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import (ConcatQuant, QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen,
                        set_observers_frozen)
 from src.quant.fake_quant import observe_and_quantize
-from src.quant.primitives import fake_quant_activation, fake_quant_weight, weight_scales
+from src.quant.primitives import activation_qparams, fake_quant_activation, fake_quant_weight, weight_scales
 
 # (batch, channels, height, width, kernel, stride): GhostNet's kernels and strides, odd sizes, batch 1
 DEPTHWISE_SHAPES = [(2, 8, 9, 7, 3, 1), (1, 4, 11, 6, 5, 2), (3, 5, 8, 8, 3, 2), (1, 3, 1, 1, 5, 1),
@@ -501,7 +501,7 @@ def test_fake_quant_training_gradients_and_ranges_equal_with_and_without_the_ker
     if whole_path:  # the fast path's convolutions too, and the ReLUs in the kernels before them
         fast, framework = twin_networks("fake-quant")
         with_relu = [c for _, c in framework.cells_and_names() if isinstance(c, ConvBNAct) and c.relu is not None]
-        fused = [c for _, c in fast.cells_and_names() if isinstance(c, FastConvBNAct) and c.conv_takes_relu]
+        fused = [c for _, c in fast.cells_and_names() if isinstance(c, QuantConvBNAct) and c.relu_inside]
         assert len(fused) == len(with_relu) > 20
     else:
         _, framework = twin_networks("fake-quant")
@@ -664,3 +664,54 @@ def test_the_qat_batchnorm_kernels_equal_the_framework_layer(kernels, relu):
     assert (results[0][0] == 0).any() == relu and (results[0][0] < 0).any() != relu
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["batchnorm", "batchnorm-relu"])
+@pytest.mark.parametrize("shape, kernel, stride, on_grid", [
+    ((3, 6, 9, 7), 3, 1, True),    # a ghost module's cheap operation: its input arrives quantized
+    ((2, 4, 11, 10), 5, 2, False),  # a stride-2 stage's or shortcut's layer: its input observed
+    ((17, 3, 4, 4), 3, 1, False),   # planes up to 64 values: the batch innermost
+    ((2, 5, 8, 7), 3, 2, True)])
+def test_the_fused_qat_depthwise_layer_equals_its_separate_kernels_bit_for_bit(kernels, relu, shape, kernel, stride,
+                                                                              on_grid):
+    """A depthwise QAT layer with BatchNorm on batch statistics in one operator (weight fold,
+    convolution, BatchNorm, src/kernels/qat_depthwise.cc) against the same layer on the separate
+    kernels: output, the moving statistics and ranges after the step, and the gradients of the
+    input, the weight, gamma and beta, equal bit for bit."""
+    channels = shape[1]
+    results = []
+    for fused in (True, False):
+        rng = np.random.default_rng(37)
+        conv = nn.Conv2d(channels, channels, kernel, stride, pad_mode="pad", padding=kernel // 2, group=channels,
+                         weight_init=ms.Tensor(rng.normal(0.0, 0.5, (channels, 1, kernel, kernel)).astype(np.float32)))
+        bn = nn.BatchNorm2d(channels, momentum=0.9)
+        for param, values in ((bn.gamma, rng.uniform(0.5, 1.5, channels)), (bn.beta, rng.normal(0, 0.5, channels)),
+                              (bn.moving_mean, rng.normal(1, 1, channels)),
+                              (bn.moving_variance, rng.uniform(2, 6, channels))):
+            param.set_data(ms.Tensor(values.astype(np.float32)))
+        layer = QuantConv2d(conv, bn)
+        enable_fast_cpu_path(layer)
+        layer.fuses_depthwise_batchnorm = fused
+        x = ms.Tensor(rng.normal(0.5, 2.0, shape).astype(np.float32))
+        observe_ranges(layer, [x])
+        if on_grid:  # as a ghost module's concatenation hands it over: quantized in this layer's range
+            layer.read_quantized_by(layer)
+            x = fake_quant_activation(x, *activation_qparams(layer.input_quant.act_min, layer.input_quant.act_max))
+        layer.set_train(True)
+        calls = []
+        run_fused = layer._train_depthwise_with_batch_statistics  # PyNative runs the cell's Python
+        layer._train_depthwise_with_batch_statistics = lambda *args: calls.append(1) or run_fused(*args)
+        step = WithRelu(layer) if relu else layer
+        out = step(x).asnumpy()
+        state = [p.asnumpy().copy() for p in (bn.moving_mean, bn.moving_variance, layer.output_range.act_min,
+                                               layer.output_range.act_max, layer.input_quant.act_max)]
+        direction = ms.Tensor(rng.standard_normal(out.shape).astype(np.float32))
+        grads = ms.grad(lambda v: (step(v) * direction).sum(), grad_position=0,
+                        weights=[conv.weight, bn.gamma, bn.beta])(x)
+        assert len(calls) == (2 if fused else 0)
+        results.append([out] + state + [grads[0].asnumpy()] + [g.asnumpy() for g in grads[1]])
+    fused, separate = results
+    for got, want in zip(fused, separate):
+        np.testing.assert_array_equal(got, want)
+    assert (fused[0] == 0).any() == relu and (fused[0] < 0).any() != relu
+    assert np.abs(fused[-3]).max() > 0 and np.abs(fused[6]).max() > 0  # gradients reach the weight and the input

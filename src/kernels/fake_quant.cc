@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common.h"
+#include "qat.h"
 
 namespace {
 
@@ -31,14 +32,22 @@ using kernels::ParallelFor;
 using kernels::SizesAre;
 
 using kernels::ActivationQuant;
+using kernels::ChannelPlanes;
 using kernels::Elements;
 
-// Mirrors primitives.py: WEIGHT_QMIN/WEIGHT_QMAX and _TINY (ACT_QMIN/ACT_QMAX: ActivationQuant).
-constexpr float kWeightQMin = -128.0f, kWeightQMax = 127.0f;
-constexpr float kTiny = 1e-12f;
-
-typedef float Floats8 __attribute__((vector_size(32)));
-typedef int32_t Ints8 __attribute__((vector_size(32)));
+using kernels::qat::ActivationQParams;
+using kernels::qat::AffinePlane;
+using kernels::qat::FakeQuantBiasValue;
+using kernels::qat::FakeQuantWeightRow;
+using kernels::qat::Floats8;
+using kernels::qat::FoldQuantizeWeightRow;
+using kernels::qat::FoldQuantizeWeightRowGrad;
+using kernels::qat::Ints8;
+using kernels::qat::MergeRanges;
+using kernels::qat::QatBatchNorm;
+using kernels::qat::QatBatchNormChannelBackward;
+using kernels::qat::RangeQuant;
+using kernels::qat::StepRange;
 
 // y[i] = quant(x[i]) over [begin, end), on this thread
 void QuantizeRange(const ActivationQuant &quant, const float *x, int64_t begin, int64_t end, float *y) {
@@ -76,39 +85,6 @@ void StraightThrough(const ActivationQuant &quant, const float *grad_y, const fl
 }
 
 const float *Input(void **params, int i) { return static_cast<const float *>(params[i]); }
-
-// One output channel of a weight fake-quantized per channel (primitives.weight_scales and
-// fake_quant_weight): symmetric, scale max(max|w| / 127, tiny), integers clamped to
-// [-128, 127]. Writes the fake-quantized row to `out`; returns the scale.
-float FakeQuantWeightRow(const float *row, int64_t count, float *out) {
-  float largest = 0.0f;
-  for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(row[i]));
-  const float scale = std::max(largest / kWeightQMax, kTiny);
-  for (int64_t i = 0; i < count; ++i) {
-    out[i] = std::min(std::max(std::floor(row[i] / scale + 0.5f), kWeightQMin), kWeightQMax) * scale;
-  }
-  return scale;
-}
-
-// A bias fake-quantized at the accumulator's scale (primitives.fake_quant_bias), with its
-// straight-through sum as the framework computes it.
-float FakeQuantBiasValue(float bias, float bias_scale) {
-  return bias + (std::floor(bias / bias_scale + 0.5f) * bias_scale - bias);
-}
-
-// [min, max] of parts' ranges into range[0], range[1]; NaN where a part holds NaN
-void MergeRanges(const std::vector<float> &lows, const std::vector<float> &highs, float *range) {
-  range[0] = lows[0];
-  range[1] = highs[0];
-  for (size_t c = 1; c < lows.size(); ++c) {
-    if (std::isnan(lows[c]) || std::isnan(range[0])) {
-      range[0] = range[1] = std::numeric_limits<float>::quiet_NaN();
-    } else {
-      range[0] = std::min(range[0], lows[c]);
-      range[1] = std::max(range[1], highs[c]);
-    }
-  }
-}
 
 // Every kernel here takes float32 tensors only.
 }  // namespace
@@ -213,21 +189,6 @@ extern "C" int FakeQuantWeight(int nparam, void **params, int *ndims, int64_t **
 
 namespace {
 
-// The uint8 scale and zero point of the range [act_min, act_max] widened to hold 0
-// (primitives.activation_qparams), in its operations and order.
-void ActivationQParams(float act_min, float act_max, float *scale, float *zero_point) {
-  const float low = std::min(act_min, 0.0f), high = std::max(act_max, 0.0f);
-  *scale = std::max((high - low) / 255.0f, kTiny);
-  *zero_point = std::min(std::max(std::floor((0.0f - low / *scale) + 0.5f), 0.0f), 255.0f);
-}
-
-// The uint8 quantizer of the range [act_min, act_max] (ActivationQParams).
-ActivationQuant RangeQuant(float act_min, float act_max) {
-  float scale, zero_point;
-  ActivationQParams(act_min, act_max, &scale, &zero_point);
-  return ActivationQuant(scale, zero_point);
-}
-
 // What an int8 layer computes with in eval, from a fake-quant layer's float parameters:
 // params: weight (C, ...), bias or BatchNorm beta (C), act_min (1), act_max (1)
 //         [, BatchNorm gamma, moving_mean, moving_variance (C), eps (1)]
@@ -328,14 +289,6 @@ void QuantizeInRange(const float *x, int64_t count, float act_min, float act_max
   range_out[1] = act_max;
 }
 
-// An observer's moving step (observers.RangeObserver in training) from the range seen,
-// [seen_min, seen_max], in place; none where 1 - decay (ema[1]) is 0: the range is frozen.
-void StepRange(const float *ema, float seen_min, float seen_max, float *act_min, float *act_max) {
-  if (ema[1] == 0.0f) return;
-  *act_min = *act_min * ema[0] + seen_min * ema[1];
-  *act_max = *act_max * ema[0] + seen_max * ema[1];
-}
-
 }  // namespace
 
 namespace {
@@ -427,44 +380,6 @@ extern "C" int FakeQuantBias(int nparam, void **params, int *ndims, int64_t **sh
 
 namespace {
 
-// The BatchNorm side of a QAT convolution (QuantConv2d._train_with_batch_statistics), per
-// channel: from the convolution's batch moments (cm, cv) to the output correction and the float
-// bias, with BatchNorm on batch statistics (frozen BatchNorm compiles another graph).
-struct BatchNormFold {
-  double correction, bias, new_mean, new_variance;
-  // gradients, given those of correction (gc) and bias (gb)
-  double d_conv_mean, d_conv_var, d_gamma, d_beta;
-
-  void Forward(float cm, float cv, float gamma, float beta, float mm, float mv, float eps, float keep,
-               double count) {
-    const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
-    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps);
-    correction = ms / bs;
-    bias = beta - gamma * bm / bs;
-    const double unbiased = bv * count / std::max(count - 1, 1.0);
-    new_mean = mm * keep + bm * (1 - keep);
-    new_variance = mv * keep + unbiased * (1 - keep);
-  }
-
-  void Backward(float cm, float cv, float gamma, float mv, float eps, double gc, double gb) {
-    const double ms = std::sqrt(static_cast<double>(mv) + eps), k = ms / gamma;
-    const double bm = cm * k, bv = cv * k * k, bs = std::sqrt(bv + eps);
-    d_beta = gb;
-    d_gamma = -gb * bm / bs;
-    const double d_bm = -gb * gamma / bs;
-    const double d_bs = gb * gamma * bm / (bs * bs) - gc * ms / (bs * bs);
-    const double d_bv = d_bs / (2 * bs);
-    d_conv_mean = d_bm * k;
-    d_conv_var = d_bv * k * k;
-    const double d_k = d_bm * cm + d_bv * 2 * k * cv;
-    d_gamma += d_k * (-ms / (static_cast<double>(gamma) * gamma));
-  }
-};
-
-}  // namespace
-
-namespace {
-
 void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
   // the MinMax kernel's reduction, on already checked input
   void *params[2] = {const_cast<float *>(x), nullptr};
@@ -483,53 +398,6 @@ void MinMaxOf(const float *x, int64_t count, float *lowest, float *highest) {
 
 namespace {
 
-// y = x * a + b over one plane (then max(y, 0) with kRelu); the [min, max] of x * a + b (before
-// the ReLU: the range the layer's output observer watches) into *lowest, *highest, NaN where a
-// value is NaN.
-template <bool kRelu>
-void AffinePlane(const float *in, int64_t count, float a, float b, float *out, float *lowest, float *highest) {
-  // vector types: plain loops with NaN checks are not vectorized (see MinMax)
-  const float first = in[0] * a + b;
-  const Floats8 av = {a, a, a, a, a, a, a, a}, bv = {b, b, b, b, b, b, b, b}, zero = {};
-  Floats8 low = {first, first, first, first, first, first, first, first}, high = low;
-  Ints8 nan = {};
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    Floats8 v;
-    std::memcpy(&v, in + i, sizeof v);
-    v = v * av + bv;
-    low = v < low ? v : low;
-    high = v > high ? v : high;
-    nan |= v != v;
-    if (kRelu) v = v > zero ? v : zero;
-    std::memcpy(out + i, &v, sizeof v);
-  }
-  float l = low[0], h = high[0];
-  bool any_nan = false;
-  for (int j = 0; j < 8; ++j) {
-    l = std::min(l, low[j]);
-    h = std::max(h, high[j]);
-    any_nan |= nan[j] != 0;
-  }
-  for (; i < count; ++i) {
-    const float v = in[i] * a + b;
-    l = std::min(l, v);
-    h = std::max(h, v);
-    any_nan |= std::isnan(v);
-    out[i] = kRelu ? (v > 0.0f ? v : 0.0f) : v;  // as the vector lanes: NaN becomes 0
-  }
-  *lowest = any_nan ? std::numeric_limits<float>::quiet_NaN() : l;
-  *highest = any_nan ? std::numeric_limits<float>::quiet_NaN() : h;
-}
-
-// An observer's step, in place, from its parts' ranges (none where the range is frozen).
-void StepRange(const std::vector<float> &lows, const std::vector<float> &highs, const float *ema, float *act_min,
-               float *act_max) {
-  float seen[2];
-  MergeRanges(lows, highs, seen);
-  StepRange(ema, seen[0], seen[1], act_min, act_max);
-}
-
 // The forward of QatBatchNormForward and QatBatchNormReluForward; see there.
 template <bool kRelu>
 int QatForward(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
@@ -542,39 +410,22 @@ int QatForward(int nparam, void **params, int *ndims, int64_t **shapes, const ch
       !SizesAre({13}, 4 * channels, ndims, shapes)) {
     return 3;
   }
-  const float *x = Input(params, 0), *gamma = Input(params, 1), *beta = Input(params, 2);
-  float *moving_mean = static_cast<float *>(params[3]), *moving_variance = static_cast<float *>(params[4]);
-  const float eps = *Input(params, 5), keep = *Input(params, 6), act_scale = *Input(params, 7);
-  const float *scales = Input(params, 8);
-  float *act_min = static_cast<float *>(params[9]), *act_max = static_cast<float *>(params[10]);
-  const float *ema = Input(params, 11);
-  float *y = static_cast<float *>(params[12]);
+  const float *x = Input(params, 0), *scales = Input(params, 8);
   // for the backward, one row each: conv mean, conv variance, correction, moving variance as read
-  float *saved = static_cast<float *>(params[13]);
-  const double count = static_cast<double>(n * plane);
+  const QatBatchNorm bn{Input(params, 1), Input(params, 2), static_cast<float *>(params[3]),
+                        static_cast<float *>(params[4]), *Input(params, 5), *Input(params, 6), *Input(params, 7),
+                        static_cast<float *>(params[13]), channels};
+  float *act_min = static_cast<float *>(params[9]), *act_max = static_cast<float *>(params[10]);
+  float *y = static_cast<float *>(params[12]);
   std::vector<float> lows(n * channels), highs(n * channels);  // per plane
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double mean, variance;  // the convolution's
-      ChannelMoments(x, n, channels, plane, c, &mean, &variance);
-      const float conv_mean = static_cast<float>(mean), conv_var = static_cast<float>(variance);
-      BatchNormFold fold;
-      fold.Forward(conv_mean, conv_var, gamma[c], beta[c], moving_mean[c], moving_variance[c], eps, keep, count);
-      const float correction = static_cast<float>(fold.correction);
-      const float bias = FakeQuantBiasValue(static_cast<float>(fold.bias), act_scale * scales[c]);
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t p = b * channels + c;
-        AffinePlane<kRelu>(x + p * plane, plane, correction, bias, y + p * plane, &lows[p], &highs[p]);
-      }
-      saved[c] = conv_mean;
-      saved[channels + c] = conv_var;
-      saved[2 * channels + c] = correction;
-      saved[3 * channels + c] = moving_variance[c];
-      moving_mean[c] = static_cast<float>(fold.new_mean);
-      moving_variance[c] = static_cast<float>(fold.new_variance);
+      bn.Normalize<kRelu>(c, ChannelPlanes<const float>(x, channels, plane, c),
+                          ChannelPlanes<float>(y, channels, plane, c), n, plane, scales[c], &lows[c * n],
+                          &highs[c * n]);
     }
   });
-  StepRange(lows, highs, ema, act_min, act_max);
+  StepRange(lows, highs, Input(params, 11), act_min, act_max);
   return 0;
 }
 
@@ -594,33 +445,15 @@ int QatBackward(int nparam, void **params, int *ndims, int64_t **shapes, const c
     return 3;
   }
   const float *grad_y = Input(params, 0), *y = Input(params, 1), *x = Input(params, kX);
-  const float *gamma = Input(params, kX + 1), *conv_mean = Input(params, kX + 2);  // the forward's saved rows
-  const float *conv_var = conv_mean + channels, *correction = conv_mean + 2 * channels;
-  const float *moving_variance = conv_mean + 3 * channels;
-  const float eps = *Input(params, kX + 3);
+  const float *gamma = Input(params, kX + 1), *saved = Input(params, kX + 2), eps = *Input(params, kX + 3);
   float *grad_x = static_cast<float *>(params[kX + 4]);
-  float *grad_gamma = static_cast<float *>(params[kX + 5]);
-  float *grad_beta = static_cast<float *>(params[kX + 6]);
-  const float inverse_count = 1.0f / static_cast<float>(n * plane);
+  float *grad_gamma = static_cast<float *>(params[kX + 5]), *grad_beta = static_cast<float *>(params[kX + 6]);
   ParallelFor(channels, 2 * n * plane, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      double total = 0.0, weighted = 0.0;  // of the gradient g reaching the correction and bias, of g * x
-      ChannelGradientSums(grad_y, kRelu ? y : nullptr, x, n, channels, plane, c, grad_x, &total, &weighted);
-      BatchNormFold fold;
-      fold.Backward(conv_mean[c], conv_var[c], gamma[c], moving_variance[c], eps, weighted, total);
-      // grad_x = g * correction (the output's own path) + the moments' gradient
-      const float a = correction[c], m = conv_mean[c];
-      const float shift = static_cast<float>(fold.d_conv_mean) * inverse_count;
-      const float slope = 2.0f * static_cast<float>(fold.d_conv_var) * inverse_count;
-      for (int64_t b = 0; b < n; ++b) {
-        const int64_t offset = (b * channels + c) * plane;
-        const float *g = kRelu ? grad_x + offset : grad_y + offset;  // in place where masked
-        const float *in = x + offset;
-        float *out = grad_x + offset;
-        for (int64_t i = 0; i < plane; ++i) out[i] = g[i] * a + (shift + slope * (in[i] - m));
-      }
-      grad_gamma[c] = static_cast<float>(fold.d_gamma);
-      grad_beta[c] = static_cast<float>(fold.d_beta);
+      QatBatchNormChannelBackward<kRelu>(
+          ChannelPlanes<const float>(grad_y, channels, plane, c), ChannelPlanes<const float>(y, channels, plane, c),
+          ChannelPlanes<const float>(x, channels, plane, c), ChannelPlanes<float>(grad_x, channels, plane, c), n,
+          plane, c, gamma[c], saved, channels, eps, &grad_gamma[c], &grad_beta[c]);
     }
   });
   return 0;
@@ -754,11 +587,8 @@ extern "C" int FoldQuantizeWeight(int nparam, void **params, int *ndims, int64_t
   ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
     std::vector<float> folded(per_channel);
     for (int64_t c = begin; c < end; ++c) {
-      moving_std[c] = std::sqrt(variance[c] + eps);
-      const float factor = gamma[c] / moving_std[c];
-      const float *row = w + c * per_channel;
-      for (int64_t i = 0; i < per_channel; ++i) folded[i] = row[i] * factor;
-      scales[c] = FakeQuantWeightRow(folded.data(), per_channel, q + c * per_channel);
+      scales[c] = FoldQuantizeWeightRow(w + c * per_channel, per_channel, gamma[c], variance[c], eps, folded.data(),
+                                        q + c * per_channel, &moving_std[c]);
     }
   });
   return 0;
@@ -780,14 +610,8 @@ extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int
   float *grad_w = static_cast<float *>(params[4]), *grad_gamma = static_cast<float *>(params[5]);
   ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const float factor = gamma[c] / moving_std[c];
-      double sum = 0.0;
-      for (int64_t i = 0; i < per_channel; ++i) {
-        const int64_t k = c * per_channel + i;
-        grad_w[k] = grad_q[k] * factor;
-        sum += static_cast<double>(grad_q[k]) * w[k];
-      }
-      grad_gamma[c] = static_cast<float>(sum / moving_std[c]);
+      const int64_t at = c * per_channel;
+      grad_gamma[c] = FoldQuantizeWeightRowGrad(grad_q + at, w + at, per_channel, gamma[c], moving_std[c], grad_w + at);
     }
   });
   return 0;

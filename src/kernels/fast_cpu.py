@@ -34,7 +34,7 @@ import mindspore.ops as ops
 
 from src.ghostnet import ConvBNAct, GhostModule, SqueezeExcite, moving_share_kept
 from src.kernels.library import build_kernel_library
-from src.kernels.quant_cpu import fake_quant_kernels
+from src.kernels.quant_cpu import fake_quant_kernels, qat_depthwise_batchnorm_ops
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +47,21 @@ def conv_geometry(conv):
     return stride, conv.padding, conv.group
 
 
-def apply_conv(x, weight, geometry, fast_conv=None, bias=None):
+def framework_conv(geometry, weight_shape):
+    """The framework's convolution operator of this ``geometry`` (:func:`conv_geometry`), padded
+    on both sides: one primitive, which a graph compiles as one node, where ``ops.conv2d``
+    parses into a handful of subgraphs a call (its argument checks)."""
+    stride, padding, groups = geometry
+    return ops.Conv2D(weight_shape[0], tuple(weight_shape[2:]), pad_mode="pad", pad=padding, stride=stride,
+                      group=groups)
+
+
+def apply_conv(x, weight, conv_op, fast_conv=None, bias=None):
     """The convolution, plus ``bias`` per output channel if given; ``fast_conv`` is its fast
-    cell (:func:`fast_conv_for`), if any."""
+    cell (:func:`fast_conv_for`), if any, else ``conv_op`` (:func:`framework_conv`) runs."""
     if bias is not None and is_fast_depthwise(fast_conv):
         return fast_conv(x, weight, bias)
-    if fast_conv is not None:
-        out = fast_conv(x, weight)
-    else:
-        stride, padding, groups = geometry
-        out = ops.conv2d(x, weight, None, stride, "pad", padding, 1, groups)
+    out = fast_conv(x, weight) if fast_conv is not None else conv_op(x, weight)
     # BiasAdd, not a broadcast Add: MindSpore's CPU kernel for it is about 2.5x faster
     return out if bias is None else ops.bias_add(out, bias)
 
@@ -72,7 +77,8 @@ def depthwise_conv_ops(stride):
     Variants: ``plain`` (x, w), ``bias`` (x, w, b) and ``bias_relu`` (x, w, b), the last two
     with BatchNorm folded (inference, and int8 training with BatchNorm frozen), and ``quantized_input`` (x, w, b, scale, zero_point)
     and ``quantized_input_relu``, an int8 layer in eval: x fake-quantized to uint8 as it is
-    read; no gradient.
+    read; no gradient; ``qat_batchnorm`` and ``qat_batchnorm_relu``, a QAT layer with BatchNorm
+    on batch statistics in training (:func:`src.kernels.quant_cpu.qat_depthwise_batchnorm_ops`).
     """
     library = build_kernel_library()
     if library is None:
@@ -105,6 +111,7 @@ def depthwise_conv_ops(stride):
                               ("quantized_input_relu", "DepthwiseQuantizedInputReluForward")):
         _ops[stride][variant] = ops.Custom(f"{library}:{function}", out_shape=out_shape,
                                            out_dtype=lambda x, *rest: x, func_type="aot")
+    _ops[stride].update(qat_depthwise_batchnorm_ops(library, out_shape))
     return _ops[stride]
 
 
@@ -168,12 +175,10 @@ class FastBatchNorm2d(nn.BatchNorm2d):
 
 
 class FastConvBNAct(ConvBNAct):
-    """``ConvBNAct`` whose ReLU runs in one kernel with the cell before it: the BatchNorm
-    (:meth:`FastBatchNorm2d.with_relu`) or, in the fake-quant form, the convolution that
-    computes the BatchNorm too (``QuantConv2d.with_relu``, where ``conv_takes_relu``). A
-    depthwise convolution, its BatchNorm and ReLU run as one operator in training, where
-    ``depthwise_bn_ops`` holds it (:func:`depthwise_batchnorm_train_ops`). The same cell
-    otherwise."""
+    """``ConvBNAct`` whose ReLU runs in one kernel with the BatchNorm
+    (:meth:`FastBatchNorm2d.with_relu`). A depthwise convolution, its BatchNorm and ReLU run as
+    one operator in training, where ``depthwise_bn_ops`` holds it
+    (:func:`depthwise_batchnorm_train_ops`). The same cell otherwise."""
 
     def construct(self, x):
         if self.depthwise_bn_ops is not None and self.bn is not None:
@@ -183,8 +188,6 @@ class FastConvBNAct(ConvBNAct):
             return super().construct(x)
         if self.bn is not None:
             return self.bn.with_relu(self.conv(x))
-        if self.conv_takes_relu:
-            return self.conv.with_relu(x)
         return super().construct(x)
 
     def depthwise_batchnorm(self, x, train_ops):
@@ -247,6 +250,21 @@ def depthwise_batchnorm_stride(conv_bn):
             and isinstance(conv_bn.bn, FastBatchNorm2d)):
         return None
     return conv_geometry(conv)[0][-1]
+
+
+class QuantConvBNAct(ConvBNAct):
+    """``ConvBNAct`` of a fake-quant form, whose convolution computes the BatchNorm and applies
+    the ReLU too, if any (``QuantConv2d.output``: on the fast path, in its kernels). Its
+    construct is one call, without the branches of ``ConvBNAct``'s: each branch of a cell's
+    construct is a subgraph for each instance, which the graph compile specializes one by one."""
+
+    def construct(self, x):
+        return self.conv.output(x, self.relu_inside)
+
+
+def _takes_relu_inside(conv_bn):
+    """Whether ``conv_bn`` (a ``ConvBNAct``) fits :class:`QuantConvBNAct`."""
+    return conv_bn.bn is None and getattr(conv_bn.conv, "takes_relu", False)
 
 
 class FastGhostModule(GhostModule):
@@ -337,7 +355,8 @@ class DepthwiseConvCPU(nn.Cell):
     optionally followed by a fused ReLU (see :func:`fuse_relu_for_inference`).
     ``quantized_input(x, w, b, scale, zero_point)``: on x fake-quantized to uint8, for eval;
     ``quantized_input_relu``: the same, then a ReLU; ``bias_only(x, w, b)`` and
-    ``bias_relu(x, w, b)``: without, with a ReLU, whatever the cell fuses."""
+    ``bias_relu(x, w, b)``: without, with a ReLU, whatever the cell fuses; ``qat_batchnorm``
+    and ``qat_batchnorm_relu``: see :func:`depthwise_conv_ops`."""
 
     def __init__(self, variants, relu=False):
         super().__init__()
@@ -346,6 +365,7 @@ class DepthwiseConvCPU(nn.Cell):
         self.bias_only, self.bias_relu = variants["bias"], variants["bias_relu"]
         self.quantized_input = variants["quantized_input"]
         self.quantized_input_relu = variants["quantized_input_relu"]
+        self.qat_batchnorm, self.qat_batchnorm_relu = variants["qat_batchnorm"], variants["qat_batchnorm_relu"]
         self.variants = variants
         self.relu = relu  # whether the ReLU is fused: what fuse_relu_for_inference did, for a reader
 
@@ -406,13 +426,14 @@ class FastConv2d(nn.Conv2d):
 
 def enable_fast_cpu_path(net):
     """Switch ``net``'s depthwise and stem convolutions, its training BatchNorms (with the ReLU
-    after them, :class:`FastConvBNAct`), its ghost modules' cheap branches in training
+    after them, :class:`FastConvBNAct`; in the fake-quant forms, the ReLU in the convolution's
+    kernels, :class:`QuantConvBNAct`), its ghost modules' cheap branches in training
     (:class:`FastGhostModule`) and its squeeze-excite products to the fast cells, in place,
     when the device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
 
     Besides ``nn.Conv2d``, a cell with ``accepts_fast_conv = True`` (the quantized layers of
-    src/quant/) takes one: it has ``weight``, ``geometry`` and a ``fast_conv`` it calls
-    through :func:`apply_conv`. A cell with ``accepts_fast_quant = True`` (those layers and
+    src/quant/) takes one: it has ``weight``, ``geometry``, ``conv_op`` and a ``fast_conv``
+    it calls through :func:`apply_conv`. A cell with ``accepts_fast_quant = True`` (those layers and
     their observers) takes the compiled fake-quant arithmetic as ``fast_quant``.
     """
     if ms.get_context("device_target") != "CPU":
@@ -444,10 +465,11 @@ def enable_fast_cpu_path(net):
         if type(cell) is GhostModule and _takes_fused_cheap_branch(cell):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastGhostModule
             cell.cheap_train_ops = depthwise_batchnorm_train_ops(1, concat=True)
-        elif type(cell) is ConvBNAct and (isinstance(cell.bn, FastBatchNorm2d)  # pylint: disable=unidiomatic-typecheck
-                                        or getattr(cell.conv, "takes_relu", False)):
+        elif type(cell) is ConvBNAct and _takes_relu_inside(cell):  # pylint: disable=unidiomatic-typecheck
+            cell.__class__ = QuantConvBNAct
+            cell.relu_inside = cell.relu is not None
+        elif type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastConvBNAct
-            cell.conv_takes_relu = cell.bn is None and cell.relu is not None and getattr(cell.conv, "takes_relu", False)
             stride = depthwise_batchnorm_stride(cell)
             cell.depthwise_bn_ops = None if stride is None else depthwise_batchnorm_train_ops(stride)
         elif type(cell) is SqueezeExcite and channel_scale is not None:  # pylint: disable=unidiomatic-typecheck

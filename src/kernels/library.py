@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_SOURCES = tuple(os.path.join(_HERE, name) for name in ("common.cc", "depthwise_conv.cc", "fake_quant.cc",
                                                              "batchnorm.cc", "channel_scale.cc", "optimizer.cc",
-                                                             "depthwise_batchnorm.cc"))
-KERNEL_HEADERS = tuple(os.path.join(_HERE, name) for name in ("common.h", "depthwise.h", "batchnorm.h"))
+                                                             "depthwise_batchnorm.cc", "qat_depthwise.cc"))
+KERNEL_HEADERS = tuple(os.path.join(_HERE, name) for name in ("common.h", "depthwise.h", "batchnorm.h", "qat.h"))
 LIBRARY_NAME = "ghostnet_kernels.so"
 # -ffp-contract=off: no fused multiply-adds, so the fake-quant kernels round exactly as the
 # framework's operators do. -fno-trapping-math -fno-math-errno change no value; they let the

@@ -153,6 +153,46 @@ def _qat_batchnorm_op(library, relu):
                       out_dtype=lambda x, *rest: (x, x), func_type="aot", bprop=bprop)
 
 
+def qat_depthwise_batchnorm_ops(library, conv_shape):
+    """``{"qat_batchnorm": op, "qat_batchnorm_relu": op}``: a depthwise QAT convolution with
+    BatchNorm on batch statistics in training, the weight's fold, the convolution and
+    :meth:`FakeQuantKernels.batchnorm` in one operator forward and one backward
+    (src/kernels/qat_depthwise.cc), then a ReLU or not; ``conv_shape(x, weight)``: the
+    convolution's output shape (its stride).
+
+    ``(x, weight, gamma, beta, moving_mean, moving_variance, eps, keep, in_min, in_max,
+    act_min, act_max, ema) -> (output, what the backward reads)``, with gradient to x, weight,
+    gamma and beta: x arrives fake-quantized in the range [in_min, in_max], which gives its
+    scale; the rest as ``batchnorm``'s, which updates the moving statistics and the output range
+    in place.
+    """
+    return {variant: _qat_depthwise_batchnorm_op(library, conv_shape, relu)
+            for variant, relu in (("qat_batchnorm", False), ("qat_batchnorm_relu", True))}
+
+
+def _qat_depthwise_batchnorm_op(library, conv_shape, relu):
+    name = "QatDepthwiseBatchNormRelu" if relu else "QatDepthwiseBatchNorm"
+    # (grad_y, [y,] conv, x, quantized weight, weight, gamma, saved rows, eps) -> grads of x, weight, gamma, beta
+    backward = ops.Custom(f"{library}:{name}Backward",
+                          out_shape=lambda *shapes: (shapes[-6], shapes[-4], shapes[-3], shapes[-3]),
+                          out_dtype=lambda *dtypes: (dtypes[0],) * 4, func_type="aot")
+
+    def bprop(x, weight, gamma, beta, moving_mean, moving_variance, eps, keep, in_min, in_max, act_min, act_max, ema,
+              out, grad):
+        reads = (grad[0], out[0]) if relu else (grad[0],)
+        grads = backward(*reads, out[1], x, out[2], weight, gamma, out[3], eps)
+        zeros = ops.zeros_like
+        return (*grads, zeros(moving_mean), zeros(moving_variance), zeros(eps), zeros(keep), zeros(in_min),
+                zeros(in_max), zeros(act_min), zeros(act_max), zeros(ema))
+
+    def out_shape(x, weight, gamma, *rest):
+        conv = conv_shape(x, weight)
+        return conv, conv, weight, [4, gamma[0]]
+
+    return ops.Custom(f"{library}:{name}Forward", out_shape=out_shape, out_dtype=lambda x, *rest: (x,) * 4,
+                      func_type="aot", bprop=bprop)
+
+
 def _ghost_concat_op(library):
     backward = ops.Custom(f"{library}:GhostConcatQuantBackward", out_shape=lambda grad, cheap, used_range: (
         [grad[0], grad[1] - cheap[1], *grad[2:]], cheap), out_dtype=lambda grad, *rest: (grad, grad), func_type="aot")

@@ -7,14 +7,14 @@ import numpy as np
 from mindspore import Tensor
 
 from src.ghostnet import moving_share_kept
-from src.kernels import apply_conv, conv_geometry
+from src.kernels import apply_conv, conv_geometry, framework_conv
 from src.kernels.fast_cpu import is_fast_depthwise
 from src.quant.observers import RangeObserver
 from src.quant.primitives import (activation_qparams, fake_quant_activation, fake_quant_bias,
                                   fake_quant_weight_per_channel)
 
 
-def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv, fast_quant, relu=False,
+def quantized_input_conv(x, scale, zero_point, weight, bias, conv_op, fast_conv, fast_quant, relu=False,
                          on_grid=False):
     """:func:`~src.kernels.apply_conv` of ``x`` fake-quantized to uint8 (``scale``,
     ``zero_point``), for eval, then a ReLU with ``relu``. ``on_grid``: ``x`` arrives quantized
@@ -31,7 +31,7 @@ def quantized_input_conv(x, scale, zero_point, weight, bias, geometry, fast_conv
         return fast_conv.quantized_input(x, weight, bias, scale, zero_point)
     if not on_grid:
         x = fake_quant_activation(x, scale, zero_point, fast_quant)
-    out = apply_conv(x, weight, geometry, fast_conv, bias)
+    out = apply_conv(x, weight, conv_op, fast_conv, bias)
     return ops.relu(out) if relu else out
 
 
@@ -184,11 +184,15 @@ class QuantConv2d(_FakeQuantLayer):
     before the ReLU): on the fast CPU path one kernel applies both where it can.
     """
     accepts_fast_conv = True  # see src.kernels.enable_fast_cpu_path
-    takes_relu = True  # see src.kernels.fast_cpu.FastConvBNAct
+    takes_relu = True  # see src.kernels.fast_cpu.QuantConvBNAct
+    # a depthwise layer on the kernels with BatchNorm on batch statistics trains in one operator
+    # (see _train_depthwise_with_batch_statistics); False: in the layer's separate operators
+    fuses_depthwise_batchnorm = True
 
     def __init__(self, conv, bn=None):
         super().__init__()
         self.geometry = conv_geometry(conv)
+        self.conv_op = framework_conv(self.geometry, conv.weight.shape)
         self.fast_conv = getattr(conv, "fast_conv", None)
         self.weight = conv.weight
         self.bias = conv.bias if conv.has_bias else None
@@ -233,13 +237,13 @@ class QuantConv2d(_FakeQuantLayer):
             return self.fast_conv.bias_only(x, weight, bias)
         if self.fast_quant is not None and bias is not None and observer.frozen:
             if relu:
-                return self.fast_quant.add_bias_relu(apply_conv(x, weight, self.geometry, self.fast_conv), bias)
-            return apply_conv(x, weight, self.geometry, self.fast_conv, bias)
+                return self.fast_quant.add_bias_relu(apply_conv(x, weight, self.conv_op, self.fast_conv), bias)
+            return apply_conv(x, weight, self.conv_op, self.fast_conv, bias)
         if self.fast_quant is not None and bias is not None:
-            out = apply_conv(x, weight, self.geometry, self.fast_conv)
+            out = apply_conv(x, weight, self.conv_op, self.fast_conv)
             add_bias = self.fast_quant.add_bias_relu_observing if relu else self.fast_quant.add_bias_observing
             return add_bias(out, bias, observer.act_min, observer.act_max, observer.ema)
-        out = observer(apply_conv(x, weight, self.geometry, self.fast_conv, bias))
+        out = observer(apply_conv(x, weight, self.conv_op, self.fast_conv, bias))
         return ops.relu(out) if relu else out
 
     def _train_with_batch_statistics(self, x, act_scale):
@@ -253,7 +257,7 @@ class QuantConv2d(_FakeQuantLayer):
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
-        out = apply_conv(x, weight, self.geometry, self.fast_conv)
+        out = apply_conv(x, weight, self.conv_op, self.fast_conv)
         conv_mean, conv_var = channel_moments(out)
         unfold = moving_std / bn.gamma
         batch_mean, batch_var = conv_mean * unfold, conv_var * unfold * unfold
@@ -267,12 +271,24 @@ class QuantConv2d(_FakeQuantLayer):
         ``relu``. The kernel also takes the moving statistics' and the output range's steps."""
         bn, observer = self.bn, self.output_range
         weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
-        out = apply_conv(x, weight, self.geometry, self.fast_conv)
+        out = apply_conv(x, weight, self.conv_op, self.fast_conv)
         batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
         # the kernel writes the moving statistics in place: any other reader must come before it
         # (the weight fold does: its output leads to the kernel's input)
         return batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
                          act_scale, scales, observer.act_min, observer.act_max, observer.kernel_ema())[0]
+
+    def _train_depthwise_with_batch_statistics(self, x, relu):
+        """:meth:`_train_with_batch_statistics_on_kernels` of a depthwise convolution, with the
+        weight's fold and the convolution in the same operator: GhostNet has 41 such layers, and
+        each operator fewer shortens the first step's graph compile. The operator reads the
+        input's scale from its range once x is quantized, as ``ActivationScale`` does."""
+        source, bn, observer = self.input_quant, self.bn, self.output_range
+        if self.observes_input:
+            x = observe_and_quantize(x, source, self.fast_quant)[0]
+        op = self.fast_conv.qat_batchnorm_relu if relu else self.fast_conv.qat_batchnorm
+        return op(x, self.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
+                  source.act_min, source.act_max, observer.act_min, observer.act_max, observer.kernel_ema())[0]
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn
@@ -283,13 +299,17 @@ class QuantConv2d(_FakeQuantLayer):
         ops.assign(bn.moving_variance, bn.moving_variance * keep + unbiased * (1 - keep))
 
     def construct(self, x):
-        return self._forward(x, False)
+        return self.output(x, False)
 
     def with_relu(self, x):
-        return self._forward(x, True)
+        return self.output(x, True)
 
-    def _forward(self, x, relu):
+    def output(self, x, relu):
+        """The layer's output, then a ReLU with ``relu`` (a constant)."""
         if self.training:
+            if (self.bn is not None and not self.bn_frozen and self.fast_quant is not None
+                    and self.fuses_depthwise_batchnorm and is_fast_depthwise(self.fast_conv)):
+                return self._train_depthwise_with_batch_statistics(x, relu)
             x, act_scale = self.quantize_input(x)
             if self.bn is not None and not self.bn_frozen and self.fast_quant is not None:
                 return self._train_with_batch_statistics_on_kernels(x, act_scale, relu)
@@ -300,10 +320,10 @@ class QuantConv2d(_FakeQuantLayer):
         x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         if self.output_range.calibrating:  # the observer watches the output before the ReLU
-            out = self.output_range(quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry,
+            out = self.output_range(quantized_input_conv(x, act_scale, zero_point, weight, bias, self.conv_op,
                                                          self.fast_conv, self.fast_quant))
             return ops.relu(out) if relu else out
-        return quantized_input_conv(x, act_scale, zero_point, weight, bias, self.geometry, self.fast_conv,
+        return quantized_input_conv(x, act_scale, zero_point, weight, bias, self.conv_op, self.fast_conv,
                                     self.fast_quant, relu, on_grid=not self.observes_input)
 
 

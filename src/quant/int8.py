@@ -7,7 +7,7 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Parameter, Tensor
 
-from src.kernels import conv_geometry
+from src.kernels import conv_geometry, framework_conv
 from src.quant.fake_quant import quantized_input_conv
 from src.quant.primitives import fake_quant_activation, per_channel
 
@@ -56,13 +56,14 @@ class Int8Conv2d(_Int8Params):
     def __init__(self, conv):
         super().__init__(conv.weight.shape)
         self.geometry = conv_geometry(conv)
+        self.conv_op = framework_conv(self.geometry, conv.weight.shape)
         self.fast_conv = getattr(conv, "fast_conv", None)
         self.output_min = Parameter(Tensor(np.zeros(1, np.float32)), name="output_min", requires_grad=False)
         self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
 
     def construct(self, x):
         scale, zero_point, weight, bias = self.dequantized()
-        return quantized_input_conv(x, scale, zero_point, weight, bias, self.geometry, self.fast_conv,
+        return quantized_input_conv(x, scale, zero_point, weight, bias, self.conv_op, self.fast_conv,
                                     self.fast_quant)
 
 
