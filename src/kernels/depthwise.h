@@ -48,6 +48,20 @@ inline bool MakeGeometry(const int64_t *input, const int64_t *weight, const int6
   return true;
 }
 
+// For an operator that runs a depthwise convolution and statistics over its output: the
+// geometry of the convolution of x (N, C, H, W) by weight (C, 1, K, K) into the convolution's
+// output conv, and whether out fits: conv's shape, or with `concat` (a ghost module's
+// concatenation) (N, 2C, H, W) at stride 1. Shapes at those parameter positions.
+inline bool FusedGeometry(bool concat, int *ndims, int64_t **shapes, int x, int weight, int conv, int out,
+                          Geometry *g) {
+  if (ndims[x] != 4 || ndims[weight] != 4 || ndims[conv] != 4 || ndims[out] != 4) return false;
+  if (!MakeGeometry(shapes[x], shapes[weight], shapes[conv], g)) return false;
+  if (g->n * g->oh * g->ow <= 0) return false;  // the statistics need values
+  const int64_t *o = shapes[out];
+  if (!concat) return std::equal(o, o + 4, shapes[conv]);
+  return g->stride == 1 && o[0] == g->n && o[1] == 2 * g->c && o[2] == g->h && o[3] == g->w;
+}
+
 // The rows and columns of an H x W plane that lie inside the PH x PW padded buffer (a
 // stride-2 convolution may not reach the last ones).
 inline int64_t InnerRows(const Geometry &g) { return std::min(g.h, g.ph - g.pad); }

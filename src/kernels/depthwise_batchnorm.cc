@@ -30,19 +30,6 @@ using kernels::ParallelFor;
 using kernels::SizesAre;
 using kernels::depthwise::Geometry;
 
-// The geometry of the depthwise convolution of x (N, C, H, W) by weight (C, 1, K, K) into the
-// convolution's output conv, and whether out fits: conv itself, or with kConcat (N, 2C, H, W)
-// at stride 1.
-template <bool kConcat>
-bool FusedGeometry(int *ndims, int64_t **shapes, int x, int weight, int conv, int out, Geometry *g) {
-  if (ndims[x] != 4 || ndims[weight] != 4 || ndims[conv] != 4 || ndims[out] != 4) return false;
-  if (!kernels::depthwise::MakeGeometry(shapes[x], shapes[weight], shapes[conv], g)) return false;
-  if (g->n * g->oh * g->ow <= 0) return false;  // the statistics need values
-  const int64_t *o = shapes[out];
-  if (!kConcat) return std::equal(o, o + 4, shapes[conv]);
-  return g->stride == 1 && o[0] == g->n && o[1] == 2 * g->c && o[2] == g->h && o[3] == g->w;
-}
-
 // params: x (N, C, H, W), weight (C, 1, K, K), gamma, beta, moving_mean, moving_variance (C),
 // keep (1), eps (1) -> out (N, C, OH, OW), or with kConcat (N, 2C, H, W); conv (N, C, OH, OW:
 // the convolution's output, for the backward); batch mean (C); inv_std (C); new moving mean
@@ -52,7 +39,7 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (nparam != 14) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!FusedGeometry<kConcat>(ndims, shapes, 0, 1, 9, 8, &g)) return 3;
+  if (!kernels::depthwise::FusedGeometry(kConcat, ndims, shapes, 0, 1, 9, 8, &g)) return 3;
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!kernels::BatchNormOperands::ShapesFit(2, 10, channels, ndims, shapes)) return 3;
   const float *x = static_cast<const float *>(params[0]);
@@ -84,7 +71,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   if (nparam != kConv + 10) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!FusedGeometry<kConcat>(ndims, shapes, kConv + 1, kConv + 2, kConv, 0, &g)) return 3;
+  if (!kernels::depthwise::FusedGeometry(kConcat, ndims, shapes, kConv + 1, kConv + 2, kConv, 0, &g)) return 3;
   const int64_t channels = g.c, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!SizesAre({kConv + 6}, g.n * channels * plane, ndims, shapes) ||
       (kRelu && !SizesAre({1}, kernels::Elements(ndims[0], shapes[0]), ndims, shapes)) ||

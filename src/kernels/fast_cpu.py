@@ -21,7 +21,8 @@ plain loop. Here:
 * the optimizer's update of all parameters is one operator, ``src/kernels/optimizer.cc``
   (:class:`CompiledMomentum`, which ``src.train_utils.build_optimizer`` picks on the CPU);
 * the fake-quant arithmetic of the int8 forms runs ``src/kernels/fake_quant.cc``
-  (:mod:`src.kernels.quant_cpu`).
+  (:mod:`src.kernels.quant_cpu`), and a depthwise QAT layer's training step with BatchNorm on
+  batch statistics ``src/kernels/qat_depthwise.cc``, one operator forward and one backward.
 
 :func:`enable_fast_cpu_path` switches a built network's cells over, in place, on CPU only;
 parameters and their names stay as they are.

@@ -36,14 +36,6 @@ using kernels::qat::QatBatchNormChannelBackward;
 
 const float *Input(void **params, int i) { return static_cast<const float *>(params[i]); }
 
-// The geometry of the depthwise convolution of x (N, C, H, W) by weight (C, 1, K, K) into conv
-// (N, C, OH, OW), and whether `same` has conv's shape.
-bool ConvGeometry(int *ndims, int64_t **shapes, int x, int weight, int conv, int same, Geometry *g) {
-  if (ndims[x] != 4 || ndims[weight] != 4 || ndims[conv] != 4 || ndims[same] != 4) return false;
-  if (!kernels::depthwise::MakeGeometry(shapes[x], shapes[weight], shapes[conv], g)) return false;
-  return g->n * g->oh * g->ow > 0 && std::equal(shapes[same], shapes[same] + 4, shapes[conv]);
-}
-
 // params: x (N, C, H, W: the input, fake-quantized), weight (C, 1, K, K), gamma, beta,
 //   moving_mean, moving_variance (C), eps, keep, in_min, in_max (1 each: the input's range, which
 //   gives its scale; read once x is computed), act_min, act_max (1 each: the output observer's
@@ -56,7 +48,7 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
   if (nparam != 17) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!ConvGeometry(ndims, shapes, 0, 1, 14, 13, &g)) return 3;
+  if (!kernels::depthwise::FusedGeometry(false, ndims, shapes, 0, 1, 14, 13, &g)) return 3;
   const int64_t channels = g.c, taps = g.k * g.k, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if (!SizesAre({2, 3, 4, 5}, channels, ndims, shapes) || !SizesAre({6, 7, 8, 9, 10, 11}, 1, ndims, shapes) ||
       !SizesAre({12}, 2, ndims, shapes) || !SizesAre({15}, channels * taps, ndims, shapes) ||
@@ -101,7 +93,7 @@ int Backward(int nparam, void **params, int *ndims, int64_t **shapes, const char
   if (nparam != kConv + 11) return 1;
   if (!AllFloat32(nparam, dtypes)) return 2;
   Geometry g;
-  if (!ConvGeometry(ndims, shapes, kConv + 1, kConv + 3, kConv, 0, &g)) return 3;
+  if (!kernels::depthwise::FusedGeometry(false, ndims, shapes, kConv + 1, kConv + 3, kConv, 0, &g)) return 3;
   const int64_t channels = g.c, taps = g.k * g.k, plane = g.h * g.w, out_plane = g.oh * g.ow;
   if ((kRelu && !SizesAre({1}, g.n * channels * out_plane, ndims, shapes)) ||
       !SizesAre({kConv + 2, kConv + 8}, channels * taps, ndims, shapes) ||

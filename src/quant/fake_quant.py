@@ -225,10 +225,11 @@ class QuantConv2d(_FakeQuantLayer):
             return weight, self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
         return self.quantized_folded(act_scale)
 
-    def _train_with_folded_weights(self, x, act_scale, relu):
+    def _train_with_folded_weights(self, x, relu):
         """The training output with BatchNorm frozen (or none), then a ReLU with ``relu``. On
         the fast path the bias, the ReLU and the output range's step run in one kernel after
         the convolution (where the range is frozen, without it; or in the depthwise kernel)."""
+        x, act_scale = self.quantize_input(x)
         weight, bias = self._train_folded(act_scale)
         observer = self.output_range
         if observer.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
@@ -237,41 +238,45 @@ class QuantConv2d(_FakeQuantLayer):
             return self.fast_conv.bias_only(x, weight, bias)
         if self.fast_quant is not None and bias is not None and observer.frozen:
             if relu:
-                return self.fast_quant.add_bias_relu(apply_conv(x, weight, self.conv_op, self.fast_conv), bias)
+                return self.fast_quant.add_bias_relu(self._convolution(x, weight), bias)
             return apply_conv(x, weight, self.conv_op, self.fast_conv, bias)
         if self.fast_quant is not None and bias is not None:
-            out = apply_conv(x, weight, self.conv_op, self.fast_conv)
+            out = self._convolution(x, weight)
             add_bias = self.fast_quant.add_bias_relu_observing if relu else self.fast_quant.add_bias_observing
             return add_bias(out, bias, observer.act_min, observer.act_max, observer.ema)
         out = observer(apply_conv(x, weight, self.conv_op, self.fast_conv, bias))
         return ops.relu(out) if relu else out
 
-    def _train_with_batch_statistics(self, x, act_scale):
-        """The output with BatchNorm on batch statistics, one convolution.
+    def _train_with_batch_statistics(self, x, relu):
+        """The output with BatchNorm on batch statistics, one convolution, then a ReLU with
+        ``relu``.
 
         As torch.ao's ConvBn2d: the convolution runs with the weight folded with the moving
         statistics and quantized; its batch statistics, scaled back by moving_std / gamma,
         stand for those of the unfolded convolution, and the output is corrected to them
         (Krishnamoorthi 2018, section 3.2). The moving statistics take the batch's share.
         """
+        x, act_scale = self.quantize_input(x)
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
-        out = apply_conv(x, weight, self.conv_op, self.fast_conv)
+        out = self._convolution(x, weight)
         conv_mean, conv_var = channel_moments(out)
         unfold = moving_std / bn.gamma
         batch_mean, batch_var = conv_mean * unfold, conv_var * unfold * unfold
         self._update_moving_statistics(batch_mean, batch_var, out.shape)
         batch_std = ops.sqrt(batch_var + bn.eps)
         bias = self.quantize_bias(bn.beta - bn.gamma * batch_mean / batch_std, act_scale, scales)
-        return ops.bias_add(out * (moving_std / batch_std).reshape(1, -1, 1, 1), bias)
+        out = self.output_range(ops.bias_add(out * (moving_std / batch_std).reshape(1, -1, 1, 1), bias))
+        return ops.relu(out) if relu else out
 
-    def _train_with_batch_statistics_on_kernels(self, x, act_scale, relu):
-        """:meth:`_train_with_batch_statistics` on the compiled kernels, then a ReLU with
-        ``relu``. The kernel also takes the moving statistics' and the output range's steps."""
+    def _train_with_batch_statistics_on_kernels(self, x, relu):
+        """:meth:`_train_with_batch_statistics` on the compiled kernels. The kernel also takes
+        the moving statistics' and the output range's steps."""
+        x, act_scale = self.quantize_input(x)
         bn, observer = self.bn, self.output_range
         weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
-        out = apply_conv(x, weight, self.conv_op, self.fast_conv)
+        out = self._convolution(x, weight)
         batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
         # the kernel writes the moving statistics in place: any other reader must come before it
         # (the weight fold does: its output leads to the kernel's input)
@@ -306,17 +311,31 @@ class QuantConv2d(_FakeQuantLayer):
 
     def output(self, x, relu):
         """The layer's output, then a ReLU with ``relu`` (a constant)."""
-        if self.training:
-            if (self.bn is not None and not self.bn_frozen and self.fast_quant is not None
-                    and self.fuses_depthwise_batchnorm and is_fast_depthwise(self.fast_conv)):
-                return self._train_depthwise_with_batch_statistics(x, relu)
-            x, act_scale = self.quantize_input(x)
-            if self.bn is not None and not self.bn_frozen and self.fast_quant is not None:
-                return self._train_with_batch_statistics_on_kernels(x, act_scale, relu)
-            if self.bn is None or self.bn_frozen:
-                return self._train_with_folded_weights(x, act_scale, relu)
-            out = self.output_range(self._train_with_batch_statistics(x, act_scale))
-            return ops.relu(out) if relu else out
+        return self._output_path(x, relu)
+
+    @property
+    def _output_path(self):
+        """The method that computes :meth:`output` in the current mode and configuration. The
+        choice is made here, in Python, which the graph compile reads: each instance's graph
+        holds its one path, without the branches to the others (a branch is a subgraph for each
+        instance, which the compile specializes one by one)."""
+        if not self.training:
+            return self._eval_output
+        if self.bn is None or self.bn_frozen:
+            return self._train_with_folded_weights
+        if self.fast_quant is None:
+            return self._train_with_batch_statistics
+        if self.fuses_depthwise_batchnorm and is_fast_depthwise(self.fast_conv):
+            return self._train_depthwise_with_batch_statistics
+        return self._train_with_batch_statistics_on_kernels
+
+    @property
+    def _convolution(self):
+        """The convolution without bias: the fast cell where there is one, else the framework's
+        operator, picked in Python as :attr:`_output_path` is."""
+        return self.conv_op if self.fast_conv is None else self.fast_conv
+
+    def _eval_output(self, x, relu):
         x = self.observe_input(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         if self.output_range.calibrating:  # the observer watches the output before the ReLU
