@@ -4,4 +4,5 @@ from src.kernels.fast_cpu import (apply_conv, conv_geometry, enable_fast_cpu_pat
                                   fuse_relu_for_inference)
 from src.kernels.library import cpu_flags
 
-__all__ = ["apply_conv", "conv_geometry", "cpu_flags", "enable_fast_cpu_path", "framework_conv", "fuse_relu_for_inference"]
+__all__ = ["apply_conv", "conv_geometry", "cpu_flags", "enable_fast_cpu_path", "framework_conv",
+           "fuse_relu_for_inference"]

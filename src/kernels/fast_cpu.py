@@ -43,7 +43,7 @@ _ops = {}
 
 
 def conv_geometry(conv):
-    """(stride, padding, groups) of an ``nn.Conv2d``, as ``ops.conv2d`` takes them."""
+    """(stride, padding, groups) of an ``nn.Conv2d`` (:func:`framework_conv` builds its operator)."""
     stride = conv.stride[2:] if len(conv.stride) == 4 else conv.stride
     return stride, conv.padding, conv.group
 

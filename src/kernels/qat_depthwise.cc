@@ -4,12 +4,13 @@
 // and its fake-quant, the convolution, and the BatchNorm side (batch moments, correction,
 // quantized bias, the output range's step).
 //
-// Separately these are four operators forward (the input's scale, the fold, the convolution,
-// the BatchNorm) and three backward for each of GhostNet's 41 depthwise layers, each with its
-// own gradient function for the graph compiler to differentiate and specialize: the first QAT
-// step's compile grows with them. All of it is per channel: here one thread takes a channel
-// through the lot. Each piece is the separate kernels' own (qat.h, depthwise.h), in the same
-// order: the results equal theirs bit for bit.
+// Separately these are three operators forward (the fold, the convolution, the BatchNorm; four
+// where the input arrives quantized and its scale is read on its own) and three backward for
+// each of GhostNet's 41 depthwise layers, each with its own gradient function for the graph
+// compiler to differentiate and specialize: the first QAT step's compile grows with them. All
+// of it is per channel: here one thread takes a channel through the lot. Each piece is the
+// separate kernels' own (qat.h, depthwise.h), in the same order: the results equal theirs bit
+// for bit.
 //
 // Interface (MindSpore AOT, CPU): int F(int nparam, void **params, int *ndims,
 // int64_t **shapes, const char **dtypes, void *stream, void *extra); inputs then outputs.
@@ -73,8 +74,8 @@ int Forward(int nparam, void **params, int *ndims, int64_t **shapes, const char 
       const float scale = FoldQuantizeWeightRow(weight + c * taps, taps, gamma[c], moving_variance[c], eps,
                                                 folded.data(), quantized_weight + c * taps, &moving_std);
       const ChannelPlanes<float> conv_planes(conv, channels, out_plane, c);
-      kernels::depthwise::ConvolveChannel(ChannelPlanes<const float>(x, channels, plane, c), quantized_weight + c * taps,
-                                          g, &workspace, conv_planes);
+      kernels::depthwise::ConvolveChannel(ChannelPlanes<const float>(x, channels, plane, c),
+                                          quantized_weight + c * taps, g, &workspace, conv_planes);
       bn.Normalize<kRelu>(c, conv_planes, ChannelPlanes<float>(y, channels, out_plane, c), g.n, out_plane, scale,
                           &lows[c * g.n], &highs[c * g.n]);
     }
