@@ -15,14 +15,14 @@ import src.kernels.library as library
 import src.kernels.quant_cpu as quant_cpu
 from conftest import REPO
 from src.kernels.fast_cpu import (DepthwiseConvCPU, FastBatchNorm2d, FastConv2d, FastConvBNAct, FastGhostModule,
-                                  QuantConvBNAct, UnfoldConv, FastSqueezeExcite, channel_scale_op,
-                                  depthwise_conv_ops, enable_fast_cpu_path)
+                                  UnfoldConv, FastSqueezeExcite, channel_scale_op, depthwise_conv_ops,
+                                  enable_fast_cpu_path)
 from src.ghostnet import ConvBNAct, GhostModule, GhostNet, SqueezeExcite
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import network_for_kind
 from src.quant import (ConcatQuant, QuantConv2d, RangeObserver, calibrate, observe_ranges, set_bn_frozen,
                        set_observers_frozen)
-from src.quant.fake_quant import observe_and_quantize
+from src.quant.fake_quant import QuantConvBNAct, observe_and_quantize
 from src.quant.primitives import activation_qparams, fake_quant_activation, fake_quant_weight, weight_scales
 
 # (batch, channels, height, width, kernel, stride): GhostNet's kernels and strides, odd sizes, batch 1
@@ -407,6 +407,73 @@ def test_the_fake_quant_kernels_equal_the_framework_arithmetic_bit_for_bit(kerne
     np.testing.assert_array_equal(fq.min_max(ms.Tensor(values)).asnumpy(), [-1e6, 1e6])
 
 
+def test_calibrating_on_the_kernels_widens_ranges_as_the_framework_does(kernels):
+    """An observer while calibrating (eval mode) widens its range, from 0, to every value seen:
+    on the range_widen kernel as in framework operators. On the kernel a NaN stays in the range
+    (which a checkpoint then refuses) instead of leaving with the next batch."""
+    batches = [randn(2, 3, 4, 5, seed=1) * 2.0, randn(3, 7, seed=2) + 3.0, randn(2, 2, seed=3) - 10.0]
+    ranges = []
+    for fast_quant in (quant_cpu.fake_quant_kernels(), None):
+        observer = RangeObserver()
+        observer.fast_quant = fast_quant
+        observer.calibrating = True
+        observer.set_train(False)
+        ranges.append([])
+        for x in batches:
+            np.testing.assert_array_equal(observer(x).asnumpy(), x.asnumpy())
+            ranges[-1].append([observer.act_min.asnumpy()[0], observer.act_max.asnumpy()[0]])
+    seen = [np.concatenate([b.asnumpy().ravel() for b in batches[:i + 1]] + [[0.0]]) for i in range(len(batches))]
+    np.testing.assert_array_equal(ranges[0], [[v.min(), v.max()] for v in seen])
+    np.testing.assert_array_equal(ranges[0], ranges[1])
+
+    observer = RangeObserver()
+    observer.fast_quant = quant_cpu.fake_quant_kernels()
+    observer.calibrating = True
+    observer.set_train(False)
+    with_nan = batches[0].asnumpy().copy()
+    with_nan[1, 2, 3, 4] = np.nan
+    for x in (ms.Tensor(with_nan), batches[1]):
+        observer(x)
+        assert np.isnan(observer.act_min.asnumpy()).all() and np.isnan(observer.act_max.asnumpy()).all()
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 3, 3), (5, 4, 1, 1), (3, 2, 5, 5)])
+def test_the_frozen_batchnorm_fold_kernel_equals_the_separate_kernels_bit_for_bit(kernels, shape):
+    """A QAT layer's parameters with BatchNorm frozen in one operator (fold_batchnorm: the weight
+    folded with the moving statistics and quantized, the folded bias quantized) against the
+    weight fold kernel, the framework's folded bias and the bias kernel: values and the
+    gradients of the weight, gamma and beta, equal bit for bit."""
+    fq = quant_cpu.fake_quant_kernels()
+    rng = np.random.default_rng(11)
+    channels = shape[0]
+    weight = ms.Tensor(rng.normal(0, 0.4, shape).astype(np.float32))
+    gamma, beta, mean = (ms.Tensor(rng.normal(loc, 0.5, channels).astype(np.float32)) for loc in (1.0, 0.0, 0.5))
+    variance = ms.Tensor(rng.uniform(0.2, 3.0, channels).astype(np.float32))
+    eps, act_scale = ms.Tensor(np.full(1, 1e-5, np.float32)), ms.Tensor(np.full(1, 0.0213, np.float32))
+    weight_direction = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    bias_direction = ms.Tensor(rng.standard_normal(channels).astype(np.float32))
+
+    def fused(w, g, b):
+        out = fq.fold_batchnorm(w, g, b, mean, variance, eps, act_scale)
+        return out[0], out[1]
+
+    def separate(w, g, b):
+        folded = fq.fold_weight(w, g, variance, eps)
+        return folded[0], fq.bias(b - g * mean / folded[2], act_scale, folded[1])
+
+    results = []
+    for parameters in (fused, separate):
+        values = [v.asnumpy() for v in parameters(weight, gamma, beta)]
+        def loss(w, g, b, f=parameters):
+            folded_weight, folded_bias = f(w, g, b)
+            return (folded_weight * weight_direction).sum() + (folded_bias * bias_direction).sum()
+        grads = ms.grad(loss, grad_position=(0, 1, 2))(weight, gamma, beta)
+        results.append(values + [g.asnumpy() for g in grads])
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)
+    assert all(np.abs(g).max() > 0 for g in results[0][2:])
+
+
 def observer_with_range(low, high, frozen=False):
     observer = RangeObserver()
     observer.act_min.set_data(ms.Tensor(np.array([low], np.float32)))
@@ -489,6 +556,26 @@ def test_eval_graphs_leave_the_ranges_alone_and_calibration_compiles_its_own(ker
     observe_ranges(fast, [x * 10.0])
     assert max(float(o.act_max.asnumpy()[0]) for o in observers) > max(float(h[0]) for _, h in ranges)
     assert not np.array_equal(fast(x).asnumpy(), calibrated)
+
+
+def test_calibrating_in_pynative_mode_sets_the_ranges_graph_mode_does(kernels):
+    """calibrate() runs few batches in PyNative mode (nothing to compile), more in graph mode:
+    the same ranges bit for bit, and the context's mode as it was."""
+    batches = [randn(2, 3, 32, 32, seed=seed) for seed in (15, 16)]
+    ranges = []
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        for eager in (True, False):
+            net, _ = twin_networks("fake-quant")
+            observe_ranges(net, batches, eager=eager)
+            assert ms.get_context("mode") == ms.GRAPH_MODE
+            ranges.append([p.asnumpy() for name, p in net.parameters_and_names()
+                           if name.endswith(("act_min", "act_max"))])
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    for eager, compiled in zip(*ranges):
+        np.testing.assert_array_equal(eager, compiled)
+    assert len(ranges[0]) > 100 and sum(float(r[0]) != 0.0 for r in ranges[0]) > 100
 
 
 @pytest.mark.parametrize("bn_frozen, observers_frozen, whole_path",

@@ -274,6 +274,27 @@ extern "C" int RangeEma(int nparam, void **params, int *ndims, int64_t **shapes,
   return 0;
 }
 
+// params: x, act_min (1), act_max (1) -> new act_min (1), new act_max (1): the range widened to
+// cover x (observers.RangeObserver while calibrating); a NaN stays, so that the range is refused
+// when saved rather than taken for good on the next batch
+extern "C" int RangeWiden(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                          void *) {
+  if (nparam != 5) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  const int64_t count = Elements(ndims[0], shapes[0]);
+  if (count == 0) return 3;
+  if (!SizesAre({1, 2, 3, 4}, 1, ndims, shapes)) return 3;
+  float seen[2];
+  MinMaxOf(static_cast<const float *>(params[0]), count, &seen[0], &seen[1]);
+  const std::vector<float> lows = {*static_cast<const float *>(params[1]), seen[0]};
+  const std::vector<float> highs = {*static_cast<const float *>(params[2]), seen[1]};
+  float range[2];
+  MergeRanges(lows, highs, range);
+  *static_cast<float *>(params[3]) = range[0];
+  *static_cast<float *>(params[4]) = range[1];
+  return 0;
+}
+
 namespace {
 
 // x fake-quantized into y with the scale and zero point of the range [act_min, act_max]
@@ -612,6 +633,64 @@ extern "C" int FoldQuantizeWeightGrad(int nparam, void **params, int *ndims, int
     for (int64_t c = begin; c < end; ++c) {
       const int64_t at = c * per_channel;
       grad_gamma[c] = FoldQuantizeWeightRowGrad(grad_q + at, w + at, per_channel, gamma[c], moving_std[c], grad_w + at);
+    }
+  });
+  return 0;
+}
+
+// params: weight (C, ...), gamma (C), beta (C), moving_mean (C), moving_variance (C), eps (1),
+// act_scale (1) -> FoldQuantizeWeight's fake-quantized folded weight, the folded bias beta - gamma *
+// moving_mean / moving_std fake-quantized at act_scale times the weight's scales (FakeQuantBias),
+// and the moving standard deviation (C, for the gradient): a QAT layer's parameters with
+// BatchNorm frozen (QuantConv2d._train_folded_on_kernels) in one operator, as the separate ones
+// compute them
+extern "C" int FoldBatchNormQuantize(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                                     void *, void *) {
+  if (nparam != 10) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (ndims[0] < 1) return 3;
+  const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
+  if (channels == 0 || Elements(ndims[7], shapes[7]) != count) return 3;
+  if (!SizesAre({1, 2, 3, 4, 8, 9}, channels, ndims, shapes) || !SizesAre({5, 6}, 1, ndims, shapes)) return 3;
+  const int64_t per_channel = count / channels;
+  const float *w = Input(params, 0), *gamma = Input(params, 1), *beta = Input(params, 2);
+  const float *moving_mean = Input(params, 3), *moving_variance = Input(params, 4);
+  const float eps = *Input(params, 5), act_scale = *Input(params, 6);
+  float *q = static_cast<float *>(params[7]), *bias = static_cast<float *>(params[8]);
+  float *moving_std = static_cast<float *>(params[9]);
+  ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
+    std::vector<float> folded(per_channel);
+    for (int64_t c = begin; c < end; ++c) {
+      const float scale = FoldQuantizeWeightRow(w + c * per_channel, per_channel, gamma[c], moving_variance[c], eps,
+                                                folded.data(), q + c * per_channel, &moving_std[c]);
+      const float folded_bias = beta[c] - gamma[c] * moving_mean[c] / moving_std[c];
+      bias[c] = FakeQuantBiasValue(folded_bias, act_scale * scale);
+    }
+  });
+  return 0;
+}
+
+// params: grad_q, grad_bias, weight, gamma, moving_mean, moving_std -> grad_weight, grad_gamma: those
+// of FoldQuantizeWeightGrad, plus the folded bias's share of gamma's, -grad_bias / moving_std *
+// moving_mean (in the order of the framework's backward). Beta's gradient is grad_bias itself.
+extern "C" int FoldBatchNormQuantizeGrad(int nparam, void **params, int *ndims, int64_t **shapes,
+                                         const char **dtypes, void *, void *) {
+  if (nparam != 8) return 1;
+  if (!AllFloat32(nparam, dtypes)) return 2;
+  if (ndims[0] < 1) return 3;
+  const int64_t channels = shapes[0][0], count = Elements(ndims[0], shapes[0]);
+  if (channels == 0 || Elements(ndims[2], shapes[2]) != count || Elements(ndims[6], shapes[6]) != count) return 3;
+  if (!SizesAre({1, 3, 4, 5, 7}, channels, ndims, shapes)) return 3;
+  const int64_t per_channel = count / channels;
+  const float *grad_q = Input(params, 0), *grad_bias = Input(params, 1), *w = Input(params, 2);
+  const float *gamma = Input(params, 3), *moving_mean = Input(params, 4), *moving_std = Input(params, 5);
+  float *grad_w = static_cast<float *>(params[6]), *grad_gamma = static_cast<float *>(params[7]);
+  ParallelFor(channels, per_channel, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t at = c * per_channel;
+      const float from_weight =
+          FoldQuantizeWeightRowGrad(grad_q + at, w + at, per_channel, gamma[c], moving_std[c], grad_w + at);
+      grad_gamma[c] = from_weight + -grad_bias[c] / moving_std[c] * moving_mean[c];
     }
   });
   return 0;

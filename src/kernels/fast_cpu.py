@@ -253,21 +253,6 @@ def depthwise_batchnorm_stride(conv_bn):
     return conv_geometry(conv)[0][-1]
 
 
-class QuantConvBNAct(ConvBNAct):
-    """``ConvBNAct`` of a fake-quant form, whose convolution computes the BatchNorm and applies
-    the ReLU too, if any (``QuantConv2d.output``: on the fast path, in its kernels). Its
-    construct is one call, without the branches of ``ConvBNAct``'s: each branch of a cell's
-    construct is a subgraph for each instance, which the graph compile specializes one by one."""
-
-    def construct(self, x):
-        return self.conv.output(x, self.relu_inside)
-
-
-def _takes_relu_inside(conv_bn):
-    """Whether ``conv_bn`` (a ``ConvBNAct``) fits :class:`QuantConvBNAct`."""
-    return conv_bn.bn is None and getattr(conv_bn.conv, "takes_relu", False)
-
-
 class FastGhostModule(GhostModule):
     """``GhostModule`` whose cheap branch (depthwise convolution, BatchNorm on batch statistics,
     ReLU) and the concatenation after it run as one operator in training, and one backward;
@@ -427,8 +412,7 @@ class FastConv2d(nn.Conv2d):
 
 def enable_fast_cpu_path(net):
     """Switch ``net``'s depthwise and stem convolutions, its training BatchNorms (with the ReLU
-    after them, :class:`FastConvBNAct`; in the fake-quant forms, the ReLU in the convolution's
-    kernels, :class:`QuantConvBNAct`), its ghost modules' cheap branches in training
+    after them, :class:`FastConvBNAct`), its ghost modules' cheap branches in training
     (:class:`FastGhostModule`) and its squeeze-excite products to the fast cells, in place,
     when the device is the CPU. Returns ``net``; elsewhere it is returned unchanged.
 
@@ -466,9 +450,6 @@ def enable_fast_cpu_path(net):
         if type(cell) is GhostModule and _takes_fused_cheap_branch(cell):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastGhostModule
             cell.cheap_train_ops = depthwise_batchnorm_train_ops(1, concat=True)
-        elif type(cell) is ConvBNAct and _takes_relu_inside(cell):  # pylint: disable=unidiomatic-typecheck
-            cell.__class__ = QuantConvBNAct
-            cell.relu_inside = cell.relu is not None
         elif type(cell) is ConvBNAct and isinstance(cell.bn, FastBatchNorm2d):  # pylint: disable=unidiomatic-typecheck
             cell.__class__ = FastConvBNAct
             stride = depthwise_batchnorm_stride(cell)

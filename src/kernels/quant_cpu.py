@@ -10,6 +10,7 @@ framework's float sums by rounding, and are the same on every run.
 import mindspore.nn as nn
 import mindspore.ops as ops
 
+from src.graph_ops import item
 from src.kernels.library import build_kernel_library
 
 _kernels = {}
@@ -22,7 +23,8 @@ class FakeQuantKernels(nn.Cell):
     max]`` of x, shape (2,), no gradient.
 
     For QAT, each replacing tens of operators on tiny tensors: ``range_ema(x, act_min,
-    act_max, ema)``: an observer's next moving range; ``activation_in_range(x, act_min,
+    act_max, ema)``: an observer's next moving range; ``range_widen(x, act_min, act_max)``:
+    the range widened to cover x (calibrating, no gradient); ``activation_in_range(x, act_min,
     act_max)``: ``(x fake-quantized with that range's scale and zero point, the scale, the
     range as read)``; ``activation_observed(x, act_min, act_max, ema)``: the same after the
     range's step on x, taken in place (an observed input in training);
@@ -34,7 +36,10 @@ class FakeQuantKernels(nn.Cell):
     ``bias(bias, act_scale, scales)``: the bias fake-quantized at the accumulator's scale;
     ``fold_weight(weight, gamma, moving_variance, eps)``: ``(the weight folded with the moving
     statistics and fake-quantized, its scales, the moving std as read)``, with gradient to
-    weight and gamma; ``batchnorm(x, gamma, beta, moving_mean, moving_variance, eps, keep,
+    weight and gamma; ``fold_batchnorm(weight, gamma, beta, moving_mean, moving_variance, eps,
+    act_scale)``: ``(that weight, the folded bias fake-quantized at act_scale times its scales,
+    the moving std)``, with gradient to weight, gamma and beta (BatchNorm frozen: the moving
+    statistics must not change in the step); ``batchnorm(x, gamma, beta, moving_mean, moving_variance, eps, keep,
     act_scale, scales, act_min, act_max, ema)``: the BatchNorm of
     :meth:`src.quant.QuantConv2d._train_with_batch_statistics` on the convolution's output x,
     one operator forward and one backward: ``(output, what the backward reads)``, with gradient
@@ -105,6 +110,8 @@ class FakeQuantKernels(nn.Cell):
         self.range_ema = ops.Custom(f"{library}:RangeEma", out_shape=lambda x, low, high, ema: (low, high),
                                     out_dtype=lambda x, low, high, ema: (low, high), func_type="aot",
                                     bprop=range_ema_bprop)
+        self.range_widen = ops.Custom(f"{library}:RangeWiden", out_shape=lambda x, low, high: (low, high),
+                                      out_dtype=lambda x, low, high: (low, high), func_type="aot")
 
         def bias_bprop(bias, act_scale, scales, out, grad):
             return grad, ops.zeros_like(act_scale), ops.zeros_like(scales)
@@ -125,6 +132,19 @@ class FakeQuantKernels(nn.Cell):
                                       out_shape=lambda w, gamma, var, eps: (w, gamma, gamma),
                                       out_dtype=lambda w, gamma, var, eps: (w, w, w), func_type="aot",
                                       bprop=fold_weight_bprop)
+        fold_batchnorm_grad = ops.Custom(f"{library}:FoldBatchNormQuantizeGrad",
+                                         out_shape=lambda grad_q, grad_bias, w, gamma, mean, std: (w, gamma),
+                                         out_dtype=lambda grad_q, grad_bias, w, *rest: (w, w), func_type="aot")
+
+        def fold_batchnorm_bprop(weight, gamma, beta, moving_mean, moving_variance, eps, act_scale, out, grad):
+            grads = fold_batchnorm_grad(item(grad, 0), item(grad, 1), weight, gamma, moving_mean, item(out, 2))
+            return (item(grads, 0), item(grads, 1), item(grad, 1), ops.zeros_like(moving_mean),
+                    ops.zeros_like(moving_variance), ops.zeros_like(eps), ops.zeros_like(act_scale))
+
+        self.fold_batchnorm = ops.Custom(f"{library}:FoldBatchNormQuantize",
+                                         out_shape=lambda w, gamma, *rest: (w, gamma, gamma),
+                                         out_dtype=lambda w, *rest: (w, w, w), func_type="aot",
+                                         bprop=fold_batchnorm_bprop)
         self.batchnorm, self.batchnorm_relu = (_qat_batchnorm_op(library, relu) for relu in (False, True))
         self.add_bias_relu, self.add_bias_observing, self.add_bias_relu_observing = _qat_bias_ops(library)
         self.eval_params = ops.Custom(f"{library}:QuantLayerEvalParams", out_shape=_eval_params_shapes,

@@ -6,7 +6,8 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Tensor
 
-from src.ghostnet import moving_share_kept
+from src.ghostnet import ConvBNAct, moving_share_kept
+from src.graph_ops import item
 from src.kernels import apply_conv, conv_geometry, framework_conv
 from src.kernels.fast_cpu import is_fast_depthwise
 from src.quant.observers import RangeObserver
@@ -14,25 +15,78 @@ from src.quant.primitives import (activation_qparams, fake_quant_activation, fak
                                   fake_quant_weight_per_channel)
 
 
-def quantized_input_conv(x, scale, zero_point, weight, bias, conv_op, fast_conv, fast_quant, relu=False,
-                         on_grid=False):
-    """:func:`~src.kernels.apply_conv` of ``x`` fake-quantized to uint8 (``scale``,
-    ``zero_point``), for eval, then a ReLU with ``relu``. ``on_grid``: ``x`` arrives quantized
-    so (by a ghost module's concatenation), and quantizing it again would change nothing. Where
-    the compiled depthwise kernel runs, it quantizes ``x`` as it reads it and applies the ReLU
-    (no gradient)."""
-    if fast_quant is not None and bias is not None and is_fast_depthwise(fast_conv):
-        if on_grid and relu:
-            return fast_conv.bias_relu(x, weight, bias)
-        if on_grid:
-            return fast_conv.bias_only(x, weight, bias)
+class QuantConvBNAct(ConvBNAct):
+    """``ConvBNAct`` of the quantized forms, whose convolution computes the BatchNorm and applies
+    the ReLU too, if any (``output(x, relu)``: on the fast path, in its kernels). Its construct
+    is one call, without the branches of ``ConvBNAct``'s: each branch of a cell's construct is a
+    subgraph for each instance, which the graph compile specializes one by one.
+    ``relu_inside``: whether the ReLU is applied."""
+
+    def construct(self, x):
+        return self.conv.output(x, self.relu_inside)
+
+
+class QuantizedInputConv:
+    """The eval convolution of a layer whose input is quantized to uint8: what
+    :class:`QuantConv2d` computes in eval and :class:`~src.quant.int8.Int8Conv2d` always. A
+    mixin for cells with ``conv_op``, ``fast_conv``, ``fast_quant``, ``bias`` and
+    ``_input_on_grid``: whether the input arrives quantized so (by a ghost module's
+    concatenation), where quantizing it again would change nothing.
+
+    The steps are picked by properties, from the layer's attributes, which the graph compile
+    reads as constants and so folds each property to one method: each layer's graph holds its
+    one path, without the branches to the others (a branch is a subgraph for each instance,
+    which the compile specializes one by one)."""
+
+    @property
+    def _convolution(self):
+        """The convolution without bias: the fast cell where there is one, else the framework's
+        operator."""
+        return self.conv_op if self.fast_conv is None else self.fast_conv
+
+    @property
+    def _quantized_input_convolution(self):
+        """``(x, scale, zero_point, weight, bias, relu) -> output``: x fake-quantized to uint8
+        (``scale``, ``zero_point``; not again where it arrives so), the convolution with
+        ``bias``, then a ReLU with ``relu`` (a constant). Where the compiled depthwise kernel
+        runs, it quantizes x as it reads it and applies the ReLU."""
+        has_bias = self.bias is not None or getattr(self, "bn", None) is not None
+        if has_bias and self.fast_quant is not None and is_fast_depthwise(self.fast_conv):
+            return self._depthwise_on_grid if self._input_on_grid else self._depthwise_quantizing
+        return self._convolve_on_grid if self._input_on_grid else self._quantize_and_convolve
+
+    def _depthwise_on_grid(self, x, scale, zero_point, weight, bias, relu):
         if relu:
-            return fast_conv.quantized_input_relu(x, weight, bias, scale, zero_point)
-        return fast_conv.quantized_input(x, weight, bias, scale, zero_point)
-    if not on_grid:
-        x = fake_quant_activation(x, scale, zero_point, fast_quant)
-    out = apply_conv(x, weight, conv_op, fast_conv, bias)
-    return ops.relu(out) if relu else out
+            return self.fast_conv.bias_relu(x, weight, bias)
+        return self.fast_conv.bias_only(x, weight, bias)
+
+    def _depthwise_quantizing(self, x, scale, zero_point, weight, bias, relu):
+        if relu:
+            return self.fast_conv.quantized_input_relu(x, weight, bias, scale, zero_point)
+        return self.fast_conv.quantized_input(x, weight, bias, scale, zero_point)
+
+    def _quantize_and_convolve(self, x, scale, zero_point, weight, bias, relu):
+        x = fake_quant_activation(x, scale, zero_point, self.fast_quant)
+        return self._convolve_on_grid(x, scale, zero_point, weight, bias, relu)
+
+    def _convolve_on_grid(self, x, scale, zero_point, weight, bias, relu):
+        out = self._biased_convolution(x, weight, bias)
+        return ops.relu(out) if relu else out
+
+    @property
+    def _biased_convolution(self):
+        """``(x, weight, bias) -> the convolution plus bias``: :func:`~src.kernels.apply_conv`'s
+        choice, picked in the property."""
+        has_bias = self.bias is not None or getattr(self, "bn", None) is not None
+        if not has_bias or is_fast_depthwise(self.fast_conv):
+            return self._apply_conv
+        return self._convolution_plus_bias
+
+    def _apply_conv(self, x, weight, bias):
+        return apply_conv(x, weight, self.conv_op, self.fast_conv, bias)
+
+    def _convolution_plus_bias(self, x, weight, bias):
+        return ops.bias_add(self._convolution(x, weight), bias)
 
 
 def channel_moments(x):
@@ -44,8 +98,8 @@ def channel_moments(x):
 def quantize_in_range(x, observer, fast_quant=None):
     """``(x fake-quantized to uint8 with the range ``observer`` holds, the scale)``."""
     if fast_quant is not None:
-        quantized, scale, _ = fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
-        return quantized, scale
+        quantized = fast_quant.activation_in_range(x, observer.act_min, observer.act_max)
+        return item(quantized, 0), item(quantized, 1)
     scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
     return fake_quant_activation(x, scale, zero_point), scale
 
@@ -54,9 +108,8 @@ def observe_and_quantize(x, observer, fast_quant=None):
     """In training: ``observer``'s step on ``x``, then :func:`quantize_in_range`. On the kernels
     one operator, which takes the step in place."""
     if fast_quant is not None:
-        quantized, scale, _ = fast_quant.activation_observed(x, observer.act_min, observer.act_max,
-                                                             observer.kernel_ema())
-        return quantized, scale
+        quantized = fast_quant.activation_observed(x, observer.act_min, observer.act_max, observer.kernel_ema())
+        return item(quantized, 0), item(quantized, 1)
     return quantize_in_range(observer(x), observer)
 
 
@@ -80,7 +133,7 @@ class ConcatQuant(nn.Cell):
     def construct(self, x):
         if not self.training:
             x = self.observer(x)  # widens the range while calibrating, else nothing
-        return quantize_in_range(x, self.observer, self.fast_quant)[0]
+        return item(quantize_in_range(x, self.observer, self.fast_quant), 0)
 
     def concat(self, primary, quantized, cheap):
         """A ghost module's output: ``quantized`` (``primary`` through this quantization) and
@@ -89,8 +142,8 @@ class ConcatQuant(nn.Cell):
         the kernels all in one operator, the step in place."""
         observer = self.observer
         if self.training and self.fast_quant is not None:
-            return self.fast_quant.ghost_concat(quantized, cheap, primary, observer.act_min, observer.act_max,
-                                                observer.kernel_ema())[0]
+            return item(self.fast_quant.ghost_concat(quantized, cheap, primary, observer.act_min, observer.act_max,
+                                                     observer.kernel_ema()), 0)
         out = ops.cat((quantized, self.construct(cheap)), axis=1)
         observer.watch_together(primary, cheap)
         return out
@@ -118,22 +171,37 @@ class _FakeQuantLayer(nn.Cell):
         self.input_quant = layer.input_quant
         self.observes_input = False
 
-    def observe_input(self, x):
-        return self.input_quant(x) if self.observes_input else x
+    @property
+    def _input_observer(self):
+        """The input's observer, or nothing where the input arrives quantized (``observes_input``)."""
+        return self.input_quant if self.observes_input else self._unchanged
 
-    def quantize_input(self, x):
-        """In training, ``(fake-quantized x, its scale)``, after the observer has seen ``x``. An
-        input that arrives quantized (``observes_input`` False) is passed on as it is: the
-        step's one update may have moved the range since, and requantizing to a grid a hair
-        away flips values wherever rounding differences decide (measured: the kernel and
-        framework paths parted)."""
+    def _unchanged(self, x):
+        return x
+
+    @property
+    def quantize_input(self):
+        """``quantize_input(x)``: in training, ``(fake-quantized x, its scale)``, after the
+        observer has seen ``x``. An input that arrives quantized (``observes_input`` False) is
+        passed on as it is: the step's one update may have moved the range since, and
+        requantizing to a grid a hair away flips values wherever rounding differences decide
+        (measured: the kernel and framework paths parted). The path is picked as
+        :class:`QuantizedInputConv`'s steps are."""
+        if self.observes_input:
+            return self._observe_and_quantize_input
+        return self._on_grid_input if self.fast_quant is None else self._on_grid_input_on_kernels
+
+    def _observe_and_quantize_input(self, x):
+        return observe_and_quantize(x, self.input_quant, self.fast_quant)
+
+    def _on_grid_input(self, x):
         observer = self.input_quant
-        if not self.observes_input:
-            if self.fast_quant is not None:
-                # read after x is computed: a ghost module's concatenation takes the range's step in place
-                return x, self.fast_quant.activation_scale(x, observer.act_min, observer.act_max)
-            return x, activation_qparams(observer.act_min, observer.act_max)[0]
-        return observe_and_quantize(x, observer, self.fast_quant)
+        return x, activation_qparams(observer.act_min, observer.act_max)[0]
+
+    def _on_grid_input_on_kernels(self, x):
+        observer = self.input_quant
+        # read after x is computed: a ghost module's concatenation takes the range's step in place
+        return x, self.fast_quant.activation_scale(x, observer.act_min, observer.act_max)
 
     def quantize_bias(self, bias, act_scale, scales):
         """``bias`` fake-quantized at the accumulator's scale, ``act_scale * scales``."""
@@ -152,22 +220,34 @@ class _FakeQuantLayer(nn.Cell):
         weight, scales = self.quantize_weight(weight)
         return weight, None if bias is None else self.quantize_bias(bias, act_scale, scales)
 
+    @property
     def eval_params(self):
-        """``(weight, bias, input scale, input zero point)`` as the int8 layer holds them,
-        dequantized: BatchNorm folded with its moving statistics; the bias may be None."""
-        observer = self.input_quant
+        """``eval_params()``: ``(weight, bias, input scale, input zero point)`` as the int8 layer
+        holds them, dequantized: BatchNorm folded with its moving statistics; the bias may be
+        None. Picked as :class:`QuantizedInputConv`'s steps are."""
         if self.fast_quant is not None and self.bn is not None:
-            bn = self.bn
-            return self.fast_quant.eval_params_batchnorm(self.weight, bn.beta, observer.act_min, observer.act_max,
-                                                         bn.gamma, bn.moving_mean, bn.moving_variance, self.bn_eps)
+            return self._eval_params_batchnorm_on_kernels
         if self.fast_quant is not None and self.bias is not None:
-            return self.fast_quant.eval_params(self.weight, self.bias, observer.act_min, observer.act_max)
+            return self._eval_params_on_kernels
+        return self._eval_params
+
+    def _eval_params_batchnorm_on_kernels(self):
+        observer, bn = self.input_quant, self.bn
+        return self.fast_quant.eval_params_batchnorm(self.weight, bn.beta, observer.act_min, observer.act_max,
+                                                     bn.gamma, bn.moving_mean, bn.moving_variance, self.bn_eps)
+
+    def _eval_params_on_kernels(self):
+        observer = self.input_quant
+        return self.fast_quant.eval_params(self.weight, self.bias, observer.act_min, observer.act_max)
+
+    def _eval_params(self):
+        observer = self.input_quant
         act_scale, zero_point = activation_qparams(observer.act_min, observer.act_max)
         weight, bias = self.quantized_folded(act_scale)
         return weight, bias, act_scale, zero_point
 
 
-class QuantConv2d(_FakeQuantLayer):
+class QuantConv2d(QuantizedInputConv, _FakeQuantLayer):
     """A convolution (optionally with the BatchNorm after it folded in) in fake-quant int8.
 
     Training uses BatchNorm's batch statistics (see :meth:`_train_with_batch_statistics`)
@@ -184,7 +264,6 @@ class QuantConv2d(_FakeQuantLayer):
     before the ReLU): on the fast CPU path one kernel applies both where it can.
     """
     accepts_fast_conv = True  # see src.kernels.enable_fast_cpu_path
-    takes_relu = True  # see src.kernels.fast_cpu.QuantConvBNAct
     # a depthwise layer on the kernels with BatchNorm on batch statistics trains in one operator
     # (see _train_depthwise_with_batch_statistics); False: in the layer's separate operators
     fuses_depthwise_batchnorm = True
@@ -215,36 +294,58 @@ class QuantConv2d(_FakeQuantLayer):
         bn = self.bn
         return bn.beta - bn.gamma * bn.moving_mean / moving_std
 
-    def _train_folded(self, act_scale):
-        """``(weight, bias)`` with BatchNorm (where there is one, frozen) folded with its moving
-        statistics, fake-quantized as in eval, with gradient to the weight, gamma and beta."""
+    @property
+    def _train_folded(self):
+        """``_train_folded(act_scale)``: ``(weight, bias)`` with BatchNorm (where there is one,
+        frozen) folded with its moving statistics, fake-quantized as in eval, with gradient to
+        the weight, gamma and beta."""
+        if self.fast_quant is not None and self.bn is not None:
+            return self._train_folded_on_kernels
+        return self.quantized_folded
+
+    def _train_folded_on_kernels(self, act_scale):
         bn = self.bn
-        if self.fast_quant is not None and bn is not None:
-            weight, scales, moving_std = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance,
-                                                                     self.bn_eps)
-            return weight, self.quantize_bias(self._folded_bias(moving_std), act_scale, scales)
-        return self.quantized_folded(act_scale)
+        folded = self.fast_quant.fold_batchnorm(self.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
+                                                self.bn_eps, act_scale)
+        return item(folded, 0), item(folded, 1)
 
     def _train_with_folded_weights(self, x, relu):
         """The training output with BatchNorm frozen (or none), then a ReLU with ``relu``. On
         the fast path the bias, the ReLU and the output range's step run in one kernel after
         the convolution (where the range is frozen, without it; or in the depthwise kernel)."""
-        x, act_scale = self.quantize_input(x)
-        weight, bias = self._train_folded(act_scale)
+        quantized = self.quantize_input(x)
+        folded = self._train_folded(item(quantized, 1))
+        return self._folded_convolution(item(quantized, 0), item(folded, 0), item(folded, 1), relu)
+
+    @property
+    def _folded_convolution(self):
+        """``(x, weight, bias, relu) -> output`` of :meth:`_train_with_folded_weights`, with the
+        output range's step unless it is frozen."""
+        frozen = self.output_range.frozen
+        has_bias = self.bias is not None or self.bn is not None
+        if frozen and has_bias and is_fast_depthwise(self.fast_conv):
+            return self._depthwise_biased
+        if self.fast_quant is None or not has_bias:
+            return self._convolve_observing
+        return self._convolve_biased_on_kernels if frozen else self._convolve_observing_on_kernels
+
+    def _depthwise_biased(self, x, weight, bias, relu):
+        if relu:
+            return self.fast_conv.bias_relu(x, weight, bias)
+        return self.fast_conv.bias_only(x, weight, bias)
+
+    def _convolve_biased_on_kernels(self, x, weight, bias, relu):
+        if relu:
+            return self.fast_quant.add_bias_relu(self._convolution(x, weight), bias)
+        return apply_conv(x, weight, self.conv_op, self.fast_conv, bias)
+
+    def _convolve_observing_on_kernels(self, x, weight, bias, relu):
         observer = self.output_range
-        if observer.frozen and bias is not None and is_fast_depthwise(self.fast_conv):
-            if relu:
-                return self.fast_conv.bias_relu(x, weight, bias)
-            return self.fast_conv.bias_only(x, weight, bias)
-        if self.fast_quant is not None and bias is not None and observer.frozen:
-            if relu:
-                return self.fast_quant.add_bias_relu(self._convolution(x, weight), bias)
-            return apply_conv(x, weight, self.conv_op, self.fast_conv, bias)
-        if self.fast_quant is not None and bias is not None:
-            out = self._convolution(x, weight)
-            add_bias = self.fast_quant.add_bias_relu_observing if relu else self.fast_quant.add_bias_observing
-            return add_bias(out, bias, observer.act_min, observer.act_max, observer.ema)
-        out = observer(apply_conv(x, weight, self.conv_op, self.fast_conv, bias))
+        add_bias = self.fast_quant.add_bias_relu_observing if relu else self.fast_quant.add_bias_observing
+        return add_bias(self._convolution(x, weight), bias, observer.act_min, observer.act_max, observer.ema)
+
+    def _convolve_observing(self, x, weight, bias, relu):
+        out = self.output_range(apply_conv(x, weight, self.conv_op, self.fast_conv, bias))
         return ops.relu(out) if relu else out
 
     def _train_with_batch_statistics(self, x, relu):
@@ -256,7 +357,8 @@ class QuantConv2d(_FakeQuantLayer):
         stand for those of the unfolded convolution, and the output is corrected to them
         (Krishnamoorthi 2018, section 3.2). The moving statistics take the batch's share.
         """
-        x, act_scale = self.quantize_input(x)
+        quantized = self.quantize_input(x)
+        x, act_scale = item(quantized, 0), item(quantized, 1)
         bn = self.bn
         moving_std = ops.sqrt(bn.moving_variance + bn.eps)
         weight, scales = self.quantize_weight(self.weight * (bn.gamma / moving_std).reshape(-1, 1, 1, 1))
@@ -273,15 +375,18 @@ class QuantConv2d(_FakeQuantLayer):
     def _train_with_batch_statistics_on_kernels(self, x, relu):
         """:meth:`_train_with_batch_statistics` on the compiled kernels. The kernel also takes
         the moving statistics' and the output range's steps."""
-        x, act_scale = self.quantize_input(x)
+        quantized = self.quantize_input(x)
+        act_scale = item(quantized, 1)
         bn, observer = self.bn, self.output_range
-        weight, scales, _ = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
-        out = self._convolution(x, weight)
+        folded = self.fast_quant.fold_weight(self.weight, bn.gamma, bn.moving_variance, self.bn_eps)
+        scales = item(folded, 1)
+        out = self._convolution(item(quantized, 0), item(folded, 0))
         batchnorm = self.fast_quant.batchnorm_relu if relu else self.fast_quant.batchnorm
         # the kernel writes the moving statistics in place: any other reader must come before it
         # (the weight fold does: its output leads to the kernel's input)
-        return batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
-                         act_scale, scales, observer.act_min, observer.act_max, observer.kernel_ema())[0]
+        out = batchnorm(out, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
+                        act_scale, scales, observer.act_min, observer.act_max, observer.kernel_ema())
+        return item(out, 0)
 
     def _train_depthwise_with_batch_statistics(self, x, relu):
         """:meth:`_train_with_batch_statistics_on_kernels` of a depthwise convolution, with the
@@ -290,10 +395,11 @@ class QuantConv2d(_FakeQuantLayer):
         input's scale from its range once x is quantized, as ``ActivationScale`` does."""
         source, bn, observer = self.input_quant, self.bn, self.output_range
         if self.observes_input:
-            x = observe_and_quantize(x, source, self.fast_quant)[0]
+            x = item(observe_and_quantize(x, source, self.fast_quant), 0)
         op = self.fast_conv.qat_batchnorm_relu if relu else self.fast_conv.qat_batchnorm
-        return op(x, self.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
-                  source.act_min, source.act_max, observer.act_min, observer.act_max, observer.kernel_ema())[0]
+        out = op(x, self.weight, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance, self.bn_eps, self.bn_keep,
+                 source.act_min, source.act_max, observer.act_min, observer.act_max, observer.kernel_ema())
+        return item(out, 0)
 
     def _update_moving_statistics(self, batch_mean, batch_var, shape):
         bn = self.bn
@@ -315,12 +421,10 @@ class QuantConv2d(_FakeQuantLayer):
 
     @property
     def _output_path(self):
-        """The method that computes :meth:`output` in the current mode and configuration. The
-        choice is made here, in Python, which the graph compile reads: each instance's graph
-        holds its one path, without the branches to the others (a branch is a subgraph for each
-        instance, which the compile specializes one by one)."""
+        """The method that computes :meth:`output` in the current mode and configuration, picked
+        as :class:`QuantizedInputConv`'s steps are."""
         if not self.training:
-            return self._eval_output
+            return self._calibrating_output if self.output_range.calibrating else self._eval_output
         if self.bn is None or self.bn_frozen:
             return self._train_with_folded_weights
         if self.fast_quant is None:
@@ -330,20 +434,22 @@ class QuantConv2d(_FakeQuantLayer):
         return self._train_with_batch_statistics_on_kernels
 
     @property
-    def _convolution(self):
-        """The convolution without bias: the fast cell where there is one, else the framework's
-        operator, picked in Python as :attr:`_output_path` is."""
-        return self.conv_op if self.fast_conv is None else self.fast_conv
+    def _input_on_grid(self):
+        # while calibrating, the range that quantized the input widens after it (ConcatQuant)
+        return not self.observes_input and not self.output_range.calibrating
 
     def _eval_output(self, x, relu):
-        x = self.observe_input(x)
-        weight, bias, act_scale, zero_point = self.eval_params()
-        if self.output_range.calibrating:  # the observer watches the output before the ReLU
-            out = self.output_range(quantized_input_conv(x, act_scale, zero_point, weight, bias, self.conv_op,
-                                                         self.fast_conv, self.fast_quant))
-            return ops.relu(out) if relu else out
-        return quantized_input_conv(x, act_scale, zero_point, weight, bias, self.conv_op, self.fast_conv,
-                                    self.fast_quant, relu, on_grid=not self.observes_input)
+        params = self.eval_params()  # weight, bias, input scale, input zero point
+        return self._quantized_input_convolution(x, item(params, 2), item(params, 3), item(params, 0),
+                                                 item(params, 1), relu)
+
+    def _calibrating_output(self, x, relu):
+        x = self._input_observer(x)
+        params = self.eval_params()
+        # the output range is taken before the ReLU
+        out = self.output_range(self._quantized_input_convolution(x, item(params, 2), item(params, 3),
+                                                                  item(params, 0), item(params, 1), False))
+        return ops.relu(out) if relu else out
 
 
 class QuantDense(_FakeQuantLayer):
@@ -360,10 +466,11 @@ class QuantDense(_FakeQuantLayer):
 
     def construct(self, x):
         if self.training:
-            x, act_scale = self.quantize_input(x)
-            weight, bias = self.quantized_folded(act_scale)
+            quantized = self.quantize_input(x)
+            weight, bias = self.quantized_folded(item(quantized, 1))
+            x = item(quantized, 0)
             return ops.matmul(x, weight.T) + bias
-        x = self.observe_input(x)
+        x = self._input_observer(x)
         weight, bias, act_scale, zero_point = self.eval_params()
         x = fake_quant_activation(x, act_scale, zero_point, self.fast_quant)
         return ops.matmul(x, weight.T) + bias

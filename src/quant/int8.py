@@ -7,9 +7,10 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Parameter, Tensor
 
+from src.graph_ops import cast, mul, reshape, squeeze
 from src.kernels import conv_geometry, framework_conv
-from src.quant.fake_quant import quantized_input_conv
-from src.quant.primitives import fake_quant_activation, per_channel
+from src.quant.fake_quant import QuantizedInputConv
+from src.quant.primitives import fake_quant_activation
 
 
 class _Int8Params(nn.Cell):
@@ -26,27 +27,35 @@ class _Int8Params(nn.Cell):
         self.act_scale = Parameter(Tensor(np.ones(1, np.float32)), name="act_scale", requires_grad=False)
         self.act_zero_point = Parameter(Tensor(np.zeros(1, np.int32)), name="act_zero_point",
                                         requires_grad=False)
+        self.weight_scale_shape = (-1,) + (1,) * (len(weight_shape) - 1)  # see primitives.per_channel
+        self._input_on_grid = False
 
     def read_quantized_by(self, layer):
         """Take inputs quantized upstream as ``layer`` quantizes its own: share its input scale
-        and zero point (one entry in the checkpoint, under ``layer``'s name)."""
+        and zero point (one entry in the checkpoint, under ``layer``'s name). Such inputs arrive
+        quantized (by a ghost module's concatenation): the layer does not quantize them again,
+        which would change nothing."""
         self.act_scale = layer.act_scale
         self.act_zero_point = layer.act_zero_point
+        self._input_on_grid = True
 
-    def input_qparams(self):
-        """The input's scale and zero point as 0-d float tensors (see primitives.activation_qparams)."""
-        return self.act_scale.squeeze(), self.act_zero_point.squeeze().astype(ms.float32)
+    def input_scale(self):
+        """The input's scale, 0-d (see primitives.activation_qparams)."""
+        return squeeze(self.act_scale)
 
-    def dequantized(self):
-        """(input scale, input zero point, dequantized weight, dequantized bias); 0-d scale and
-        zero point (see primitives.activation_qparams)."""
-        scale, zero_point = self.input_qparams()
-        weight = self.weight.astype(ms.float32) * per_channel(self.weight_scale, len(self.weight.shape))
-        bias = self.bias.astype(ms.float32) * (scale * self.weight_scale)
-        return scale, zero_point, weight, bias
+    def input_zero_point(self):
+        """The input's zero point, a 0-d float."""
+        return cast(squeeze(self.act_zero_point), ms.float32)
+
+    def dequantized_weight(self):
+        return mul(cast(self.weight, ms.float32), reshape(self.weight_scale, self.weight_scale_shape))
+
+    def dequantized_bias(self, scale):
+        """The bias for the input ``scale`` (:meth:`input_scale`)."""
+        return mul(cast(self.bias, ms.float32), mul(scale, self.weight_scale))
 
 
-class Int8Conv2d(_Int8Params):
+class Int8Conv2d(QuantizedInputConv, _Int8Params):
     """Convolution with int8 weights, int32 bias and a uint8 input, as a deployment runs it.
 
     ``output_min`` / ``output_max`` hold the observed output range, for exporters.
@@ -62,9 +71,13 @@ class Int8Conv2d(_Int8Params):
         self.output_max = Parameter(Tensor(np.zeros(1, np.float32)), name="output_max", requires_grad=False)
 
     def construct(self, x):
-        scale, zero_point, weight, bias = self.dequantized()
-        return quantized_input_conv(x, scale, zero_point, weight, bias, self.conv_op, self.fast_conv,
-                                    self.fast_quant)
+        return self.output(x, False)
+
+    def output(self, x, relu):
+        """The layer's output, then a ReLU with ``relu`` (a constant)."""
+        scale = self.input_scale()
+        return self._quantized_input_convolution(x, scale, self.input_zero_point(), self.dequantized_weight(),
+                                                 self.dequantized_bias(scale), relu)
 
 
 class Int8Dense(_Int8Params):
@@ -72,9 +85,9 @@ class Int8Dense(_Int8Params):
         super().__init__(dense.weight.shape)
 
     def construct(self, x):
-        scale, zero_point, weight, bias = self.dequantized()
-        x = fake_quant_activation(x, scale, zero_point, self.fast_quant)
-        return ops.matmul(x, weight.T) + bias
+        scale = self.input_scale()
+        x = fake_quant_activation(x, scale, self.input_zero_point(), self.fast_quant)
+        return ops.matmul(x, self.dequantized_weight().T) + self.dequantized_bias(scale)
 
 
 class Int8ConcatQuant(nn.Cell):
@@ -89,8 +102,8 @@ class Int8ConcatQuant(nn.Cell):
         self.fast_quant = None
 
     def construct(self, x):
-        scale, zero_point = self.layer.input_qparams()
-        return fake_quant_activation(x, scale, zero_point, self.fast_quant)
+        layer = self.layer
+        return fake_quant_activation(x, layer.input_scale(), layer.input_zero_point(), self.fast_quant)
 
     def concat(self, primary, quantized, cheap):
         """A ghost module's output: ``quantized`` (``primary`` through this quantization) and

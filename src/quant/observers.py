@@ -30,21 +30,43 @@ class RangeObserver(nn.Cell):
         self.frozen_ema = Tensor(np.array([1.0, 0.0], np.float32))
 
     def construct(self, x):
-        if not self.calibrating and (not self.training or self.frozen):
-            return x
-        if self.training and self.fast_quant is not None:
-            new_min, new_max = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
-            ops.assign(self.act_min, new_min)
-            ops.assign(self.act_max, new_max)
-            return x
-        seen = self.min_max(x)
-        seen_min, seen_max = seen[:1], seen[1:]
-        if self.training:
-            ops.assign(self.act_min, self.act_min * ACTIVATION_EMA_DECAY + seen_min * (1 - ACTIVATION_EMA_DECAY))
-            ops.assign(self.act_max, self.act_max * ACTIVATION_EMA_DECAY + seen_max * (1 - ACTIVATION_EMA_DECAY))
-        else:
-            ops.assign(self.act_min, ops.minimum(self.act_min, seen_min))
-            ops.assign(self.act_max, ops.maximum(self.act_max, seen_max))
+        return self._step(x)
+
+    @property
+    def _step(self):
+        """The method that computes :meth:`construct` in the current mode and flags: a property
+        of constant attributes, which the graph compile folds to the one method (see
+        :class:`src.quant.fake_quant.QuantizedInputConv`)."""
+        if self.training and (self.calibrating or not self.frozen):
+            return self._moving_step if self.fast_quant is None else self._moving_step_on_kernels
+        if self.calibrating:
+            return self._widen if self.fast_quant is None else self._widen_on_kernels
+        return self._unchanged
+
+    def _unchanged(self, x):
+        return x
+
+    def _moving_step(self, x):
+        x_seen = ops.stop_gradient(x)
+        ops.assign(self.act_min, self.act_min * ACTIVATION_EMA_DECAY + x_seen.min() * (1 - ACTIVATION_EMA_DECAY))
+        ops.assign(self.act_max, self.act_max * ACTIVATION_EMA_DECAY + x_seen.max() * (1 - ACTIVATION_EMA_DECAY))
+        return x
+
+    def _moving_step_on_kernels(self, x):
+        new_min, new_max = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
+        ops.assign(self.act_min, new_min)
+        ops.assign(self.act_max, new_max)
+        return x
+
+    def _widen(self, x):
+        ops.assign(self.act_min, ops.minimum(self.act_min, x.min()))
+        ops.assign(self.act_max, ops.maximum(self.act_max, x.max()))
+        return x
+
+    def _widen_on_kernels(self, x):
+        new_min, new_max = self.fast_quant.range_widen(x, self.act_min, self.act_max)
+        ops.assign(self.act_min, new_min)
+        ops.assign(self.act_max, new_max)
         return x
 
     def kernel_ema(self):
