@@ -10,15 +10,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 def _prefer_compiled_protobuf():
     """MindSpore sets protobuf's pure-Python implementation where none is set (a guard for
     checkpoints of gigabytes); on ours (15 MB at most) it made each checkpoint read and write
-    and each MINDIR export a second or two slower than protobuf's compiled one (``upb``, in
-    protobuf 4.21 and later). protobuf reads the choice when it first loads."""
-    from importlib import metadata
+    and each MINDIR export a second or two slower than protobuf's compiled one (``upb``, where
+    the installed protobuf has it). protobuf reads the choice when it first loads: where
+    MindSpore or protobuf is imported before src, this changes nothing."""
+    from importlib import util
 
     try:
-        major = metadata.version("protobuf").split(".")[0]
-    except metadata.PackageNotFoundError:
+        compiled = util.find_spec("google._upb._message") is not None
+    except ImportError:  # no google package
         return
-    if major.isdigit() and int(major) >= 4:
+    if compiled:
         os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "upb")
 
 

@@ -563,6 +563,7 @@ def test_calibrating_in_pynative_mode_sets_the_ranges_graph_mode_does(kernels):
     the same ranges bit for bit, and the context's mode as it was."""
     batches = [randn(2, 3, 32, 32, seed=seed) for seed in (15, 16)]
     ranges = []
+    mode = ms.get_context("mode")
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
         for eager in (True, False):
@@ -572,7 +573,7 @@ def test_calibrating_in_pynative_mode_sets_the_ranges_graph_mode_does(kernels):
             ranges.append([p.asnumpy() for name, p in net.parameters_and_names()
                            if name.endswith(("act_min", "act_max"))])
     finally:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
+        ms.set_context(mode=mode)
     for eager, compiled in zip(*ranges):
         np.testing.assert_array_equal(eager, compiled)
     assert len(ranges[0]) > 100 and sum(float(r[0]) != 0.0 for r in ranges[0]) > 100

@@ -148,7 +148,7 @@ class _ObservingRun(nn.Cell):
 
 # PyNative mode runs each operator from Python: on two CPU cores about 1 s a batch more than a
 # compiled graph (GhostNet, 64 px, batch 16), and nothing to compile, where the calibration graph
-# took 12-18 s to compile. With fewer batches than this, calibrate() runs PyNative mode.
+# took 10-18 s to compile. With fewer batches than this, calibrate() runs PyNative mode.
 EAGER_CALIBRATION_BATCHES = 16
 
 
@@ -158,16 +158,16 @@ def observe_ranges(net, batches, eager=False):
     ``eager``: in PyNative mode (the same operators, the same ranges), the context's mode
     restored after."""
     observers = range_observers(net)
-    for observer in observers:
-        observer.reset()
-        observer.calibrating = True
-    run = _ObservingRun(net)
-    run.set_train(False)
     mode = ms.get_context("mode")
-    if eager:
-        ms.set_context(mode=ms.PYNATIVE_MODE)
     seen = 0
     try:
+        for observer in observers:
+            observer.reset()
+            observer.calibrating = True
+        run = _ObservingRun(net)
+        run.set_train(False)
+        if eager:
+            ms.set_context(mode=ms.PYNATIVE_MODE)
         for seen, images in enumerate(batches, 1):
             run(images)
     finally:

@@ -29,8 +29,8 @@ class QuantConvBNAct(ConvBNAct):
 class QuantizedInputConv:
     """The eval convolution of a layer whose input is quantized to uint8: what
     :class:`QuantConv2d` computes in eval and :class:`~src.quant.int8.Int8Conv2d` always. A
-    mixin for cells with ``conv_op``, ``fast_conv``, ``fast_quant``, ``bias`` and
-    ``_input_on_grid``: whether the input arrives quantized so (by a ghost module's
+    mixin for cells with ``conv_op``, ``fast_conv``, ``fast_quant``, ``bias`` (and ``bn``, if
+    any) and ``_input_on_grid``: whether the input arrives quantized so (by a ghost module's
     concatenation), where quantizing it again would change nothing.
 
     The steps are picked by properties, from the layer's attributes, which the graph compile
@@ -56,6 +56,9 @@ class QuantizedInputConv:
         return self._convolve_on_grid if self._input_on_grid else self._quantize_and_convolve
 
     def _depthwise_on_grid(self, x, scale, zero_point, weight, bias, relu):
+        return self._depthwise_biased(x, weight, bias, relu)
+
+    def _depthwise_biased(self, x, weight, bias, relu):
         if relu:
             return self.fast_conv.bias_relu(x, weight, bias)
         return self.fast_conv.bias_only(x, weight, bias)
@@ -328,11 +331,6 @@ class QuantConv2d(QuantizedInputConv, _FakeQuantLayer):
         if self.fast_quant is None or not has_bias:
             return self._convolve_observing
         return self._convolve_biased_on_kernels if frozen else self._convolve_observing_on_kernels
-
-    def _depthwise_biased(self, x, weight, bias, relu):
-        if relu:
-            return self.fast_conv.bias_relu(x, weight, bias)
-        return self.fast_conv.bias_only(x, weight, bias)
 
     def _convolve_biased_on_kernels(self, x, weight, bias, relu):
         if relu:

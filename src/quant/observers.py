@@ -4,6 +4,8 @@ import mindspore.ops as ops
 import numpy as np
 from mindspore import Parameter, Tensor
 
+from src.graph_ops import item
+
 ACTIVATION_EMA_DECAY = 0.99
 
 
@@ -53,9 +55,9 @@ class RangeObserver(nn.Cell):
         return x
 
     def _moving_step_on_kernels(self, x):
-        new_min, new_max = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
-        ops.assign(self.act_min, new_min)
-        ops.assign(self.act_max, new_max)
+        new_range = self.fast_quant.range_ema(x, self.act_min, self.act_max, self.ema)
+        ops.assign(self.act_min, item(new_range, 0))
+        ops.assign(self.act_max, item(new_range, 1))
         return x
 
     def _widen(self, x):
@@ -64,9 +66,9 @@ class RangeObserver(nn.Cell):
         return x
 
     def _widen_on_kernels(self, x):
-        new_min, new_max = self.fast_quant.range_widen(x, self.act_min, self.act_max)
-        ops.assign(self.act_min, new_min)
-        ops.assign(self.act_max, new_max)
+        new_range = self.fast_quant.range_widen(x, self.act_min, self.act_max)
+        ops.assign(self.act_min, item(new_range, 0))
+        ops.assign(self.act_max, item(new_range, 1))
         return x
 
     def kernel_ema(self):
