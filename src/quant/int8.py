@@ -10,7 +10,7 @@ from mindspore import Parameter, Tensor
 from src.graph_ops import cast, mul, reshape, squeeze
 from src.kernels import conv_geometry, framework_conv
 from src.quant.fake_quant import QuantizedInputConv
-from src.quant.primitives import fake_quant_activation
+from src.quant.primitives import fake_quant_activation, per_channel_shape
 
 
 class _Int8Params(nn.Cell):
@@ -27,7 +27,7 @@ class _Int8Params(nn.Cell):
         self.act_scale = Parameter(Tensor(np.ones(1, np.float32)), name="act_scale", requires_grad=False)
         self.act_zero_point = Parameter(Tensor(np.zeros(1, np.int32)), name="act_zero_point",
                                         requires_grad=False)
-        self.weight_scale_shape = (-1,) + (1,) * (len(weight_shape) - 1)  # see primitives.per_channel
+        self.weight_scale_shape = per_channel_shape(len(weight_shape))
         self._input_on_grid = False
 
     def read_quantized_by(self, layer):

@@ -44,9 +44,14 @@ def weight_scales(weight):
     return ops.maximum(flat.abs().max(axis=1) / WEIGHT_QMAX, _TINY)
 
 
+def per_channel_shape(ndim):
+    """The shape that broadcasts per-output-channel values over an ``ndim`` weight."""
+    return (-1,) + (1,) * (ndim - 1)
+
+
 def per_channel(scales, ndim):
     """``scales`` shaped to broadcast over the output-channel axis of an ``ndim`` weight."""
-    return scales.reshape((-1,) + (1,) * (ndim - 1))
+    return scales.reshape(per_channel_shape(ndim))
 
 
 def weight_integers(weight, scales):
