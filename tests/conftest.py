@@ -8,7 +8,6 @@ import mindspore as ms
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / "shared" / "fixtures"
 
 # the shape every int8 recipe run here uses
 SMALL = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "16",
@@ -23,13 +22,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "int8_recipe" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
-
-
-@pytest.fixture(scope="session")
-def fixtures_dir():
-    if not FIXTURES.is_dir():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}")
-    return FIXTURES
 
 
 @pytest.fixture

@@ -4,44 +4,45 @@ import sys
 import numpy as np
 import mindspore as ms
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.convert_weights import convert, timm_to_zoo_name
 from src.ghostnet import GhostNet
 from src.deploy.fold import fold_batchnorm_for_inference
 from src.models import create_network
-
-REFERENCES = [("ghostnet_100", 1000), ("ghostnet_100_pets37", 37)]
+from timm_reference import FEATURE_CHANNEL_STEP, REFERENCES, seeded_input, seeded_state, stored_outputs
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory, fixtures_dir):
+def converted(tmp_path_factory):
+    """Each reference's seeded timm weights as a .safetensors file, through the converter's CLI."""
     out = {}
     folder = tmp_path_factory.mktemp("converted")
-    for stem, num_classes in REFERENCES:
-        path = folder / f"{stem}.ckpt"
+    for stem, num_classes, seed in REFERENCES:
+        source, path = folder / f"{stem}.safetensors", folder / f"{stem}.ckpt"
+        save_file(seeded_state(num_classes, seed), str(source))
         result = subprocess.run(
-            [sys.executable, "-m", "src.convert_weights",
-             "--input", str(fixtures_dir / "timm_ghostnet" / f"{stem}.safetensors"),
-             "--output", str(path)], capture_output=True, text=True)
+            [sys.executable, "-m", "src.convert_weights", "--input", str(source), "--output", str(path)],
+            capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         out[stem] = path
     return out
 
 
 @pytest.mark.parametrize("path", ["framework", "fast_cpu", "fast_cpu_folded"])
-@pytest.mark.parametrize("stem, num_classes", REFERENCES)
-def test_converted_weights_reproduce_timm_outputs(converted, fixtures_dir, stem, num_classes, path):
+@pytest.mark.parametrize("stem, num_classes, seed", REFERENCES)
+def test_converted_weights_reproduce_timm_outputs(converted, stem, num_classes, seed, path):
     net = create_network("ghostnet", num_classes=num_classes, fast_cpu=path != "framework")
     load_strict(net, str(converted[stem]))
     net.set_train(False)
     if path == "fast_cpu_folded":  # what eval.py runs for a float checkpoint
         fold_batchnorm_for_inference(net)
-    io = np.load(fixtures_dir / "timm_ghostnet" / f"{stem}_io.npz")
-    x = ms.Tensor(io["x"])
-    assert np.abs(net(x).asnumpy() - io["logits"]).max() < 1e-4
-    assert np.abs(net.forward_features(x).asnumpy() - io["features"]).max() < 2e-4
+    logits, features = stored_outputs(stem)
+    x = ms.Tensor(seeded_input())
+    assert np.abs(net(x).asnumpy() - logits).max() < 1e-4
+    ours = net.forward_features(x).asnumpy()[:, ::FEATURE_CHANNEL_STEP]
+    assert np.abs(ours - features).max() < 2e-4
 
 
 @pytest.mark.parametrize("timm_name, ours", [
@@ -58,31 +59,31 @@ def test_timm_names_map_to_zoo_names(timm_name, ours):
     assert timm_to_zoo_name(timm_name) == ours
 
 
-def _state(fixtures_dir):
-    return load_file(str(fixtures_dir / "timm_ghostnet" / "ghostnet_100_pets37.safetensors"))
+def _state():
+    return seeded_state(37, seed=2)
 
 
-def test_converter_names_an_unused_source_tensor(fixtures_dir):
-    state = _state(fixtures_dir)
+def test_converter_names_an_unused_source_tensor():
+    state = _state()
     state["blocks.0.0.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match=r"no place in the network: blocks\.0\.0\.extra\.weight"):
         convert(state, GhostNet(num_classes=37))
 
 
-def test_converter_names_an_unfilled_parameter(fixtures_dir):
-    state = _state(fixtures_dir)
+def test_converter_names_an_unfilled_parameter():
+    state = _state()
     del state["blocks.3.0.bn_dw.running_var"]
     with pytest.raises(ValueError, match=r"no source tensor: blocks\.3\.dw\.bn\.moving_variance"):
         convert(state, GhostNet(num_classes=37))
 
 
-def test_converter_names_a_shape_mismatch(fixtures_dir):
+def test_converter_names_a_shape_mismatch():
     with pytest.raises(ValueError, match=r"classifier\.weight \(37, 1280\) vs network \(10, 1280\)"):
-        convert(_state(fixtures_dir), GhostNet(num_classes=10))
+        convert(_state(), GhostNet(num_classes=10))
 
 
-def test_converter_cli_exits_non_zero_and_writes_nothing(tmp_path, fixtures_dir):
-    state = _state(fixtures_dir)
+def test_converter_cli_exits_non_zero_and_writes_nothing(tmp_path):
+    state = _state()
     del state["conv_stem.weight"]
     bad = tmp_path / "bad.safetensors"
     save_file(state, str(bad))

@@ -4,10 +4,11 @@ import pytest
 
 from src.ghostnet import BLOCK_TABLE, GhostNet, create_model, make_divisible
 from src.model_stats import count_macs, count_trainable_parameters
+from timm_reference import FIXTURES
 
 
-def zoo_names(fixtures_dir):
-    rows = (fixtures_dir / "zoo_ghostnet" / "float_param_names.tsv").read_text().splitlines()
+def zoo_names():
+    rows = (FIXTURES / "zoo_ghostnet" / "float_param_names.tsv").read_text().splitlines()
     entries = [row.split("\t") for row in rows if row and not row.startswith("#")]
     return [(name, tuple(int(v) for v in shape.strip("[]").split(","))) for name, shape in entries]
 
@@ -28,9 +29,9 @@ def test_macs_scale_with_resolution():
     assert count_macs(net, 112) < count_macs(net, 224) / 3
 
 
-def test_parameter_names_and_shapes_equal_the_zoo(fixtures_dir):
+def test_parameter_names_and_shapes_equal_the_zoo():
     ours = [(name, tuple(p.shape)) for name, p in GhostNet(num_classes=37).parameters_and_names()]
-    assert ours == zoo_names(fixtures_dir)
+    assert ours == zoo_names()
 
 
 def test_block_table_has_the_papers_sixteen_bottlenecks():
