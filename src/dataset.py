@@ -24,7 +24,7 @@ import numpy as np
 from mindspore.communication import GlobalComm, get_group_size, get_rank
 from mindspore.dataset.vision import Inter
 from mindspore.mindrecord import FileReader, FileWriter
-from PIL import Image
+from PIL import Image, ImageOps
 
 from src.cli import run_script
 from src.errors import DatasetError
@@ -46,6 +46,7 @@ DECODABLE_JPEG_MODES = ("RGB", "L")
 UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
                            Image.DecompressionBombWarning)
 STAGING_PREFIX = ".staging-"
+EXIF_ORIENTATION = 0x0112  # the EXIF tag of a photo's rotation or mirroring; 1 is upright
 
 
 # --- conversion ------------------------------------------------------------------------
@@ -139,17 +140,33 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
+def exif_orientation(img):
+    """The EXIF orientation tag of ``img`` (1, upright, where it has none)."""
+    try:
+        return int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, SyntaxError):  # a damaged EXIF block: taken as upright
+        return 1
+
+
+def upright(img):
+    """``img`` turned as its EXIF orientation says (phones store photos sideways with a tag;
+    viewers and PIL's ``exif_transpose`` apply it, MindSpore's decoder does not)."""
+    return ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img
+
+
 def load_image_bytes(path):
     """Return ``(jpeg_bytes, reencoded_reason)``; raise one of UNREADABLE_IMAGE_ERRORS for what
-    PIL cannot read."""
+    PIL cannot read. What MindSpore's decoder would read wrongly is re-encoded as an upright RGB
+    JPEG: other formats and modes, and pictures with an EXIF orientation other than upright."""
     with open(path, "rb") as f:
         raw = f.read()
     with read_image(io.BytesIO(raw)) as img:
-        if img.format == "JPEG" and img.mode in DECODABLE_JPEG_MODES:
+        orientation = exif_orientation(img)
+        if img.format == "JPEG" and img.mode in DECODABLE_JPEG_MODES and orientation == 1:
             return raw, None
-        reason = f"{img.format} {img.mode}"
+        reason = f"{img.format} {img.mode}" if orientation == 1 else f"EXIF orientation {orientation}"
         out = io.BytesIO()
-        to_rgb(img).save(out, "JPEG", quality=95)
+        to_rgb(upright(img)).save(out, "JPEG", quality=95)
         return out.getvalue(), reason
 
 
@@ -223,7 +240,7 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
         logger.info("%s: %d images written to %s", split, summary.written,
                     os.path.join(output_dir, f"{split}.mindrecord"))
         for file, reason in summary.reencoded:
-            logger.info("  re-encoded as RGB JPEG (%s): %s", reason, file)
+            logger.info("  re-encoded as upright RGB JPEG (%s): %s", reason, file)
         for file, reason in summary.skipped:
             logger.warning("  skipped %s: %s", file, reason)
     logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
@@ -394,7 +411,7 @@ def load_image(path, image_size):
         raise DatasetError(f"image not found: {path}")
     try:
         with read_image(path) as image:
-            pixels = np.asarray(to_rgb(image))
+            pixels = np.asarray(to_rgb(upright(image)))
     except UNREADABLE_IMAGE_ERRORS as err:
         raise DatasetError(f"{path} is not an image file PIL can read ({err})") from None
     for transform in eval_transforms(image_size):

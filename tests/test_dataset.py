@@ -1,3 +1,4 @@
+import io
 import os
 
 import mindspore.dataset as ds
@@ -161,3 +162,45 @@ def test_the_hard_sample_set_is_seeded_and_gives_every_class_its_own_attributes(
         make_sample_pets(str(tmp_path / "c"), num_classes=HARD_CLASSES + 1, kind="hard")
     with pytest.raises(DatasetError, match="unknown kind 'blobs'"):
         make_sample_pets(str(tmp_path / "d"), kind="blobs")
+
+
+def save_sideways(upright_image, path, orientation=6):
+    """Store ``upright_image`` as a phone does: pixels turned, an EXIF tag saying how to turn them back."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    turn = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}
+    upright_image.transpose(turn[orientation]).save(path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def test_photos_with_an_exif_orientation_are_stored_and_classified_upright(tmp_path):
+    from mindspore.mindrecord import FileReader
+    from src.dataset import load_image
+
+    root = tmp_path / "pets"
+    make_sample_pets(str(root), num_classes=2, train_per_class=2, test_per_class=2, size=(40, 64),
+                     awkward_files=False)
+    names = [line.split()[0] for line in (root / "annotations" / "test.txt").read_text().splitlines()
+             if line and not line.startswith("#")]
+    upright_files = {}
+    for name, orientation in zip(names, (6, 8, 3)):
+        path = root / "images" / f"{name}.jpg"
+        with Image.open(path) as img:
+            picture = img.convert("RGB")
+        upright_files[name] = tmp_path / f"{name}-upright.jpg"
+        picture.save(upright_files[name], "JPEG", quality=95)
+        save_sideways(picture, path, orientation)
+        # classify.py's loading: the tagged file gives the upright picture, not a turned one
+        np.testing.assert_allclose(load_image(str(path), 32), load_image(str(upright_files[name]), 32), atol=0.35)
+    summaries = convert_pets(str(root), str(tmp_path / "out"))
+    reasons = {os.path.basename(f)[:-4]: reason for f, reason in summaries["test"].reencoded}
+    assert reasons == {names[0]: "EXIF orientation 6", names[1]: "EXIF orientation 8",
+                       names[2]: "EXIF orientation 3"}
+    reader = FileReader(str(tmp_path / "out" / "test.mindrecord"))
+    stored = [Image.open(io.BytesIO(row["image"])).convert("RGB") for row in reader.get_next()]
+    reader.close()
+    assert len(stored) == len(names)
+    for name, image in zip(names[:3], stored):  # the converter keeps the annotation order
+        with Image.open(upright_files[name]) as expected:
+            assert image.size == expected.size and image.width != image.height
+            difference = np.abs(np.asarray(image, np.int16) - np.asarray(expected.convert("RGB"), np.int16))
+            assert difference.mean() < 4, name
