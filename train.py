@@ -34,6 +34,7 @@ from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
 from src.outputs import FolderLock, make_folder, write_text
+from src.plots import draw_history_if_possible
 from src.quant import calibrate, int8_params, prepare, set_bn_frozen, set_observers_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingHistory, build_optimizer, check_parameters_finite,
@@ -247,6 +248,7 @@ def train(args, config, rank, group_size):
             save_params(int8_params(net), path)
         logger.info("final checkpoint %s%s", path,
                     f" (best eval top-1 {best_top1:.4f})" if best_top1 >= 0 else "")
+        draw_history_if_possible(args.output_dir)  # loss, lr and eval top-1 per epoch
     return net
 
 

@@ -317,4 +317,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from bench.timing import recorded
+
+    with recorded("bench_ab"):
+        main()

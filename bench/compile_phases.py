@@ -133,4 +133,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    from bench.timing import recorded
+
+    with recorded("compile_phases"):
+        main()

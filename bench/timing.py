@@ -1,9 +1,17 @@
-"""Alternating-rounds timing shared by the bench scripts."""
+"""Alternating-rounds timing shared by the bench scripts, and the record each run leaves in
+bench/results/."""
+import contextlib
+import datetime
+import io
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "bench", "results")
 
 
 def images_per_second(run, batch, seconds):
@@ -140,3 +148,78 @@ def print_table(medians, references, extra=None):
         row = f"{name:>{width}} {value:>9.1f}" + "".join(f" {value / medians[r]:>17.2f}x" for r in present)
         row += "".join(f" {cell:>9}" for cell in extra.get(name, {}).values())
         print(row)
+
+
+def machine_description():
+    """Lines naming this machine for a results file: CPU model, cores, int8 instructions, AMX."""
+    from src.deploy.weight_storage import int8_instruction_set
+    from src.kernels import cpu_flags
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    amx = sorted(flag for flag in cpu_flags() if flag.startswith("amx"))
+    return [f"CPU: {model}, {os.cpu_count()} cores",
+            f"int8 instructions: {int8_instruction_set()}",
+            f"AMX: {', '.join(amx) if amx else 'none'}"]
+
+
+def _commit():
+    try:
+        found = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        found = ""
+    return found or "unknown"
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextlib.contextmanager
+def recorded(name, folder=RESULTS_DIR):
+    """Everything the block prints also goes to ``folder/NAME-DATE-COMMIT.md`` under a header
+    with the date, the commit, the command and the machine (CPU, int8 instructions, AMX). The
+    file is written, atomically, only when the block ends without an error. A bench script's
+    child process (``--child``) records nothing: its parent does."""
+    if "--child" in sys.argv:
+        yield
+        return
+    captured = io.StringIO()
+    stdout = sys.stdout
+    sys.stdout = _Tee(stdout, captured)
+    try:
+        yield
+    finally:
+        sys.stdout = stdout
+    now = datetime.datetime.now()
+    commit = _commit()
+    header = [f"# {name}, {now:%Y-%m-%d %H:%M}, commit {commit}", "",
+              "`python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+              + "`", ""] + [f"- {line}" for line in machine_description()]
+    text = "\n".join(header) + "\n\n```\n" + captured.getvalue().rstrip() + "\n```\n"
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}-{now:%Y-%m-%d}-{commit}.md")
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"\nrecorded in {os.path.relpath(path)}")

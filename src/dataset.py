@@ -325,15 +325,18 @@ def copy_class_names(source_file, destination_folder):
 
 
 def check_num_classes(dataset_path, num_classes):
-    """Refuse a classifier smaller than the labels of the dataset: known from class_names.txt,
-    else read from the label column (which is small: the images are not read)."""
+    """Refuse a classifier smaller than the classes of the dataset: the names of its
+    class_names.txt, and the labels themselves (read from the label column, which is small:
+    the images are not read), so that a names file left from other data is found too."""
     names = read_class_names(dataset_path)
-    if names is not None:
-        if len(names) > num_classes:
-            raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
-                               f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
-        return
+    if names is not None and len(names) > num_classes:
+        raise DatasetError(f"{dataset_path} has {len(names)} classes ({CLASS_NAMES_FILE} beside it) "
+                           f"but --num_classes is {num_classes}; pass --num_classes {len(names)}")
     top = max_label(dataset_path)
+    if names is not None and top >= len(names):
+        raise DatasetError(f"{dataset_path} has labels up to {top} ({top + 1} classes) but the "
+                           f"{CLASS_NAMES_FILE} beside it names {len(names)}: it belongs to other data. "
+                           "Convert the data again (python -m src.dataset ... --overwrite), which writes both")
     if top >= num_classes:
         raise DatasetError(f"{dataset_path} has labels up to {top} ({top + 1} classes) but --num_classes "
                            f"is {num_classes}; pass --num_classes {top + 1} or more")

@@ -9,9 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# the shape every int8 recipe run here uses
-SMALL = ["--width", "0.5", "--num_classes", "4", "--image_size", "32", "--batch_size", "16",
-         "--num_workers", "1", "--log_every", "100"]
+# the network every small run here builds, and the shape every int8 recipe run here trains
+SMALL_NET = ["--width", "0.5", "--num_classes", "4", "--image_size", "32"]
+SMALL = SMALL_NET + ["--batch_size", "16", "--num_workers", "1", "--log_every", "100"]
 
 ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 ms.set_seed(0)

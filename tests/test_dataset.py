@@ -204,3 +204,33 @@ def test_photos_with_an_exif_orientation_are_stored_and_classified_upright(tmp_p
             assert image.size == expected.size and image.width != image.height
             difference = np.abs(np.asarray(image, np.int16) - np.asarray(expected.convert("RGB"), np.int16))
             assert difference.mean() < 4, name
+
+
+def test_labels_beyond_the_classes_are_found_with_or_without_a_names_file(tmp_path, sample_pets):
+    """A class_names.txt left from other data (4 names, labels 0-5) does not hide the labels."""
+    from src.dataset import check_num_classes
+    from src.evaluation import evaluate
+
+    _, out, _ = sample_pets
+    from mindspore.mindrecord import FileReader
+    reader = FileReader(str(out / "test.mindrecord"))
+    rows = [{"image": r["image"], "label": int(i % 6)} for i, r in enumerate(reader.get_next())]
+    reader.close()
+    path = tmp_path / "six.mindrecord"
+    writer = FileWriter(str(path), 1)
+    writer.add_schema({"image": {"type": "bytes"}, "label": {"type": "int32"}}, "six")
+    writer.write_raw_data(rows)
+    writer.commit()
+    with pytest.raises(DatasetError, match=r"labels up to 5 \(6 classes\) but --num_classes is 4"):
+        check_num_classes(str(path), 4)
+    (tmp_path / "class_names.txt").write_text("a\nb\nc\nd\n")
+    with pytest.raises(DatasetError, match=r"labels up to 5 .* names 4: it belongs to other data"):
+        check_num_classes(str(path), 4)
+    with pytest.raises(DatasetError, match=r"labels up to 5 .* names 4"):
+        check_num_classes(str(path), 8)  # a classifier big enough, but the names are still stale
+
+    def four_class_logits(images):  # a stand-in predictor: eval's own guard, past the checks above
+        return np.zeros((images.shape[0], 4), np.float32)
+    with pytest.raises(DatasetError, match=r"six\.mindrecord holds label [45] but the network has 4 classes"):
+        evaluate(four_class_logits, create_dataset(str(path), train=False, image_size=32, batch_size=8),
+                 str(path), log_progress=False)

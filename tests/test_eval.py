@@ -1,8 +1,11 @@
+import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 from mindspore.mindrecord import FileWriter
 
 from conftest import REPO
@@ -19,11 +22,13 @@ def run_eval(env, *args):
 
 @pytest.mark.slow
 def test_eval_script_reports_every_sample_and_the_same_accuracy(sample_pets, checkpoint_4_classes,
-                                                                subprocess_env):
+                                                                subprocess_env, tmp_path):
     _, out, _ = sample_pets
+    report_dir = tmp_path / "report"
     result = run_eval(subprocess_env, "--dataset_path", out / "test.mindrecord",
                       "--checkpoint_path", checkpoint_4_classes, "--batch_size", 5,
-                      "--image_size", 48, "--num_classes", 4, "--width", 0.5, "--platform", "CPU")
+                      "--image_size", 48, "--num_classes", 4, "--width", 0.5, "--platform", "CPU",
+                      "--report_dir", report_dir)
     assert result.returncode == 0, result.stderr
     line = re.search(r"^result: \{'acc': (\d\.\d{4})\} ckpt= (.+)$", result.stdout, re.M)
     assert line and line.group(2) == str(checkpoint_4_classes)
@@ -36,6 +41,17 @@ def test_eval_script_reports_every_sample_and_the_same_accuracy(sample_pets, che
     expected = evaluate(net, create_dataset(str(out / "test.mindrecord"), train=False,
                                             image_size=48, batch_size=23))
     assert float(line.group(1)) == pytest.approx(expected["top1"], abs=1e-4)
+
+    # --report_dir: per-class accuracy and the confusion matrix, with the breed names
+    report = json.loads((report_dir / "eval_report.json").read_text())
+    confusion = np.array(report["confusion"])
+    np.testing.assert_array_equal(confusion, expected["confusion"])
+    assert confusion.sum() == 23 and np.trace(confusion) / 23 == pytest.approx(report["top1"])
+    assert report["class_names"] == (out / "class_names.txt").read_text().split()
+    assert [c["samples"] for c in report["classes"]] == [6, 6, 6, 5]  # as the labels count them
+    assert f"confusion matrix: {report_dir / 'confusion.png'}" in result.stdout
+    with Image.open(report_dir / "confusion.png") as picture:
+        assert picture.format == "PNG" and min(picture.size) > 300
 
 
 def test_eval_refuses_a_checkpoint_that_does_not_fit(sample_pets, checkpoint_4_classes, subprocess_env):

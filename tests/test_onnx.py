@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run
+from conftest import SMALL_NET, run
 from src.checkpoint import CheckpointError, load_strict, save_params
 from src.dataset import create_dataset
 from src.evaluation import predict_logits
@@ -21,7 +21,6 @@ from src.quant import build_int8_network, calibrate, convert, prepare
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-SMALL_NET = ["--width", "0.5", "--num_classes", "4", "--image_size", "32"]
 
 
 def randn(*shape, seed=0):

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run
+from conftest import REPO, SMALL_NET, run
 from src.checkpoint import CheckpointError, load_strict, read_checkpoint, save_params
 from src.config import TrainConfig
 from src.dataset import DatasetError, convert_pets, load_image, load_image_bytes
 from src.ghostnet import GhostNet
 from src.sample_data import make_sample_pets
 
-NET = ["--width", "0.5", "--num_classes", "4", "--image_size", "32"]
+NET = SMALL_NET
 TRAIN = NET + ["--batch_size", "8", "--warmup_epochs", "1", "--lr", "0.8", "--num_workers", "1",
                "--log_every", "100"]
 

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import REPO
 
-ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["-m", "src.dataset"], ["-m", "src.convert_weights"],
+ENTRY_POINTS = [["train.py"], ["eval.py"], ["export.py"], ["quant_report.py"], ["-m", "src.plots"],
+                ["-m", "src.dataset"], ["-m", "src.convert_weights"],
                 ["-m", "src.launch"], ["-m", "src.sample_data"], ["bench/bench_infer.py"],
                 ["bench/bench_train.py"], ["bench/bench_data.py"], ["bench/bench_ab.py"],
                 ["bench/torch_train.py"], ["bench/compile_phases.py"], ["bench/compile_scaling.py"]]
@@ -88,3 +89,23 @@ def test_compile_scaling_growth_exponent_is_one_for_linear_and_two_for_quadratic
     assert growth_exponents([30, 60, 120], [3.0, 6.0, 24.0]) == [pytest.approx(1.0), pytest.approx(2.0)]
     assert growth_exponents([120, 30, 60], [24.0, 3.0, 6.0]) == [pytest.approx(1.0), pytest.approx(2.0)]
     assert growth_exponents([30, 60, 120], [3.0, None, 24.0]) == [None, None]  # a failed compile
+
+
+def test_a_bench_run_is_recorded_with_its_machine_only_when_it_completes(tmp_path, monkeypatch):
+    from bench.timing import recorded
+
+    monkeypatch.setattr(sys, "argv", ["bench/bench_x.py", "--rounds", "3"])
+    with recorded("bench_x", folder=tmp_path):
+        print("| runner | images/s |")
+    (record,) = tmp_path.iterdir()
+    assert re.fullmatch(r"bench_x-\d{4}-\d\d-\d\d-\w+(-dirty)?\.md", record.name)
+    text = record.read_text()
+    assert "`python bench/bench_x.py --rounds 3`" in text and "| runner | images/s |" in text
+    assert re.search(r"^- CPU: .+, \d+ cores$", text, re.M)
+    assert re.search(r"^- int8 instructions: ", text, re.M) and re.search(r"^- AMX: ", text, re.M)
+
+    with pytest.raises(RuntimeError):
+        with recorded("bench_y", folder=tmp_path):
+            print("half a table")
+            raise RuntimeError("interrupted")
+    assert [p.name for p in tmp_path.iterdir()] == [record.name]  # nothing half-made

@@ -9,6 +9,7 @@ import time
 import mindspore as ms
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import REPO, run
 from src.checkpoint import read_checkpoint, save_params
@@ -47,7 +48,10 @@ def test_a_few_epochs_learn_the_sample_set(sample_pets, tmp_path, subprocess_env
     last_five = range(epoch_size - 4, epoch_size + 1)
     epochs = [f"ghostnet-epoch{epoch:04d}.ckpt" for epoch in last_five]
     assert sorted(os.listdir(tmp_path)) == ["class_names.txt", "config.json", "ghostnet-best.ckpt",
-                                            *epochs, "ghostnet-final.ckpt", "history.json"]
+                                            *epochs, "ghostnet-final.ckpt", "history.json", "history.png"]
+    assert f"history picture: {tmp_path / 'history.png'}" in result.stderr
+    with Image.open(tmp_path / "history.png") as picture:
+        assert picture.format == "PNG" and picture.width > 3 * picture.height > 600  # three panels
     history = json.loads((tmp_path / "history.json").read_text())["epochs"]
     assert [e["epoch"] for e in history] == list(range(1, epoch_size + 1))
     assert [round(e["top1"], 4) for e in history] == accuracies
