@@ -6,12 +6,14 @@
 Images go through the eval pipeline's resize, centre crop and normalisation; any format PIL
 reads works (JPEG, PNG, ...); a folder stands for the image files in it, sorted. Every
 readable picture is classified; each one that cannot be read is named, and the exit code is
-then 2. Breed names come from --class_names, else from the class_names.txt that train.py and
+then 2. Pictures are read, classified and printed --batch_size at a time, so a folder of any
+size takes the memory of one batch, and long runs log their progress. Breed names come from --class_names, else from the class_names.txt that train.py and
 export.py put beside their checkpoints and models.
 """
 import argparse
 import logging
 import os
+import time
 
 import numpy as np
 from PIL import Image
@@ -92,37 +94,71 @@ def softmax(logits):
 def main(args):
     check_at_least_one(top_k=args.top_k, image_size=args.image_size, batch_size=args.batch_size,
                        num_classes=args.num_classes)
-    paths, images, failed = [], [], []
-    for path in image_files(args.images):
-        try:
-            images.append(load_image(path, args.image_size))
-            paths.append(path)
-        except DatasetError as err:  # named now, the others are still classified
-            logger.error("%s", err)
-            failed.append(path)
-    results = classify(args, paths, np.stack(images)) if images else []
+    files = image_files(args.images)
+    classifier = Classifier(args)
+    failed, results = [], []
+    progress = Progress(len(files), args.batch_size)
+    # a batch at a time: read, predict, print; memory stays flat in the number of pictures
+    for start in range(0, len(files), args.batch_size):
+        paths, images = [], []
+        for path in files[start:start + args.batch_size]:
+            try:
+                images.append(load_image(path, args.image_size))
+                paths.append(path)
+            except DatasetError as err:  # named now, the others are still classified
+                logger.error("%s", err)
+                failed.append(path)
+        if images:
+            results += classifier(paths, np.stack(images))
+        progress.done(min(start + args.batch_size, len(files)))
     return 2 if failed else results  # run_script exits with 2 after every good file was classified
 
 
-def classify(args, paths, images):
-    """Print and return the top-k classes of each of ``images`` (named by ``paths``)."""
-    if args.backend == "mindspore":
-        set_device(args.device_target, graph_mode=False)  # a few images: no graph compilation
-    predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,
-                                 args.image_size)
-    logits = np.concatenate([predictor(images[i:i + args.batch_size])
-                             for i in range(0, len(images), args.batch_size)])
-    names = class_names(args, logits.shape[1])
-    probabilities = softmax(logits.astype(np.float64))
-    top_k = min(args.top_k, logits.shape[1])
-    results = []
-    for path, row in zip(paths, probabilities):
-        best = np.argsort(-row)[:top_k]
-        print(path)
-        for index in best:
-            print(f"  {row[index]:.4f}  {names[index]}")
-        results.append([(names[index], float(row[index])) for index in best])
-    return results
+class Progress:
+    """A log line every PROGRESS_SECONDS on runs of more than one batch."""
+    PROGRESS_SECONDS = 10
+
+    def __init__(self, total, batch_size):
+        self.total, self.started = total, time.time()
+        self.shown = self.started
+        self.quiet = total <= batch_size
+
+    def done(self, count):
+        now = time.time()
+        if self.quiet or (now - self.shown < self.PROGRESS_SECONDS and count < self.total):
+            return
+        self.shown = now
+        logger.info("classified %d/%d pictures (%.1f pictures/s)", count, self.total,
+                    count / max(now - self.started, 1e-9))
+
+
+class Classifier:
+    """The predictor and the class names, made on the first batch; prints and returns the top-k
+    classes of each picture of a batch."""
+
+    def __init__(self, args):
+        self.args = args
+        self.predictor = self.names = None
+
+    def __call__(self, paths, images):
+        args = self.args
+        if self.predictor is None:
+            if args.backend == "mindspore":
+                set_device(args.device_target, graph_mode=False)  # a few images: no graph compilation
+            self.predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,
+                                              args.image_size)
+        logits = self.predictor(images)
+        if self.names is None:
+            self.names = class_names(args, logits.shape[1])
+        probabilities = softmax(logits.astype(np.float64))
+        top_k = min(args.top_k, logits.shape[1])
+        results = []
+        for path, row in zip(paths, probabilities):
+            best = np.argsort(-row)[:top_k]
+            lines = [path] + [f"  {row[index]:.4f}  {self.names[index]}" for index in best]
+            print("\n".join(lines), flush=True)
+            results.append([(self.names[index], float(row[index])) for index in best])
+        return results
 
 
 if __name__ == "__main__":

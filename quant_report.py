@@ -116,12 +116,13 @@ def main(args):
                "dataset": os.path.abspath(args.dataset_path), "batches": len(batches),
                "layers": [{k: finite_or_none(v) for k, v in row.as_dict().items()} for row in rows]}
     write_text(base + ".json", json.dumps(content, indent=1) + "\n")
-    print("\n".join(table.splitlines()[:args.top + 1]))
-    print(f"report: {base}.txt, {base}.json")
+    written = [base + ".txt", base + ".json"]
     try:
-        print(f"picture: {draw_quantization_report(rows, base + '.png')}")
+        written.append(draw_quantization_report(rows, base + ".png"))
     except MissingPackageError as err:
         logger.warning("no %s.png: %s", REPORT_NAME, err)
+    print("\n".join(table.splitlines()[:args.top + 1]))
+    print(f"report: {', '.join(written)}")
     return rows
 
 

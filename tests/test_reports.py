@@ -106,7 +106,41 @@ def test_quant_report_script_writes_table_json_and_picture(int8_recipe):
     printed = result.stdout.splitlines()
     assert printed[0].split()[:3] == ["layer", "#", "layer"] and printed[1].startswith(layers[0]["name"])
     assert len([line for line in printed if line.startswith(("conv_stem", "blocks", "conv_head", "classifier"))]) == 3
+    base = root / "report" / "quant_report"
+    assert printed[-1] == f"report: {base}.txt, {base}.json, {base}.png"
     text = (root / "report" / "quant_report.txt").read_text().splitlines()
     assert len(text) == len(layers) + 2  # a comment, the header, a row a layer
     with Image.open(root / "report" / "quant_report.png") as picture:
         assert picture.format == "PNG" and picture.width > 800
+
+
+def test_classify_reads_predicts_and_prints_a_batch_at_a_time(tmp_path, monkeypatch, capsys, caplog):
+    """A folder of any size takes one batch's memory: each batch is read, predicted and printed
+    before the next is read, and long runs say how far they are."""
+    import classify
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(11):
+        Image.new("RGB", (20 + i, 24), (10 * i, 0, 0)).save(folder / f"p{i:02d}.jpg")
+    (tmp_path / "names.txt").write_text("cat\ndog\n")
+    events = []
+    load_image = classify.load_image
+    monkeypatch.setattr(classify, "load_image", lambda path, size: (events.append("read"), load_image(path, size))[1])
+
+    def predictor(images):
+        events.append(len(images))
+        return np.tile([[0.0, 1.0]], (len(images), 1)).astype(np.float32)
+    monkeypatch.setattr(classify, "create_predictor", lambda *args, **kwargs: predictor)
+    monkeypatch.setattr(classify.Progress, "PROGRESS_SECONDS", 0)
+    args = classify.get_args_parser().parse_args([str(folder), "--checkpoint_path", str(tmp_path / "x.ckpt"),
+                                                  "--class_names", str(tmp_path / "names.txt"),
+                                                  "--batch_size", "4", "--image_size", "16"])
+    caplog.set_level("INFO", logger="classify")
+    results = classify.main(args)
+    assert events == ["read"] * 4 + [4] + ["read"] * 4 + [4] + ["read"] * 3 + [3]
+    assert len(results) == 11 and results[0][0][0] == "dog"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(folder / "p00.jpg") and printed[1].split() == ["0.7311", "dog"]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records if "classified" in r.getMessage()] == [
+        "classified 4/11 pictures", "classified 8/11 pictures", "classified 11/11 pictures"]

@@ -1,8 +1,11 @@
+import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from conftest import REPO
 
@@ -56,6 +59,17 @@ def test_the_quick_start_runs_end_to_end(tmp_path, subprocess_env):
     assert all(float(acc) > 0.5 for acc, _ in accuracies)  # six classes: chance is 0.17
     assert sorted(p.name for p in (tmp_path / "qs" / "export").iterdir()) == [
         "class_names.txt", "ghostnet-final.mindir", "ghostnet-int8.mindir"]
+    pictures = re.findall(r"^picture: (.+\.png)$", result.stdout, re.M)
+    assert [os.path.relpath(p, tmp_path / "qs") for p in pictures] == [
+        "float/history.png", "report/float/confusion.png", "report/int8/confusion.png", "report/quant_report.png"]
+    for picture in pictures:
+        with Image.open(picture) as image:
+            assert image.format == "PNG"
+    for run in ("float", "int8"):
+        report = json.loads((tmp_path / "qs" / "report" / run / "eval_report.json").read_text())
+        assert len(report["classes"]) == 6 and report["samples"] == 63
+    layers = re.search(r"^layer +# layer dB network dB weight dB .*\n((?:.+\n){5})report: ", result.stdout, re.M)
+    assert layers, result.stdout[-3000:]  # the int8 report's five worst layers, printed
 
 
 def test_compile_phases_sums_each_action_and_each_pass_over_its_rounds():
@@ -109,3 +123,17 @@ def test_a_bench_run_is_recorded_with_its_machine_only_when_it_completes(tmp_pat
             print("half a table")
             raise RuntimeError("interrupted")
     assert [p.name for p in tmp_path.iterdir()] == [record.name]  # nothing half-made
+
+
+def test_the_tests_read_nothing_outside_the_repository():
+    """A user's clone has no ../shared: fixtures live in tests/fixtures, and no test climbs
+    out of the repository for them."""
+    outside = re.compile(r"REPO\.parent|parents\[[2-9]\]|\.\./shared/|/ *\"shared\"")
+    offenders = [f"{path.name}:{number}" for path in sorted((REPO / "tests").glob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1) if outside.search(line)]
+    assert offenders == []
+    from timm_reference import FIXTURES, REFERENCES, outputs_file
+
+    assert FIXTURES.is_relative_to(REPO)
+    assert all(outputs_file(stem).is_file() for stem, _, _ in REFERENCES)
+    assert sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file()) < 1_000_000  # kilobytes, not 39 MB

@@ -193,25 +193,23 @@ def _recorder(layer, which):
     return record
 
 
-COLUMNS = (("layer", "name", "{}"), ("#", "index", "{}"), ("layer dB", "layer_sqnr", "{:.1f}"),
-           ("network dB", "network_sqnr", "{:.1f}"), ("weight dB", "weight_sqnr", "{:.1f}"),
-           ("input range", None, None), ("seen", None, None), ("used", "range_used", "{:.1%}"),
-           ("clipped", "clipped", "{:.2%}"))
+COLUMNS = (  # (title, the cell of a row)
+    ("layer", lambda r: r.name),
+    ("#", lambda r: str(r.index)),
+    ("layer dB", lambda r: f"{r.layer_sqnr:.1f}"),
+    ("network dB", lambda r: f"{r.network_sqnr:.1f}"),
+    ("weight dB", lambda r: f"{r.weight_sqnr:.1f}"),
+    ("input range", lambda r: f"[{r.range_low:.3g}, {r.range_high:.3g}]"),
+    ("seen", lambda r: f"[{r.seen_low:.3g}, {r.seen_high:.3g}]"),
+    ("used", lambda r: f"{r.range_used:.1%}"),
+    ("clipped", lambda r: f"{r.clipped:.2%}"),
+)
 
 
 def format_table(rows, limit=None):
-    """The report as an aligned text table (``limit``: the first rows only)."""
-    lines = []
-    for row in rows[:limit]:
-        cells = []
-        for _, field, spec in COLUMNS:
-            if field is not None:
-                cells.append(spec.format(getattr(row, field)))
-        cells.insert(5, f"[{row.range_low:.3g}, {row.range_high:.3g}]")
-        cells.insert(6, f"[{row.seen_low:.3g}, {row.seen_high:.3g}]")
-        lines.append(cells)
-    header = [title for title, _, _ in COLUMNS]
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
-    text = [" ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
-                     for i, (cell, width) in enumerate(zip(line, widths))) for line in [header] + lines]
-    return "\n".join(text)
+    """The report as an aligned text table (``limit``: the first rows only): the layer's name
+    left-aligned, the figures right-aligned."""
+    lines = [[title for title, _ in COLUMNS]] + [[cell(row) for _, cell in COLUMNS] for row in rows[:limit]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(COLUMNS))]
+    return "\n".join(" ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
+                              for i, (cell, width) in enumerate(zip(line, widths))) for line in lines)
