@@ -27,7 +27,7 @@ from src.deploy.predictors import require_module
 from src.deploy.weight_storage import WEIGHT_STORAGES
 from src.errors import ConfigError, UserError
 from src.models import load_network
-from src.outputs import make_folder, write_atomically
+from src.outputs import output_folder, write_atomically
 
 logger = logging.getLogger("export")
 SUFFIXES = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -67,7 +67,7 @@ def export_onnx(args, path):
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
-    write_atomically(path, write)
+    write_atomically(path, write, needed=len(data))
     return kind
 
 
@@ -95,14 +95,14 @@ def main(args):
     set_device(args.device_target)
     path = output_path(args.file_name, args.file_format)
     folder = os.path.dirname(os.path.abspath(path))
-    make_folder(folder, "--file_name", value=args.file_name)
     if os.path.isdir(path):
         raise ConfigError(f"--file_name {args.file_name}: {path} is a folder; choose another --file_name")
-    if args.file_format == "ONNX":
-        kind = export_onnx(args, path)
-    else:
-        kind = export_with_mindspore(args, path)
-    copy_class_names(args.checkpoint_path, folder)
+    with output_folder(folder, "--file_name", value=args.file_name):
+        if args.file_format == "ONNX":
+            kind = export_onnx(args, path)
+        else:
+            kind = export_with_mindspore(args, path)
+        copy_class_names(args.checkpoint_path, folder)
     logger.info("exported %s network %s -> %s (%.1f MB)", kind, args.checkpoint_path, path,
                 os.path.getsize(path) / 2**20)
     return path

@@ -28,7 +28,7 @@ from src.cli import add_device_argument, run_script, set_device, setup_logging
 from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_config, config_from_args,
                         validate)
 from src.dataset import check_num_classes, copy_class_names, create_dataset
-from src.errors import CheckpointError, ConfigError, DatasetError, TrainingDiverged
+from src.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingDiverged
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
@@ -123,7 +123,14 @@ def main(args):
     # one run per folder: rank 0 writes there and holds it until the end
     lock = FolderLock(args.output_dir, "--output_dir") if rank == 0 else contextlib.nullcontext()
     with lock:
-        return train(args, config, rank, group_size)
+        try:
+            return train(args, config, rank, group_size)
+        except OutputError as err:
+            newest = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max).newest()
+            kept = (f"the last complete checkpoint, {newest}, is kept: once the folder can be written, "
+                    "run the same command with --resume to continue from it") if newest else \
+                "no checkpoint was written yet"
+            raise OutputError(f"{err}. {kept[0].upper()}{kept[1:]}") from None
 
 
 def train(args, config, rank, group_size):

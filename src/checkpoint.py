@@ -226,4 +226,12 @@ def save_params(params, path):
                               "diverged: train again with a lower --lr.")
     entries = [{"name": name, "data": value if isinstance(value, ms.Tensor) else ms.Tensor(value)}
                for name, value in params.items()]
-    return write_atomically(path, lambda tmp: ms.save_checkpoint(entries, tmp))
+
+    def write(tmp):
+        logging.disable(logging.CRITICAL)  # MindSpore logs a line of its own before it raises
+        try:
+            ms.save_checkpoint(entries, tmp)
+        finally:
+            logging.disable(logging.NOTSET)
+    needed = sum(_as_numpy(value).nbytes for value in params.values())
+    return write_atomically(path, write, needed=needed)

@@ -6,6 +6,7 @@ import sys
 import mindspore as ms
 
 from src.errors import DeviceError, UserError
+from src.outputs import WRITE_ERRNOS, why_not_written
 from src.ghostnet import WIDTH_CHOICES
 
 DEVICE_TARGETS = ("CPU", "GPU", "Ascend")
@@ -36,6 +37,13 @@ def run_script(main, parser, logger, argv=None, known_args=False):
         result = main(args)
     except UserError as err:
         logger.error("%s", err)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        # a write that no writer of ours wrapped (a framework's own file): the path and the cause
+        where = f"{err.filename}: " if err.filename else ""
+        logger.error("%scannot be written (%s)", where, why_not_written(err, err.filename))
         sys.exit(2)
     if isinstance(result, int) and not isinstance(result, bool) and result:
         sys.exit(result)

@@ -7,6 +7,7 @@ reads ``PETS_DIR/images/*.jpg`` and ``PETS_DIR/annotations/{trainval,test}.txt``
 ``OUT_DIR/class_names.txt`` (one breed a line, line i is label i).
 """
 import argparse
+import errno
 import io
 import logging
 import os
@@ -27,8 +28,8 @@ from mindspore.mindrecord import FileReader, FileWriter
 from PIL import Image, ImageOps
 
 from src.cli import run_script
-from src.errors import DatasetError
-from src.outputs import FolderLock, make_folder, write_text
+from src.errors import DatasetError, OutputError
+from src.outputs import WRITE_ERRNOS, FolderLock, output_folder, why_not_written, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +227,8 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
     annotations = {split: read_annotations(path) for split, path in annotation_files.items()}
     names = class_names_from(annotations["train"] + annotations["test"],
                              " and ".join(annotation_files.values()))
-    make_folder(output_dir, "--output_dir", DatasetError)
-    with FolderLock(output_dir, "--output_dir", DatasetError):
+    with output_folder(output_dir, "--output_dir", DatasetError), \
+            FolderLock(output_dir, "--output_dir", DatasetError):
         remove_stale_staging(output_dir)
         targets = output_files(output_dir, shard_num)
         existing = [t for t in targets if os.path.exists(t)]
@@ -245,6 +246,18 @@ def convert_pets(data_root, output_dir, shard_num=1, overwrite=False, max_skippe
             logger.warning("  skipped %s: %s", file, reason)
     logger.info("%d classes written to %s", len(names), os.path.join(output_dir, CLASS_NAMES_FILE))
     return summaries
+
+
+def _images_size(images_dir, annotations):
+    """The bytes of the listed images: about what their MindRecord files take."""
+    total = 0
+    for entries in annotations.values():
+        for entry in entries:
+            try:
+                total += os.path.getsize(os.path.join(images_dir, entry.image + ".jpg"))
+            except OSError:
+                pass
+    return total
 
 
 def remove_stale_staging(output_dir):
@@ -273,8 +286,19 @@ def _convert_locked(annotations, annotation_files, images_dir, output_dir, names
         summaries = {}
         for split, entries in annotations.items():
             summaries[split] = SplitSummary()
-            _write_split(entries, images_dir, os.path.join(staging, f"{split}.mindrecord"),
-                         shard_num, summaries[split], progress)
+            path = os.path.join(staging, f"{split}.mindrecord")
+            try:
+                _write_split(entries, images_dir, path, shard_num, summaries[split], progress)
+            except (OSError, RuntimeError) as err:
+                if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+                    cause = why_not_written(err, os.path.join(output_dir, split), _images_size(images_dir, annotations))
+                elif "free disk" in str(err) or "No space left" in str(err):  # MindRecord's writer
+                    cause = why_not_written(OSError(errno.ENOSPC, "no space"), os.path.join(output_dir, split),
+                                            _images_size(images_dir, annotations))
+                else:
+                    raise
+                raise OutputError(f"cannot write the MindRecord files in {output_dir}: {cause}; free some "
+                                  "space or choose another --output_dir. Nothing was written.") from None
         skipped = [s for summary in summaries.values() for s in summary.skipped]
         if len(skipped) > max_skipped:
             raise DatasetError(

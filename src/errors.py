@@ -34,5 +34,9 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
+class OutputError(UserError):
+    """A file or folder cannot be written: no space, a read-only file system, no permission."""
+
+
 class MissingPackageError(UserError, RuntimeError):
     """An optional Python package this step needs is not installed."""

@@ -2,23 +2,32 @@
 run at a time, and files written atomically.
 
 ``write_atomically`` is the one way files are written (checkpoints, models, config.json,
-class_names.txt): a temporary file in the same folder, renamed into place when complete.
+class_names.txt, pictures): a temporary file in the same folder, renamed into place when
+complete. It is also the one error path of writing: an ``OSError`` (no space, a read-only file
+system, no permission) becomes an :class:`~src.errors.OutputError` naming the file and the
+cause, and every temporary file of the write is removed, whatever name the writer gave it.
 
 ``FolderLock`` holds an exclusive ``fcntl.flock`` on ``FOLDER/.lock`` (Linux, macOS), which
 records the holder's pid and host. The kernel drops the lock when its process dies, so the
 lock of a killed run is taken over by the next one (and logged); a second live run is refused
 with a message naming the holder.
 """
+import contextlib
+import errno
 import fcntl
+import glob
 import logging
 import os
+import shutil
 import socket
 
-from src.errors import ConfigError
+from src.errors import ConfigError, OutputError
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".lock"
+# what the system says when a write cannot be done: no space, a quota, read-only, no permission
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def make_folder(path, flag, error=ConfigError, value=None):
@@ -33,27 +42,90 @@ def make_folder(path, flag, error=ConfigError, value=None):
             blocker = os.path.dirname(blocker)
         raise error(f"{flag} {value}: {blocker} is a file, not a folder; choose another {flag} "
                     "or move the file away") from None
-    except PermissionError:
-        raise error(f"{flag} {value}: cannot create the folder {path} (permission denied); "
+    except OSError as err:
+        raise error(f"{flag} {value}: cannot create the folder {path} ({why_not_written(err)}); "
                     f"choose another {flag}") from None
     return path
 
 
-def write_atomically(path, write):
+@contextlib.contextmanager
+def output_folder(path, flag, error=ConfigError, value=None):
+    """:func:`make_folder` for the block's output: where the block fails, a folder it made is
+    removed again if it is still empty (a failed run leaves no empty folder behind)."""
+    created = not os.path.isdir(path)
+    make_folder(path, flag, error, value)
+    try:
+        yield path
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: what is there stays
+                os.rmdir(path)
+        raise
+
+
+def _megabytes(count):
+    return f"{count / 2**20:.1f} MB"
+
+
+def _existing_folder(path):
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def why_not_written(err, path=None, needed=None):
+    """The cause of a failed write, in words: no space (with the free and the needed bytes,
+    where known), a read-only file system, no permission, else the system's own words."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        words = "no space left on the device"
+        if path:
+            folder = _existing_folder(path)
+            words += f": {_megabytes(shutil.disk_usage(folder).free)} free in {folder}"
+            if needed:
+                words += f", about {_megabytes(needed)} needed"
+        return words
+    if err.errno == errno.EROFS:
+        return "a read-only file system"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return err.strerror or str(err)
+
+
+def _temporary_prefix(path):
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".tmp-{os.getpid()}-{os.path.splitext(name)[0]}")
+
+
+def write_atomically(path, write, needed=None):
     """Call ``write(temporary_path)`` and rename the result to ``path``.
 
     The temporary file sits in the same folder (a rename within one file system is atomic) and
     keeps ``path``'s suffix, which MindSpore's writers add when it is missing. A crash or an
-    error leaves ``path`` as it was: absent, or the previous complete file.
+    error leaves ``path`` as it was: absent, or the previous complete file. An ``OSError``
+    becomes an :class:`OutputError` naming ``path`` and the cause (``needed``: the bytes the
+    file takes, for the message where the disk is full). Every file the write left under the
+    temporary name is removed, also where the writer changed its suffix (MindSpore's checkpoint
+    writer keeps its own ``.tmp`` file), also on an exception such as a signal's.
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    tmp = _temporary_prefix(path) + os.path.splitext(path)[1]
+    failure = None
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        failure = err
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for leftover in glob.glob(glob.escape(_temporary_prefix(path)) + "*"):
+            try:
+                os.remove(leftover)
+            except OSError:
+                pass
+    if failure is not None:  # said after the clean-up, so that the free space is what is left
+        cause = why_not_written(failure, path, needed)
+        advice = ("free some space or choose another folder, then run the command again"
+                  if failure.errno in (errno.ENOSPC, errno.EDQUOT) else "choose another folder")
+        raise OutputError(f"cannot write {path}: {cause}; {advice}") from None
     return path
 
 
@@ -84,7 +156,11 @@ class FolderLock:
 
     def acquire(self):
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise self.error(f"{self.flag} {self.folder}: cannot write there ({why_not_written(err)}); "
+                                 f"choose another {self.flag}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

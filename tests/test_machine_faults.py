@@ -1,0 +1,165 @@
+"""Faults of the machine: a full disk, a read-only folder. Each write ends in one line naming
+the path and the cause (exit code 2), leaves no temporary file, and keeps what was complete.
+
+The full disk is a small tmpfs mounted for the test (root and mount(8) needed, as on CI; the
+test is skipped where the mount is refused); the fake writers need nothing."""
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SMALL_NET, run
+from src.checkpoint import save_params
+from src.cli import run_script
+from src.errors import OutputError
+from src.outputs import write_atomically
+
+TRAIN = SMALL_NET + ["--batch_size", "8", "--warmup_epochs", "1", "--lr", "0.8", "--num_workers", "1",
+                     "--log_every", "100"]
+
+
+def error_line(result):
+    """The one ERROR line of a script that failed with exit code 2 (and no traceback)."""
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+class Tmpfs:
+    def __init__(self, path):
+        self.path = path
+
+    def mount(self, size, read_only=False):
+        options = f"size={size}" + (",ro" if read_only else "")
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(self.path)]
+        if os.path.ismount(self.path):
+            command = ["mount", "-o", f"remount,{options if read_only else options + ',rw'}", str(self.path)]
+        subprocess.run(command, check=True, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    path = tmp_path / "disk"
+    path.mkdir()
+    disk = Tmpfs(path)
+    try:
+        disk.mount("1m")
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.skip(f"cannot mount a tmpfs here ({err})")
+    yield disk
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def leftovers(folder):
+    return [name for name in os.listdir(folder) if name.startswith(".tmp-")]
+
+
+def test_a_writer_that_fills_the_disk_leaves_no_temporary_file_whatever_its_name(tmp_path):
+    target = tmp_path / "model.ckpt"
+    target.write_bytes(b"the previous complete file")
+
+    def fills_the_disk(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half")
+        with open(os.path.splitext(tmp)[0] + ".tmp", "wb") as f:  # as MindSpore's own writer names it
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=rf"cannot write {target}: no space left on the device: "
+                                          r"[\d.]+ MB free in .*, about 4\.0 MB needed; free some space"):
+        write_atomically(str(target), fills_the_disk, needed=4 * 2**20)
+    assert os.listdir(tmp_path) == ["model.ckpt"] and target.read_bytes() == b"the previous complete file"
+
+    def read_only(tmp):
+        raise OSError(errno.EROFS, "Read-only file system", tmp)
+    with pytest.raises(OutputError, match=rf"cannot write {tmp_path / 'x.json'}: a read-only file system"):
+        write_atomically(str(tmp_path / "x.json"), read_only)
+
+
+def test_a_write_no_writer_wrapped_is_one_line_too(tmp_path, capsys):
+    def main(args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "logs" / "worker_0.log"))
+    parser = __import__("argparse").ArgumentParser()
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(main, parser, __import__("logging").getLogger("t"), argv=[])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()  # run_script logs to stderr, as the scripts do
+    assert len(lines) == 1
+    assert lines[0].endswith(f"ERROR {tmp_path / 'logs' / 'worker_0.log'}: cannot be written (permission denied)")
+
+
+def test_a_full_disk_during_training_keeps_the_last_checkpoint_and_resume_continues(
+        sample_pets, tmpfs, subprocess_env):
+    """The first epoch's checkpoint (10.6 MB) fits, the second's does not; once there is room,
+    --resume finishes the run."""
+    _, data, _ = sample_pets
+    tmpfs.mount("16m")
+    out = tmpfs.path / "run"
+    command = ["--dataset_path", data / "train.mindrecord", "--output_dir", out, "--epoch_size", 2, *TRAIN]
+    line = error_line(run(subprocess_env, "train.py", *command))
+    assert f"cannot write {out / 'ghostnet-epoch0002.ckpt'}: no space left on the device: " in line
+    assert "MB needed" in line
+    assert f"The last complete checkpoint, {out / 'ghostnet-epoch0001.ckpt'}, is kept" in line
+    assert "--resume" in line
+    assert leftovers(out) == [] and "ghostnet-epoch0001.ckpt" in os.listdir(out)
+
+    tmpfs.mount("64m")
+    resumed = run(subprocess_env, "train.py", *command, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr and (out / "ghostnet-final.ckpt").is_file()
+    assert leftovers(out) == []
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_export_and_conversion_is_one_line_and_leaves_nothing(
+        sample_pets, checkpoint_4_classes, tmpfs, subprocess_env):
+    root, _, _ = sample_pets
+    tmpfs.mount("300k")
+    for file_format in ("ONNX", "MINDIR"):
+        line = error_line(run(subprocess_env, "export.py", "--checkpoint_path", checkpoint_4_classes,
+                              "--file_format", file_format, "--file_name", tmpfs.path / "models" / "ghostnet",
+                              *SMALL_NET))
+        assert f"cannot write {tmpfs.path / 'models' / 'ghostnet'}.{file_format.lower()}: no space left" in line
+        assert os.listdir(tmpfs.path) == []  # not even the folder it made
+    result = subprocess.run([sys.executable, "-m", "src.dataset", "--data_root", root, "--output_dir",
+                             tmpfs.path / "mindrecord"], capture_output=True, text=True, env=subprocess_env,
+                            cwd=REPO)
+    line = error_line(result)
+    assert f"cannot write the MindRecord files in {tmpfs.path / 'mindrecord'}: no space left" in line
+    assert "Nothing was written" in line and os.listdir(tmpfs.path) == []
+
+
+@pytest.mark.slow
+def test_a_read_only_folder_is_named_in_one_line(sample_pets, checkpoint_4_classes, tmpfs, subprocess_env):
+    root, data, _ = sample_pets
+    (tmpfs.path / "existing").mkdir()
+    tmpfs.mount("1m", read_only=True)
+    line = error_line(run(subprocess_env, "train.py", "--dataset_path", data / "train.mindrecord",
+                          "--output_dir", tmpfs.path / "existing", "--epoch_size", 1, *TRAIN))
+    assert f"--output_dir {tmpfs.path / 'existing'}: cannot write there (a read-only file system)" in line
+    line = error_line(run(subprocess_env, "export.py", "--checkpoint_path", checkpoint_4_classes,
+                          "--file_format", "ONNX", "--file_name", tmpfs.path / "existing" / "g", *SMALL_NET))
+    assert f"cannot write {tmpfs.path / 'existing' / 'g.onnx'}: a read-only file system" in line
+    result = subprocess.run([sys.executable, "-m", "src.dataset", "--data_root", root, "--output_dir",
+                             tmpfs.path / "new"], capture_output=True, text=True, env=subprocess_env, cwd=REPO)
+    assert f"cannot create the folder {tmpfs.path / 'new'} (a read-only file system)" in error_line(result)
+
+
+def test_save_params_on_a_full_disk_names_the_size_and_keeps_nothing(tmp_path, monkeypatch):
+    import mindspore as ms
+
+    def mindspore_writer_fills_the_disk(entries, file_name, *args, **kwargs):
+        with open(os.path.splitext(file_name)[0] + ".tmp", "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ms, "save_checkpoint", mindspore_writer_fills_the_disk)
+    with pytest.raises(OutputError, match=r"about 4\.0 MB needed"):
+        save_params({"w": np.ones(2**20, np.float32)}, str(tmp_path / "a.ckpt"))
+    assert os.listdir(tmp_path) == []
+    shutil.rmtree(tmp_path)
