@@ -27,13 +27,13 @@ from src.checkpoint import CheckpointKind, load_strict, read_checkpoint, require
 from src.cli import add_device_argument, run_script, set_device, setup_logging
 from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_config, config_from_args,
                         validate)
-from src.dataset import check_num_classes, copy_class_names, create_dataset
+from src.dataset import batches, check_num_classes, copy_class_names, create_dataset
 from src.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingDiverged
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
-from src.outputs import FolderLock, make_folder, write_text
+from src.outputs import LOCK_FILE, FolderLock, output_folder, write_text
 from src.plots import draw_history_if_possible
 from src.quant import calibrate, int8_params, prepare, set_bn_frozen, set_observers_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
@@ -87,12 +87,13 @@ def load_pretrained(net, path, quant):
     return net, True
 
 
-def train_one_epoch(train_net, dataset, epoch, config, global_step, learning_rates):
-    """Run one epoch; return (mean loss, images/s, steps). Stops at a NaN or infinite loss."""
+def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step, learning_rates):
+    """Run one epoch; return (mean loss, images/s, steps). Stops at a NaN or infinite loss, and
+    at an image or a file that cannot be read (named in one line)."""
     train_net.set_train(True)
     steps = dataset.get_dataset_size()
     losses, start = [], time.time()
-    for step, (images, labels) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
+    for step, (images, labels) in enumerate(batches(dataset, dataset_path), 1):
         loss = float(train_net(images, labels).asnumpy())
         if not math.isfinite(loss):
             raise TrainingDiverged(
@@ -119,10 +120,10 @@ def main(args):
         raise CheckpointError("--quant needs --pretrained: the float checkpoint to quantize")
     if config.epoch_size == 0 and not args.quant:
         raise ConfigError("--epoch_size 0 trains nothing (it only makes sense with --quant)")
-    make_folder(args.output_dir, "--output_dir")
     # one run per folder: rank 0 writes there and holds it until the end
     lock = FolderLock(args.output_dir, "--output_dir") if rank == 0 else contextlib.nullcontext()
-    with lock:
+    cleanup = nothing_left_without_a_checkpoint(args.output_dir) if rank == 0 else contextlib.nullcontext()
+    with output_folder(args.output_dir, "--output_dir"), lock, cleanup:
         try:
             return train(args, config, rank, group_size)
         except OutputError as err:
@@ -131,6 +132,22 @@ def main(args):
                     "run the same command with --resume to continue from it") if newest else \
                 "no checkpoint was written yet"
             raise OutputError(f"{err}. {kept[0].upper()}{kept[1:]}") from None
+
+
+@contextlib.contextmanager
+def nothing_left_without_a_checkpoint(output_dir):
+    """A run that fails before any checkpoint is in ``output_dir`` removes the files it wrote
+    there (config.json, class_names.txt, history): a failed start leaves nothing behind."""
+    before = set(os.listdir(output_dir))
+    try:
+        yield
+    except BaseException:
+        left = set(os.listdir(output_dir))
+        if not any(name.endswith(".ckpt") for name in left):
+            for name in left - before - {LOCK_FILE}:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(output_dir, name))
+        raise
 
 
 def train(args, config, rank, group_size):
@@ -223,7 +240,7 @@ def train(args, config, rank, group_size):
                         set_observers_frozen(net, epoch >= config.quant_observer_freeze_epoch)]
             if any(switched):
                 train_net = training_step()  # freezing is read when the step compiles: compile anew
-        loss, speed, steps = train_one_epoch(train_net, train_data(epoch), epoch, config,
+        loss, speed, steps = train_one_epoch(train_net, train_data(epoch), args.dataset_path, epoch, config,
                                              global_step, learning_rates)
         global_step += steps
         check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved

@@ -378,6 +378,36 @@ def max_label(dataset_path):
 
 # --- input pipelines -------------------------------------------------------------------
 
+def pipeline_error(err):
+    """The line that says what went wrong in a MindSpore data error: its "[ERROR] ..." line (the
+    message refers to it but holds it further down), else the first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = next((line for line in lines if line.startswith("[ERROR]")), lines[0] if lines else repr(err))
+    return found.removeprefix("[ERROR]").replace("[Internal ERROR]", "").strip().rstrip(".")
+
+
+def batches(dataset, dataset_path, output_numpy=False):
+    """Iterate ``dataset``'s batches (tuples) once; an image that cannot be decoded, or a file
+    that cannot be read, ends in a :class:`DatasetError` naming ``dataset_path`` and the fix."""
+    iterator = dataset.create_tuple_iterator(output_numpy=output_numpy, num_epochs=1)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            cause = pipeline_error(err)
+            if "decode" in cause.lower():
+                raise DatasetError(
+                    f"an image inside {dataset_path} cannot be decoded ({cause}). Rebuild the file with "
+                    "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`, "
+                    "which re-encodes or skips such images.") from None
+            raise DatasetError(f"{dataset_path} cannot be read ({cause}): the file may be cut short or "
+                               "damaged. Write it again with `python -m src.dataset --data_root PETS_DIR "
+                               "--output_dir OUT_DIR --overwrite`") from None
+        yield batch
+
+
 def label_column(dataset_path):
     """Check ``dataset_path`` is a MindRecord with an image and a label column; return the label's name."""
     if not os.path.isfile(dataset_path):
@@ -388,8 +418,10 @@ def label_column(dataset_path):
         columns = set(reader.schema())
         reader.close()
     except Exception as err:  # MindSpore raises several types for a non-MindRecord file
-        raise DatasetError(f"{dataset_path} is not a readable MindRecord file: "
-                           f"{str(err).splitlines()[0]}") from err
+        raise DatasetError(f"{dataset_path} is not a readable MindRecord file ({pipeline_error(err)}): a "
+                           "file cut short or damaged, or renamed (a MindRecord must keep the name it was "
+                           "written with). Write it again with `python -m src.dataset --data_root PETS_DIR "
+                           "--output_dir OUT_DIR --overwrite`") from None
     if "image" not in columns:
         raise DatasetError(f"{dataset_path} has no 'image' column (columns: {sorted(columns)})")
     for name in LABEL_COLUMNS:

@@ -7,6 +7,7 @@ import mindspore as ms
 import numpy as np
 
 from src.deploy.predictors import MindSporePredictor
+from src.dataset import batches
 from src.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -21,20 +22,8 @@ def predict_logits(model, dataset, dataset_path="dataset", log_progress=True):
     num_batches = dataset.get_dataset_size()
     log_every = max(1, num_batches // 10)
     seen, start = 0, time.time()
-    iterator = dataset.create_tuple_iterator(output_numpy=True, num_epochs=1)
     step = 0
-    while True:
-        try:
-            images, labels = next(iterator)
-        except StopIteration:
-            break
-        except RuntimeError as err:
-            if "Decode" in str(err) or "decode" in str(err):
-                raise DatasetError(
-                    f"an image inside {dataset_path} cannot be decoded. Rebuild the file with "
-                    "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`, "
-                    "which re-encodes or skips such images.") from None
-            raise
+    for images, labels in batches(dataset, dataset_path, output_numpy=True):
         logits = predict(images)
         seen += images.shape[0]
         step += 1

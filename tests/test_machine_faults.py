@@ -5,6 +5,7 @@ The full disk is a small tmpfs mounted for the test (root and mount(8) needed, a
 test is skipped where the mount is refused); the fake writers need nothing."""
 import errno
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ def error_line(result):
     """The one ERROR line of a script that failed with exit code 2 (and no traceback)."""
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    # our lines only: MindSpore's data workers log their own "[ERROR] MD(...)" line before ours
+    errors = [line for line in result.stderr.splitlines() if re.match(r"\d\d:\d\d:\d\d ERROR ", line)]
     assert len(errors) == 1, result.stderr
     return errors[0]
 
@@ -163,3 +165,47 @@ def test_save_params_on_a_full_disk_names_the_size_and_keeps_nothing(tmp_path, m
         save_params({"w": np.ones(2**20, np.float32)}, str(tmp_path / "a.ckpt"))
     assert os.listdir(tmp_path) == []
     shutil.rmtree(tmp_path)
+
+
+def mindrecord_with_a_corrupt_image(path, good_rows):
+    """``good_rows`` with one image's JPEG data cut after its first bytes and random bytes put
+    after them."""
+    from mindspore.mindrecord import FileWriter
+
+    rows = [dict(row) for row in good_rows]
+    rows[3]["image"] = rows[3]["image"][:20] + np.random.default_rng(0).bytes(4096)
+    writer = FileWriter(str(path), 1)
+    writer.add_schema({"image": {"type": "bytes"}, "label": {"type": "int32"}}, "x")
+    writer.write_raw_data(rows)
+    writer.commit()
+    return path
+
+
+@pytest.mark.slow
+def test_damaged_data_ends_training_in_one_line_and_leaves_nothing(sample_pets, tmp_path, subprocess_env):
+    from mindspore.mindrecord import FileReader
+
+    _, data, _ = sample_pets
+    reader = FileReader(str(data / "train.mindrecord"))
+    rows = [{"image": r["image"], "label": int(r["label"])} for r in reader.get_next()]
+    reader.close()
+    (tmp_path / "broken").mkdir()
+    broken = mindrecord_with_a_corrupt_image(tmp_path / "broken" / "train.mindrecord", rows)
+    out = tmp_path / "run"
+    line = error_line(run(subprocess_env, "train.py", "--dataset_path", broken, "--output_dir", out,
+                          "--epoch_size", 1, *TRAIN))
+    assert f"an image inside {broken} cannot be decoded" in line and "--overwrite" in line
+    assert not out.exists()  # no config.json, no folder: the run wrote no checkpoint
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for name in ("train.mindrecord", "train.mindrecord.db"):
+        shutil.copy(data / name, cut / name)
+    with open(cut / "train.mindrecord", "r+b") as f:
+        f.truncate(os.path.getsize(cut / "train.mindrecord") // 2)
+    for script, flags in (("train.py", ["--output_dir", out, "--epoch_size", 1, *TRAIN]),
+                          ("eval.py", ["--checkpoint_path", tmp_path / "none.ckpt", *SMALL_NET])):
+        line = error_line(run(subprocess_env, script, "--dataset_path", cut / "train.mindrecord", *flags))
+        assert f"{cut / 'train.mindrecord'} is not a readable MindRecord file (Failed to read file)" in line, script
+        assert "python -m src.dataset" in line and "Refer to" not in line
+    assert not out.exists()
