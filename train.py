@@ -15,7 +15,11 @@ import contextlib
 import logging
 import math
 import os
+import shlex
+import signal
+import sys
 import time
+from dataclasses import dataclass
 
 import src  # noqa: F401  (before MindSpore: sets OMP_WAIT_POLICY, see src/__init__.py)
 import mindspore as ms
@@ -28,7 +32,7 @@ from src.cli import add_device_argument, run_script, set_device, setup_logging
 from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_config, config_from_args,
                         validate)
 from src.dataset import batches, check_num_classes, copy_class_names, create_dataset
-from src.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingDiverged
+from src.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingDiverged, UserError
 from src.evaluation import evaluate
 from src.ghostnet import GhostNet
 from src.kernels import enable_fast_cpu_path
@@ -38,7 +42,8 @@ from src.plots import draw_history_if_possible
 from src.quant import calibrate, int8_params, prepare, set_bn_frozen, set_observers_frozen
 from src.train_utils import (BEST_CHECKPOINT, CONFIG_FILE, FINAL_CHECKPOINT, CheckpointKeeper,
                              TrainingHistory, build_optimizer, check_parameters_finite,
-                             init_distributed, parameter_fingerprint, resume_from, training_state)
+                             init_distributed, parameter_fingerprint, position_in_epoch, resume_from,
+                             training_state)
 
 logger = logging.getLogger("train")
 INT8_CHECKPOINT = "ghostnet-int8.ckpt"
@@ -87,26 +92,86 @@ def load_pretrained(net, path, quant):
     return net, True
 
 
-def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step, learning_rates):
-    """Run one epoch; return (mean loss, images/s, steps). Stops at a NaN or infinite loss, and
-    at an image or a file that cannot be read (named in one line)."""
+@dataclass
+class EpochResult:
+    loss_sum: float  # over the epoch's steps so far, those before a resume included
+    steps: int  # the epoch's steps done, those before a resume included
+    images_per_second: float
+    stopped: bool  # a stop was asked for (StopRequest): the epoch is not complete
+
+
+def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step, learning_rates,
+                    resume_at=0, loss_sum=0.0, stop=None):
+    """Run one epoch from step ``resume_at`` (the batches before it are read and passed over:
+    the same seed gives the same batches, in order) and return an :class:`EpochResult`. Stops
+    at a NaN or infinite loss, at an image or a file that cannot be read (named in one line),
+    and after the step in progress when ``stop`` is asked for."""
     train_net.set_train(True)
     steps = dataset.get_dataset_size()
-    losses, start = [], time.time()
+    losses, start, step = [], time.time(), resume_at
     for step, (images, labels) in enumerate(batches(dataset, dataset_path), 1):
+        if step <= resume_at:
+            continue
         loss = float(train_net(images, labels).asnumpy())
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss} at epoch {epoch + 1}, step {step} (learning rate "
                 f"{learning_rates[min(global_step + step - 1, len(learning_rates) - 1)]:.5f}); no "
-                "checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume "
-                "from the last good checkpoint.")
+                "checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume from the "
+                "last good checkpoint.")
         losses.append(loss)
         if step % config.log_every == 0 or step == steps:
             logger.info("epoch %d step %d/%d loss %.4f", epoch + 1, step, steps,
                         np.mean(losses[-config.log_every:]))
-    elapsed = time.time() - start
-    return float(np.mean(losses)), steps * images.shape[0] / elapsed, steps
+        if stop is not None and stop.asked and step < steps:
+            break
+    elapsed = max(time.time() - start, 1e-9)
+    return EpochResult(loss_sum + float(np.sum(losses)), step, len(losses) * config.batch_size / elapsed,
+                       stopped=step < steps)
+
+
+class StopRequest:
+    """SIGTERM (what a cluster scheduler or a spot machine sends before it kills) or Ctrl-C:
+    the run stops after the step in progress and writes where it is; a second signal stops at
+    once (KeyboardInterrupt)."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    @property
+    def asked(self):
+        return self.signal is not None
+
+    def _handle(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.signal = signum
+        logger.warning("%s received: stopping after this step (again to stop at once)",
+                       signal.Signals(signum).name)
+
+    def __enter__(self):
+        for number in self.SIGNALS:
+            self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+
+class Stopped(UserError):
+    """The run stopped on a signal after writing where it was; exits with 128 + the signal."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def resume_command():
+    argv = [os.path.relpath(sys.argv[0]) if os.path.isabs(sys.argv[0]) else sys.argv[0], *sys.argv[1:]]
+    return shlex.join(["python", *argv] + ([] if "--resume" in argv else ["--resume"]))
 
 
 def main(args):
@@ -123,15 +188,28 @@ def main(args):
     # one run per folder: rank 0 writes there and holds it until the end
     lock = FolderLock(args.output_dir, "--output_dir") if rank == 0 else contextlib.nullcontext()
     cleanup = nothing_left_without_a_checkpoint(args.output_dir) if rank == 0 else contextlib.nullcontext()
-    with output_folder(args.output_dir, "--output_dir"), lock, cleanup:
+    with output_folder(args.output_dir, "--output_dir"), lock, cleanup, StopRequest() as stop:
         try:
-            return train(args, config, rank, group_size)
+            return train(args, config, rank, group_size, stop)
         except OutputError as err:
             newest = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max).newest()
             kept = (f"the last complete checkpoint, {newest}, is kept: once the folder can be written, "
                     "run the same command with --resume to continue from it") if newest else \
                 "no checkpoint was written yet"
             raise OutputError(f"{err}. {kept[0].upper()}{kept[1:]}") from None
+
+
+def save_where_stopped(args, keeper, net, optimizer, epoch, global_step, best_top1, result, stop, rank):
+    """Write a checkpoint of the step reached (rank 0) and raise :class:`Stopped` with the
+    command that goes on from it."""
+    name = signal.Signals(stop.signal).name
+    if rank != 0:
+        raise Stopped(f"{name}: stopped at epoch {epoch + 1}, step {result.steps}", stop.signal)
+    state = training_state(net, optimizer, epoch, global_step, best_top1, epoch_step=result.steps,
+                           epoch_loss_sum=result.loss_sum)
+    path = keeper.save_epoch_step(state, epoch + 1, result.steps)
+    raise Stopped(f"{name}: stopped at epoch {epoch + 1}, step {result.steps}; wrote {path}. Continue with: "
+                  f"{resume_command()}", stop.signal)
 
 
 @contextlib.contextmanager
@@ -150,7 +228,7 @@ def nothing_left_without_a_checkpoint(output_dir):
         raise
 
 
-def train(args, config, rank, group_size):
+def train(args, config, rank, group_size, stop=None):
     keeper = CheckpointKeeper(args.output_dir, config.keep_checkpoint_max)
     saved_config = os.path.join(args.output_dir, CONFIG_FILE)
     if args.resume and keeper.epoch_checkpoints() and os.path.isfile(saved_config):
@@ -173,7 +251,7 @@ def train(args, config, rank, group_size):
                                    batch_size=config.batch_size, num_workers=config.num_workers)
 
     # model
-    net = GhostNet(width=config.width, num_classes=config.num_classes)
+    net = GhostNet(width=config.width, num_classes=config.num_classes, dropout=config.dropout)
     calibrated = False
     if args.pretrained:
         net, calibrated = load_pretrained(net, args.pretrained, args.quant)
@@ -198,6 +276,7 @@ def train(args, config, rank, group_size):
 
     # resume
     start_epoch, global_step, best_top1 = 0, 0, -1.0
+    resume_at, loss_sum = 0, 0.0  # a run stopped in the middle of an epoch goes on from that step
     newest = keeper.newest() if args.resume else None
     if newest:
         state = read_checkpoint(newest)
@@ -205,8 +284,10 @@ def train(args, config, rank, group_size):
             raise CheckpointError(f"{newest} was written by a {'float' if args.quant else '--quant'} "
                                   f"run; resume it with{'out' if args.quant else ''} --quant")
         start_epoch, global_step, best_top1 = resume_from(state, net, optimizer, source=newest)
+        resume_at, loss_sum = position_in_epoch(state)
         calibrated = args.quant
-        logger.info("resumed from %s: epoch %d, step %d", newest, start_epoch, global_step)
+        logger.info("resumed from %s: epoch %d, step %d%s", newest, start_epoch, global_step,
+                    f" (step {resume_at} of epoch {start_epoch + 1})" if resume_at else "")
     elif args.resume:
         logger.info("no checkpoint in %s yet: starting from the beginning", args.output_dir)
     elif keeper.epoch_checkpoints():
@@ -240,10 +321,14 @@ def train(args, config, rank, group_size):
                         set_observers_frozen(net, epoch >= config.quant_observer_freeze_epoch)]
             if any(switched):
                 train_net = training_step()  # freezing is read when the step compiles: compile anew
-        loss, speed, steps = train_one_epoch(train_net, train_data(epoch), args.dataset_path, epoch, config,
-                                             global_step, learning_rates)
-        global_step += steps
+        skipped = resume_at if epoch == start_epoch else 0
+        result = train_one_epoch(train_net, train_data(epoch), args.dataset_path, epoch, config, global_step - skipped,
+                                 learning_rates, skipped, loss_sum if skipped else 0.0, stop)
+        global_step += result.steps - skipped
         check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved
+        if result.stopped:
+            save_where_stopped(args, keeper, net, optimizer, epoch, global_step, best_top1, result, stop, rank)
+        loss, speed = result.loss_sum / result.steps, result.images_per_second
         message = (f"epoch {epoch + 1}/{config.epoch_size}: loss {loss:.4f}, "
                    f"lr {learning_rates[global_step - 1]:.5f}, {speed * group_size:.1f} images/s")
         if rank != 0:

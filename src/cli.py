@@ -37,7 +37,10 @@ def run_script(main, parser, logger, argv=None, known_args=False):
         result = main(args)
     except UserError as err:
         logger.error("%s", err)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        sys.exit(130)
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise

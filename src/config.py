@@ -5,7 +5,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from src.errors import ConfigError
-from src.ghostnet import WIDTH_CHOICES
+from src.ghostnet import DROPOUT, WIDTH_CHOICES
 
 REFERENCE_BATCH = 256  # `lr` is the learning rate for this global batch; it scales linearly
 # Keys a resumed run may change: they do not alter the schedule, the network or the data order.
@@ -34,6 +34,8 @@ class TrainConfig:
     weight_decay: float = field(default=4e-5, metadata={
         "help": "L2 weight decay (not applied to BatchNorm parameters and biases)"})
     label_smooth: float = field(default=0.1, metadata={"help": "label smoothing factor"})
+    dropout: float = field(default=DROPOUT, metadata={
+        "help": "share of the classifier's inputs dropped in training (timm's drop_rate), in [0, 1)"})
     loss_scale: float = field(default=1024.0, metadata={"help": "static loss scale"})
     keep_checkpoint_max: int = field(default=5, metadata={"help": "epoch checkpoints to keep"})
     num_workers: int = field(default=2, metadata={"help": "data loading workers"})
@@ -95,6 +97,8 @@ def validate(config):
                  "quant_lr", "quant_bn_freeze_epoch", "quant_observer_freeze_epoch"):
         if getattr(config, name) < 0:
             problems.append(f"--{name} must not be negative, got {getattr(config, name)}")
+    if not 0 <= config.dropout < 1:
+        problems.append(f"--dropout must be in [0, 1), got {config.dropout}")
     if config.width not in WIDTH_CHOICES:
         problems.append(f"--width must be one of {', '.join(map(str, WIDTH_CHOICES))}, got {config.width}")
     if problems:

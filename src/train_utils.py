@@ -18,7 +18,7 @@ from src.outputs import write_text
 
 logger = logging.getLogger(__name__)
 
-EPOCH_CHECKPOINT = "ghostnet-epoch{epoch:04d}.ckpt"
+EPOCH_CHECKPOINT = "ghostnet-epoch{epoch}.ckpt"
 BEST_CHECKPOINT = "ghostnet-best.ckpt"
 FINAL_CHECKPOINT = "ghostnet-final.ckpt"
 CONFIG_FILE = "config.json"
@@ -56,13 +56,28 @@ def build_optimizer(net, learning_rates, momentum, weight_decay, loss_scale, com
     return nn.Momentum(groups, ms.Tensor(learning_rates), momentum, loss_scale=loss_scale)
 
 
-def training_state(net, optimizer, epoch, global_step, best_top1):
+def training_state(net, optimizer, epoch, global_step, best_top1, epoch_step=0, epoch_loss_sum=0.0):
+    """A checkpoint's content: network, momentum, and the position: ``epoch`` epochs done, and
+    where a run stopped in the middle of the next one, its ``epoch_step`` steps done, whose
+    losses sum to ``epoch_loss_sum``."""
     params = {name: p for name, p in net.parameters_and_names()}
     params.update({p.name: p for p in optimizer.moments})
     params["train_state.epoch"] = ms.Tensor(np.array([epoch], np.int32))
     params["train_state.global_step"] = ms.Tensor(np.array([global_step], np.int32))
     params["train_state.best_top1"] = ms.Tensor(np.array([best_top1], np.float32))
+    if epoch_step:
+        params["train_state.epoch_step"] = ms.Tensor(np.array([epoch_step], np.int32))
+        params["train_state.epoch_loss_sum"] = ms.Tensor(np.array([epoch_loss_sum], np.float64))
     return params
+
+
+def position_in_epoch(state):
+    """``(steps done, their loss sum)`` of the epoch a checkpoint stopped in; (0, 0.0) at an
+    epoch's end."""
+    if "train_state.epoch_step" not in state:
+        return 0, 0.0
+    return (int(state["train_state.epoch_step"].asnumpy()[0]),
+            float(state["train_state.epoch_loss_sum"].asnumpy()[0]))
 
 
 def check_parameters_finite(net, optimizer, epoch):
@@ -91,11 +106,17 @@ class CheckpointKeeper:
         return sorted(glob.glob(os.path.join(self.output_dir, "ghostnet-epoch*.ckpt")))
 
     def save_epoch(self, params, epoch):
-        path = os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=epoch))
+        name = f"{epoch:04d}" if isinstance(epoch, int) else epoch
+        path = os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=name))
         save_params(params, path)  # atomically, and never with NaN or inf
         for old in self.epoch_checkpoints()[:-self.keep]:
             os.remove(old)
         return path
+
+    def save_epoch_step(self, params, epoch, step):
+        """A checkpoint in the middle of ``epoch`` (a run stopped on a signal), kept and pruned
+        with the epoch checkpoints (its name sorts before the epoch's own)."""
+        return self.save_epoch(params, f"{epoch:04d}-step{step:05d}")
 
     def save_named(self, params, name):
         path = os.path.join(self.output_dir, name)

@@ -209,3 +209,59 @@ def test_damaged_data_ends_training_in_one_line_and_leaves_nothing(sample_pets, 
         assert f"{cut / 'train.mindrecord'} is not a readable MindRecord file (Failed to read file)" in line, script
         assert "python -m src.dataset" in line and "Refer to" not in line
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_the_next_step_writes_where_it_is_and_resume_goes_on_from_that_step(
+        sample_pets, tmp_path, subprocess_env):
+    import json
+    import shlex
+    import signal
+    import time
+
+    from src.checkpoint import read_checkpoint
+
+    _, data, _ = sample_pets
+    # without dropout: its mask stream restarts in a resumed process (see the README), the rest
+    # of a step (batches, augmentation, BatchNorm, optimizer) is the same however a run is cut
+    common = ["--dataset_path", data / "train.mindrecord", "--epoch_size", 3, "--dropout", 0, *TRAIN]
+    full = run(subprocess_env, "train.py", *common, "--output_dir", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+
+    out = tmp_path / "stopped"
+    process = run(subprocess_env, "train.py", *common, "--output_dir", out, wait=False)
+    deadline = time.time() + 300
+    while not (out / "ghostnet-epoch0001.ckpt").exists():
+        assert process.poll() is None and time.time() < deadline, process.stdout.read()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "Traceback" not in output
+    line = re.search(r"ERROR SIGTERM: stopped at epoch (\d), step (\d); wrote (\S+)\. Continue with: (.+)$",
+                     output, re.M)
+    assert line, output
+    epoch, step, path = int(line.group(1)), int(line.group(2)), line.group(3)
+    assert epoch >= 2 and 1 <= step < 6  # 6 steps an epoch: stopped inside one
+    assert path == str(out / f"ghostnet-epoch{epoch:04d}-step{step:05d}.ckpt")
+    state = read_checkpoint(path)
+    assert int(state["train_state.epoch_step"].asnumpy()[0]) == step
+    assert int(state["train_state.global_step"].asnumpy()[0]) == (epoch - 1) * 6 + step
+    assert leftovers(out) == [] and not (out / "ghostnet-final.ckpt").exists()
+
+    command = shlex.split(line.group(4))
+    assert command[:2] == ["python", "train.py"] and command[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True,
+                             env=subprocess_env, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"(step {step} of epoch {epoch})" in resumed.stderr
+    assert f"epoch {epoch} step 1/" not in resumed.stderr  # the epoch's first steps are not run again
+    for key in ("epoch", "global_step"):
+        assert (read_checkpoint(str(out / "ghostnet-final.ckpt"))[f"train_state.{key}"].asnumpy()
+                == read_checkpoint(str(tmp_path / "full" / "ghostnet-final.ckpt"))[f"train_state.{key}"].asnumpy())
+    full_history, history = (json.loads((folder / "history.json").read_text())["epochs"]
+                             for folder in (tmp_path / "full", out))
+    assert [e["epoch"] for e in history] == [1, 2, 3]
+    assert [e["lr"] for e in history] == [e["lr"] for e in full_history]
+    # the same losses as the run never stopped: the epoch it stopped in and the ones after too
+    assert [e["loss"] for e in history] == [e["loss"] for e in full_history]
