@@ -303,7 +303,7 @@ def train(args, config, rank, group_size, stop=None):
     if args.quant and not calibrated:
         calibration_data = create_dataset(args.dataset_path, train=False, image_size=config.image_size,
                                           batch_size=config.batch_size, num_workers=config.num_workers)
-        calibrate(net, calibration_data, config.calib_batches)
+        calibrate(net, batches(calibration_data, args.dataset_path), config.calib_batches)
         if rank == 0:
             name = INT8_CHECKPOINT if config.epoch_size == 0 else INT8_CALIBRATED_CHECKPOINT
             save_params(int8_params(net), os.path.join(args.output_dir, name))

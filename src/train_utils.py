@@ -31,6 +31,8 @@ def init_distributed(run_distribute):
         return 0, 1
     init()
     rank, group_size = get_rank(), get_group_size()
+    # src.launch names a worker that ended badly by this line in its log
+    logger.info("[rank %d] worker process id %d", rank, os.getpid())
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  parameter_broadcast=True, device_num=group_size)
     return rank, group_size

@@ -265,3 +265,32 @@ def test_sigterm_stops_at_the_next_step_writes_where_it_is_and_resume_goes_on_fr
     assert [e["lr"] for e in history] == [e["lr"] for e in full_history]
     # the same losses as the run never stopped: the epoch it stopped in and the ones after too
     assert [e["loss"] for e in history] == [e["loss"] for e in full_history]
+
+
+def test_a_failed_distributed_run_names_the_worker_that_ended_first_and_keeps_earlier_logs(tmp_path):
+    """The log lines as msrun and train.py write them (a worker killed with SIGKILL)."""
+    import time
+
+    from src.launch import archive_earlier_logs, describe_failure
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "worker_0.log").write_text("01:48:02 INFO [rank 0] worker process id 16763\n"
+                                       "RuntimeError: The total number of timed out node is 1.\n")
+    (logs / "worker_1.log").write_text("01:48:02 INFO [rank 1] worker process id 16764\n")
+    (logs / "msrun.log").write_text(
+        "[ERROR] ME(16457:1,MainProcess):2026-12-08-01:46:28 [_api.py:365] Worker process 16764 exit with "
+        "exception. Error code: -9.\n[ERROR] ME(16457:1,MainProcess):2026-12-08-01:46:58 [_api.py:385] "
+        "Scheduler process 16463 exit with exception.\n")
+    assert describe_failure(str(logs)) == (
+        f"worker rank 1 (process 16764) ended first, killed by SIGKILL; its log: {logs / 'worker_1.log'}. "
+        f"The other workers stopped after it; all logs are in {logs}")
+
+    stamp = time.mktime((2026, 12, 8, 1, 48, 40, 0, 0, -1))
+    for log in logs.iterdir():
+        os.utime(log, (stamp, stamp))
+    archive = archive_earlier_logs(str(logs))
+    assert archive == str(logs / "run-20261208-014840")
+    assert sorted(os.listdir(logs)) == ["run-20261208-014840"]
+    assert sorted(os.listdir(archive)) == ["msrun.log", "worker_0.log", "worker_1.log"]
+    assert archive_earlier_logs(str(logs)) is None  # nothing new to move

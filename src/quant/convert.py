@@ -178,9 +178,12 @@ def observe_ranges(net, batches, eager=False):
 
 
 def calibrate(net, dataset, num_batches):
-    """Set every activation range from ``num_batches`` batches of ``dataset`` (see :func:`observe_ranges`)."""
+    """Set every activation range from ``num_batches`` batches of ``dataset`` (see
+    :func:`observe_ranges`): a MindSpore dataset, or an iterable of ``(images, labels)``."""
+    source = dataset.create_tuple_iterator(num_epochs=1) if hasattr(dataset, "create_tuple_iterator") else dataset
+
     def batches():
-        for seen, (images, _) in enumerate(dataset.create_tuple_iterator(num_epochs=1), 1):
+        for seen, (images, _) in enumerate(source, 1):
             yield images
             logger.info("calibration batch %d/%d", seen, num_batches)
             if seen >= num_batches:
