@@ -1,6 +1,7 @@
 """Command-line plumbing shared by every entry point: logging, the device, the common flags and
 one error path (:func:`run_script`)."""
 import logging
+import signal
 import sys
 
 import mindspore as ms
@@ -23,7 +24,10 @@ def run_script(main, parser, logger, argv=None, known_args=False):
     """Parse the command line and run ``main(args)``.
 
     A :class:`~src.errors.UserError` (bad input, whose message names the fix) is logged as
-    one line and exits with code 2; every other exception keeps its traceback. With
+    one line and exits with code 2 (or the error's ``exit_code``), and so is a write the system
+    refused. SIGTERM raises :class:`Terminated` where the script is, so that its writers remove
+    their temporary files on the way out (exit code 143); Ctrl-C likewise (130). Every other
+    exception keeps its traceback. With
     ``known_args`` the options the parser does not know are passed on as ``args.extra``.
     ``main`` may return an exit code (an int); anything else means success.
     """
@@ -33,14 +37,18 @@ def run_script(main, parser, logger, argv=None, known_args=False):
     else:
         args = parser.parse_args(argv)
     setup_logging()
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         result = main(args)
     except UserError as err:
         logger.error("%s", err)
         sys.exit(getattr(err, "exit_code", 2))
+    except Terminated:
+        logger.error("stopped by SIGTERM; nothing half-written was left")
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
-        logger.error("interrupted")
-        sys.exit(130)
+        logger.error("interrupted; nothing half-written was left")
+        sys.exit(128 + signal.SIGINT)
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
@@ -48,8 +56,19 @@ def run_script(main, parser, logger, argv=None, known_args=False):
         where = f"{err.filename}: " if err.filename else ""
         logger.error("%scannot be written (%s)", where, why_not_written(err, err.filename))
         sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if isinstance(result, int) and not isinstance(result, bool) and result:
         sys.exit(result)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (:func:`run_script`); a BaseException, as KeyboardInterrupt, so that no
+    ``except Exception`` takes it for an ordinary error."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def set_device(device_target, graph_mode=True):

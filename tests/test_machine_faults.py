@@ -294,3 +294,23 @@ def test_a_failed_distributed_run_names_the_worker_that_ended_first_and_keeps_ea
     assert sorted(os.listdir(logs)) == ["run-20261208-014840"]
     assert sorted(os.listdir(archive)) == ["msrun.log", "worker_0.log", "worker_1.log"]
     assert archive_earlier_logs(str(logs)) is None  # nothing new to move
+
+
+def test_sigterm_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path, capsys):
+    import argparse
+    import logging
+    import signal
+
+    def writes_and_is_terminated(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a model")
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; Python runs the handler here
+
+    def main(args):
+        write_atomically(str(tmp_path / "model.onnx"), writes_and_is_terminated)
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(main, argparse.ArgumentParser(), logging.getLogger("t"), argv=[])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []
+    assert capsys.readouterr().err.strip().endswith("ERROR stopped by SIGTERM; nothing half-written was left")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # run_script put the handler back
