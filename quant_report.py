@@ -5,8 +5,9 @@
     python quant_report.py --float_checkpoint FLOAT.ckpt --dataset_path OUT_DIR/test.mindrecord
 
 Both networks run on the first --batches batches of the dataset. Without --int8_checkpoint the
-float checkpoint is calibrated here (post-training quantization on --calib_batches batches of
-the same data, as ``train.py --quant --epoch_size 0`` does). Per layer: the signal-to-
+float checkpoint is calibrated here, as ``train.py --quant --epoch_size 0`` does: post-training
+quantization on --calib_batches batches of --calib_dataset_path (default: the train.mindrecord
+beside --dataset_path), not on the batches compared. Per layer: the signal-to-
 quantization-noise ratio (dB) of the layer alone, of the network up to it, and of its weights;
 the input's uint8 range against the values seen there (share used, share clipped). The table
 is sorted worst layer first and written with a JSON and a PNG to --output_dir
@@ -21,10 +22,10 @@ import os
 from src.checkpoint import CheckpointKind, load_strict, read_checkpoint, require_kind
 from src.cli import add_device_argument, add_network_arguments, run_script, set_device
 from src.config import check_at_least_one
-from src.dataset import check_num_classes, create_dataset
+from src.dataset import batches, check_num_classes, create_dataset
 from src.errors import DatasetError, MissingPackageError
 from src.ghostnet import GhostNet
-from src.outputs import make_folder, write_text
+from src.outputs import output_folder, write_text
 from src.plots import draw_quantization_report
 from src.quant import build_int8_network, calibrate, convert, prepare
 from src.quant.report import format_table, quantization_report
@@ -44,6 +45,9 @@ def get_args_parser():
     parser.add_argument("--batches", type=int, default=4, help="batches compared")
     parser.add_argument("--calib_batches", type=int, default=10,
                         help="batches to calibrate on when no --int8_checkpoint is given")
+    parser.add_argument("--calib_dataset_path", default=None,
+                        help="MindRecord to calibrate on when no --int8_checkpoint is given (default: the "
+                             "train.mindrecord beside --dataset_path)")
     parser.add_argument("--batch_size", type=int, default=16, help="images per batch")
     parser.add_argument("--image_size", type=int, default=224, help="side of the centre crop")
     add_network_arguments(parser)
@@ -63,7 +67,16 @@ def load_float(args):
     return net
 
 
-def load_int8(args, dataset):
+def calibration_path(args):
+    path = args.calib_dataset_path or os.path.join(os.path.dirname(os.path.abspath(args.dataset_path)),
+                                                   "train.mindrecord")
+    if not os.path.isfile(path):
+        raise DatasetError(f"no {path} to calibrate on: pass --calib_dataset_path (training data), or "
+                           "--int8_checkpoint")
+    return path
+
+
+def load_int8(args):
     if args.int8_checkpoint:
         params = read_checkpoint(args.int8_checkpoint)
         require_kind(args.int8_checkpoint, params, (CheckpointKind.INT8,),
@@ -71,20 +84,24 @@ def load_int8(args, dataset):
         net = build_int8_network(width=args.width, num_classes=args.num_classes)
         load_strict(net, params, source=args.int8_checkpoint)
         return net
+    path = calibration_path(args)
+    check_num_classes(path, args.num_classes)
+    data = create_dataset(path, train=False, image_size=args.image_size, batch_size=args.batch_size,
+                          num_workers=args.num_workers)
     net = prepare(load_float(args))
-    calibrate(net, dataset, args.calib_batches)
+    calibrate(net, batches(data, path), args.calib_batches)
     return convert(net)
 
 
-def first_batches(dataset, count):
-    batches = []
-    for images, _ in dataset.create_tuple_iterator(output_numpy=True, num_epochs=1):
-        batches.append(images)
-        if len(batches) == count:
+def first_batches(dataset, path, count):
+    found = []
+    for images, _ in batches(dataset, path, output_numpy=True):
+        found.append(images)
+        if len(found) == count:
             break
-    if not batches:
-        raise DatasetError(f"{dataset} holds no images")
-    return batches
+    if not found:
+        raise DatasetError(f"{path} holds no images")
+    return found
 
 
 def finite_or_none(value):
@@ -97,23 +114,27 @@ def main(args):
                        top=args.top)
     set_device(args.device_target, graph_mode=False)
     check_num_classes(args.dataset_path, args.num_classes)
-    make_folder(args.output_dir, "--output_dir")
+    with output_folder(args.output_dir, "--output_dir"):
+        return report(args)
+
+
+def report(args):
     dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
                              batch_size=args.batch_size, num_workers=args.num_workers)
     float_net = load_float(args)
-    int8_net = load_int8(args, dataset)
-    batches = first_batches(dataset, args.batches)
-    logger.info("comparing %d layers on %d batches of %s", len(float_net.conv_bn_pairs()) + 1, len(batches),
+    int8_net = load_int8(args)
+    compared = first_batches(dataset, args.dataset_path, args.batches)
+    logger.info("comparing %d layers on %d batches of %s", len(float_net.conv_bn_pairs()) + 1, len(compared),
                 args.dataset_path)
-    rows = quantization_report(float_net, int8_net, batches)
+    rows = quantization_report(float_net, int8_net, compared)
 
     table = format_table(rows)
     base = os.path.join(args.output_dir, REPORT_NAME)
-    source = args.int8_checkpoint or f"calibrated here on {args.calib_batches} batches"
-    write_text(base + ".txt", f"# {args.float_checkpoint} against {source}, {len(batches)} batches of "
+    source = args.int8_checkpoint or f"calibrated here on {args.calib_batches} batches of {calibration_path(args)}"
+    write_text(base + ".txt", f"# {args.float_checkpoint} against {source}, {len(compared)} batches of "
                               f"{args.dataset_path}; SQNR in dB, worst layer first\n{table}\n")
     content = {"float_checkpoint": os.path.abspath(args.float_checkpoint), "int8": source,
-               "dataset": os.path.abspath(args.dataset_path), "batches": len(batches),
+               "dataset": os.path.abspath(args.dataset_path), "batches": len(compared),
                "layers": [{k: finite_or_none(v) for k, v in row.as_dict().items()} for row in rows]}
     write_text(base + ".json", json.dumps(content, indent=1) + "\n")
     written = [base + ".txt", base + ".json"]

@@ -34,7 +34,7 @@ from src.config import (REFERENCE_BATCH, add_config_arguments, check_resume_conf
 from src.dataset import batches, check_num_classes, copy_class_names, create_dataset
 from src.errors import CheckpointError, ConfigError, DatasetError, OutputError, TrainingDiverged, UserError
 from src.evaluation import evaluate
-from src.ghostnet import GhostNet
+from src.ghostnet import GhostNet, dropout_mask
 from src.kernels import enable_fast_cpu_path
 from src.lr_generator import get_lr
 from src.outputs import LOCK_FILE, FolderLock, output_folder, write_text
@@ -100,8 +100,22 @@ class EpochResult:
     stopped: bool  # a stop was asked for (StopRequest): the epoch is not complete
 
 
+class LossWithDropoutMask(nn.Cell):
+    """The training loss, with the classifier's dropout mask as an input: train.py draws each
+    step's mask from the seed, the worker and the step (``src.ghostnet.dropout_mask``), so that
+    a run resumed at any step trains as a run never stopped does."""
+
+    def __init__(self, net, loss_fn):
+        super().__init__(auto_prefix=False)  # parameter names stay the network's
+        self.net = net
+        self.loss_fn = loss_fn
+
+    def construct(self, images, labels, mask):
+        return self.loss_fn(self.net.forward_head(self.net.forward_features(images), mask), labels)
+
+
 def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step, learning_rates,
-                    resume_at=0, loss_sum=0.0, stop=None):
+                    resume_at=0, loss_sum=0.0, stop=None, rank=0):
     """Run one epoch from step ``resume_at`` (the batches before it are read and passed over:
     the same seed gives the same batches, in order) and return an :class:`EpochResult`. Stops
     at a NaN or infinite loss, at an image or a file that cannot be read (named in one line),
@@ -112,7 +126,8 @@ def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step
     for step, (images, labels) in enumerate(batches(dataset, dataset_path), 1):
         if step <= resume_at:
             continue
-        loss = float(train_net(images, labels).asnumpy())
+        mask = dropout_mask(config.dropout, images.shape[0], (config.seed, rank, global_step + step))
+        loss = float(train_net(images, labels, ms.Tensor(mask)).asnumpy())
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"loss became {loss} at epoch {epoch + 1}, step {step} (learning rate "
@@ -127,7 +142,7 @@ def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step
             break
     elapsed = max(time.time() - start, 1e-9)
     return EpochResult(loss_sum + float(np.sum(losses)), step, len(losses) * config.batch_size / elapsed,
-                       stopped=step < steps)
+                       stopped=stop is not None and stop.asked and step < steps)
 
 
 class StopRequest:
@@ -188,7 +203,12 @@ def main(args):
     # one run per folder: rank 0 writes there and holds it until the end
     lock = FolderLock(args.output_dir, "--output_dir") if rank == 0 else contextlib.nullcontext()
     cleanup = nothing_left_without_a_checkpoint(args.output_dir) if rank == 0 else contextlib.nullcontext()
-    with output_folder(args.output_dir, "--output_dir"), lock, cleanup, StopRequest() as stop:
+    # one process: a signal stops it after the step in progress. The workers of a distributed run
+    # would each stop at another step (and wait for the others for ever): there a signal ends
+    # the run at once, as in any script (src.cli.run_script), and --resume goes on from the
+    # last epoch checkpoint
+    stop_request = StopRequest() if group_size == 1 else contextlib.nullcontext()
+    with output_folder(args.output_dir, "--output_dir"), lock, cleanup, stop_request as stop:
         try:
             return train(args, config, rank, group_size, stop)
         except OutputError as err:
@@ -236,6 +256,8 @@ def train(args, config, rank, group_size, stop=None):
 
     # data
     check_num_classes(args.dataset_path, config.num_classes)
+    if args.eval_dataset_path and rank == 0:  # now, not after the first epoch's training
+        check_num_classes(args.eval_dataset_path, config.num_classes)
 
     def train_data(epoch):
         ds.config.set_seed(config.seed + epoch)  # read when the epoch's iterator starts
@@ -270,7 +292,7 @@ def train(args, config, rank, group_size, stop=None):
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smooth)
 
     def training_step():
-        return nn.TrainOneStepCell(nn.WithLossCell(net, loss_fn), optimizer, sens=config.loss_scale)
+        return nn.TrainOneStepCell(LossWithDropoutMask(net, loss_fn), optimizer, sens=config.loss_scale)
 
     train_net = training_step()
 
@@ -312,6 +334,9 @@ def train(args, config, rank, group_size, stop=None):
                 top1 = evaluate(net, eval_data, args.eval_dataset_path, log_progress=False)["top1"]
                 message += f", eval top-1 {top1:.4f}"
             logger.info(message)
+        if stop is not None and stop.asked and config.epoch_size > 0:
+            raise Stopped(f"{signal.Signals(stop.signal).name}: stopped after calibration; wrote {name}. "
+                          f"Continue with: {resume_command()}", stop.signal)
 
     # loop
     history = TrainingHistory(args.output_dir, start_epoch) if rank == 0 else None
@@ -323,7 +348,7 @@ def train(args, config, rank, group_size, stop=None):
                 train_net = training_step()  # freezing is read when the step compiles: compile anew
         skipped = resume_at if epoch == start_epoch else 0
         result = train_one_epoch(train_net, train_data(epoch), args.dataset_path, epoch, config, global_step - skipped,
-                                 learning_rates, skipped, loss_sum if skipped else 0.0, stop)
+                                 learning_rates, skipped, loss_sum if skipped else 0.0, stop, rank)
         global_step += result.steps - skipped
         check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved
         if result.stopped:
@@ -343,10 +368,13 @@ def train(args, config, rank, group_size, stop=None):
                     images_per_second=speed * group_size, top1=top1)
         state = training_state(net, optimizer, epoch + 1, global_step,
                                best_top1 if top1 is None else max(best_top1, top1))
-        keeper.save_epoch(state, epoch + 1)
+        path = keeper.save_epoch(state, epoch + 1)
         if top1 is not None and top1 > best_top1:
             best_top1 = top1
             keeper.save_named(state, BEST_CHECKPOINT)
+        if stop is not None and stop.asked and epoch + 1 < config.epoch_size:  # came during eval or the save
+            raise Stopped(f"{signal.Signals(stop.signal).name}: stopped after epoch {epoch + 1}; wrote {path}. "
+                          f"Continue with: {resume_command()}", stop.signal)
     logger.info("trainable parameter fingerprint (equal on every worker): %s", parameter_fingerprint(net))
     if rank == 0 and config.epoch_size > 0:
         path = keeper.save_named(training_state(net, optimizer, config.epoch_size, global_step,

@@ -192,7 +192,7 @@ class _Tee(io.TextIOBase):
 
 @contextlib.contextmanager
 def recorded(name, folder=RESULTS_DIR):
-    """Everything the block prints also goes to ``folder/NAME-DATE-COMMIT.md`` under a header
+    """Everything the block prints also goes to ``folder/NAME-DATE-TIME-COMMIT.md`` under a header
     with the date, the commit, the command and the machine (CPU, int8 instructions, AMX). The
     file is written, atomically, only when the block ends without an error. A bench script's
     child process (``--child``) records nothing: its parent does."""
@@ -212,14 +212,8 @@ def recorded(name, folder=RESULTS_DIR):
               "`python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
               + "`", ""] + [f"- {line}" for line in machine_description()]
     text = "\n".join(header) + "\n\n```\n" + captured.getvalue().rstrip() + "\n```\n"
+    from src.outputs import write_text
+
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{name}-{now:%Y-%m-%d}-{commit}.md")
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    path = write_text(os.path.join(folder, f"{name}-{now:%Y-%m-%d-%H%M%S}-{commit}.md"), text)
     print(f"\nrecorded in {os.path.relpath(path)}")

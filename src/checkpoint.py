@@ -228,10 +228,12 @@ def save_params(params, path):
                for name, value in params.items()]
 
     def write(tmp):
+        disabled = logging.root.manager.disable
         logging.disable(logging.CRITICAL)  # MindSpore logs a line of its own before it raises
         try:
             ms.save_checkpoint(entries, tmp)
         finally:
-            logging.disable(logging.NOTSET)
-    needed = sum(_as_numpy(value).nbytes for value in params.values())
+            logging.disable(disabled)
+    needed = sum(int(value.nbytes) if hasattr(value, "nbytes") else _as_numpy(value).nbytes
+                 for value in params.values())
     return write_atomically(path, write, needed=needed)

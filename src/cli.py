@@ -52,9 +52,9 @@ def run_script(main, parser, logger, argv=None, known_args=False):
     except OSError as err:
         if err.errno not in WRITE_ERRNOS:
             raise
-        # a write that no writer of ours wrapped (a framework's own file): the path and the cause
+        # a file no writer or reader of ours wrapped (a framework's own): the path and the cause
         where = f"{err.filename}: " if err.filename else ""
-        logger.error("%scannot be written (%s)", where, why_not_written(err, err.filename))
+        logger.error("%s%s", where, why_not_written(err, err.filename))
         sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous)

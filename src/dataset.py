@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import shutil
+import struct
 import tempfile
 import time
 import warnings
@@ -48,6 +49,10 @@ UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.Decompression
                            Image.DecompressionBombWarning)
 STAGING_PREFIX = ".staging-"
 EXIF_ORIENTATION = 0x0112  # the EXIF tag of a photo's rotation or mirroring; 1 is upright
+TURNED = range(2, 9)  # the orientations that turn or mirror (0 and 9 occur and mean upright)
+RECONVERT = "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`"
+# what MindSpore's reader says of a MindRecord file cut short or damaged
+UNREADABLE_MINDRECORD = ("Failed to read file", "Invalid file", "Invalid data", "mindrecord file")
 
 
 # --- conversion ------------------------------------------------------------------------
@@ -144,15 +149,21 @@ def to_rgb(img):
 def exif_orientation(img):
     """The EXIF orientation tag of ``img`` (1, upright, where it has none)."""
     try:
-        return int(img.getexif().get(EXIF_ORIENTATION, 1))
-    except (TypeError, ValueError, SyntaxError):  # a damaged EXIF block: taken as upright
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: taken as upright
         return 1
+    return orientation if orientation in TURNED else 1
 
 
 def upright(img):
     """``img`` turned as its EXIF orientation says (phones store photos sideways with a tag;
     viewers and PIL's ``exif_transpose`` apply it, MindSpore's decoder does not)."""
-    return ImageOps.exif_transpose(img) if exif_orientation(img) != 1 else img
+    if exif_orientation(img) == 1:
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except (TypeError, ValueError, SyntaxError, struct.error):  # a damaged EXIF block: as stored
+        return img
 
 
 def load_image_bytes(path):
@@ -398,13 +409,12 @@ def batches(dataset, dataset_path, output_numpy=False):
         except RuntimeError as err:
             cause = pipeline_error(err)
             if "decode" in cause.lower():
-                raise DatasetError(
-                    f"an image inside {dataset_path} cannot be decoded ({cause}). Rebuild the file with "
-                    "`python -m src.dataset --data_root PETS_DIR --output_dir OUT_DIR --overwrite`, "
-                    "which re-encodes or skips such images.") from None
-            raise DatasetError(f"{dataset_path} cannot be read ({cause}): the file may be cut short or "
-                               "damaged. Write it again with `python -m src.dataset --data_root PETS_DIR "
-                               "--output_dir OUT_DIR --overwrite`") from None
+                raise DatasetError(f"an image inside {dataset_path} cannot be decoded ({cause}). Rebuild "
+                                   f"the file with {RECONVERT}, which re-encodes or skips such images.") from None
+            if any(words in cause for words in UNREADABLE_MINDRECORD):
+                raise DatasetError(f"{dataset_path} cannot be read ({cause}): the file may be cut short or "
+                                   f"damaged. Write it again with {RECONVERT}") from None
+            raise
         yield batch
 
 
@@ -420,8 +430,7 @@ def label_column(dataset_path):
     except Exception as err:  # MindSpore raises several types for a non-MindRecord file
         raise DatasetError(f"{dataset_path} is not a readable MindRecord file ({pipeline_error(err)}): a "
                            "file cut short or damaged, or renamed (a MindRecord must keep the name it was "
-                           "written with). Write it again with `python -m src.dataset --data_root PETS_DIR "
-                           "--output_dir OUT_DIR --overwrite`") from None
+                           f"written with). Write it again with {RECONVERT}") from None
     if "image" not in columns:
         raise DatasetError(f"{dataset_path} has no 'image' column (columns: {sorted(columns)})")
     for name in LABEL_COLUMNS:

@@ -108,6 +108,19 @@ class Dropout(nn.Cell):
         return x * (keep * (1.0 / (1.0 - self.p)))
 
 
+def dropout_mask(p, batch_size, seed):
+    """A training step's dropout mask for the classifier's inputs, (batch_size, HEAD_CHANNELS):
+    each element kept with probability 1 - p (then 1 / (1 - p)) or dropped (0), drawn by numpy
+    from ``seed`` alone (e.g. the run's seed, the worker and the step). A step's mask is then
+    the same however the run got there, also resumed in another process, where a random op's
+    stream would start again."""
+    shape = (batch_size, HEAD_CHANNELS)
+    if p == 0:
+        return np.ones(shape, np.float32)
+    kept = np.random.default_rng(seed).random(shape) >= p
+    return (kept / (1.0 - p)).astype(np.float32)
+
+
 class ConvBNAct(nn.Cell):
     """Convolution, BatchNorm and an optional ReLU; children are named ``conv`` and ``bn``.
 
@@ -300,11 +313,13 @@ class GhostNet(nn.Cell):
             x = self.bn1(x)
         return self.blocks(self.relu(x))
 
-    def forward_head(self, x):
+    def forward_head(self, x, dropout_mask=None):
+        """The logits of the feature map ``x``. In training the classifier's inputs go through
+        dropout: ``self.dropout``'s, or where given, ``dropout_mask`` (:func:`dropout_mask`)."""
         x = global_mean(x)
         x = self.relu(self.conv_head(x))
         x = x.reshape(x.shape[0], -1)
-        x = self.dropout(x)
+        x = self.dropout(x) if dropout_mask is None else x * dropout_mask
         return self.classifier(x)
 
     def construct(self, x):

@@ -125,7 +125,9 @@ def describe_failure(log_dir):
     if not exits:
         return f"the distributed run failed; the logs are in {log_dir} (msrun's own: {MSRUN_LOG})"
     pid, code = exits[0][0], int(exits[0][1])
-    cause = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    cause = f"exit code {code}"
+    if code < 0:
+        cause = f"killed by {signal.Signals(-code).name}" if -code in signal.valid_signals() else f"signal {-code}"
     for name in sorted(os.listdir(log_dir)):
         if not name.startswith("worker_"):
             continue
@@ -150,10 +152,15 @@ def main(args):
     with open(os.path.join(log_dir, MSRUN_LOG), "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    errors="replace")
-        for line in process.stdout:
-            log.write(line)
-            if PROGRESS_LINE.match(line):
-                sys.stderr.write(line)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if PROGRESS_LINE.match(line):
+                    sys.stderr.write(line)
+        except BaseException:  # SIGTERM or Ctrl-C for the launcher: msrun and its workers stop too
+            process.send_signal(signal.SIGTERM)
+            process.wait()
+            raise
         code = process.wait()
     if code:
         raise DistributedRunFailed(describe_failure(log_dir), code)

@@ -97,7 +97,7 @@ def draw_history_if_possible(run_dir):
     """:func:`draw_history`, or a warning where matplotlib is missing (the run itself is done)."""
     try:
         path = draw_history(run_dir)
-    except MissingPackageError as err:
+    except Exception as err:  # pylint: disable=broad-except (a picture never fails a finished run)
         logger.warning("no %s: %s", HISTORY_PICTURE, err)
         return None
     logger.info("history picture: %s", path)

@@ -111,6 +111,9 @@ class CheckpointKeeper:
         name = f"{epoch:04d}" if isinstance(epoch, int) else epoch
         path = os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=name))
         save_params(params, path)  # atomically, and never with NaN or inf
+        if isinstance(epoch, int):  # the epoch is complete: checkpoints of its middle are done with
+            for stopped in glob.glob(os.path.join(self.output_dir, EPOCH_CHECKPOINT.format(epoch=f"{epoch:04d}-step*"))):
+                os.remove(stopped)
         for old in self.epoch_checkpoints()[:-self.keep]:
             os.remove(old)
         return path

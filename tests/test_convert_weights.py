@@ -38,7 +38,7 @@ def test_converted_weights_reproduce_timm_outputs(converted, stem, num_classes, 
     net.set_train(False)
     if path == "fast_cpu_folded":  # what eval.py runs for a float checkpoint
         fold_batchnorm_for_inference(net)
-    logits, features = stored_outputs(stem)
+    logits, features = stored_outputs(stem, num_classes, seed)
     x = ms.Tensor(seeded_input())
     assert np.abs(net(x).asnumpy() - logits).max() < 1e-4
     ours = net.forward_features(x).asnumpy()[:, ::FEATURE_CHANNEL_STEP]

@@ -111,3 +111,16 @@ def test_dropout_draws_the_same_masks_from_the_same_seed():
     assert set(np.unique(first)) == {0.0, 1.25}  # kept values scaled by 1 / (1 - p)
     assert abs((first == 0).mean() - 0.2) < 0.005
     assert len({mask.tobytes() for mask in first == 0}) == len(first)  # a new mask every call
+
+
+def test_a_steps_dropout_mask_depends_on_its_seed_alone():
+    from src.ghostnet import HEAD_CHANNELS, dropout_mask
+
+    mask = dropout_mask(0.2, 64, (1, 0, 17))
+    assert mask.shape == (64, HEAD_CHANNELS) and mask.dtype == np.float32
+    assert set(np.unique(mask).tolist()) == {0.0, np.float32(1 / 0.8)}
+    assert abs((mask == 0).mean() - 0.2) < 0.01  # 81,920 draws
+    np.testing.assert_array_equal(mask, dropout_mask(0.2, 64, (1, 0, 17)))  # in any process, at any time
+    assert (mask != dropout_mask(0.2, 64, (1, 0, 18))).any()  # the next step
+    assert (mask != dropout_mask(0.2, 64, (1, 1, 17))).any()  # another worker
+    np.testing.assert_array_equal(dropout_mask(0.0, 2, (1, 0, 1)), np.ones((2, HEAD_CHANNELS), np.float32))

@@ -93,7 +93,7 @@ def test_a_write_no_writer_wrapped_is_one_line_too(tmp_path, capsys):
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.splitlines()  # run_script logs to stderr, as the scripts do
     assert len(lines) == 1
-    assert lines[0].endswith(f"ERROR {tmp_path / 'logs' / 'worker_0.log'}: cannot be written (permission denied)")
+    assert lines[0].endswith(f"ERROR {tmp_path / 'logs' / 'worker_0.log'}: permission denied")
 
 
 def test_a_full_disk_during_training_keeps_the_last_checkpoint_and_resume_continues(
@@ -222,9 +222,7 @@ def test_sigterm_stops_at_the_next_step_writes_where_it_is_and_resume_goes_on_fr
     from src.checkpoint import read_checkpoint
 
     _, data, _ = sample_pets
-    # without dropout: its mask stream restarts in a resumed process (see the README), the rest
-    # of a step (batches, augmentation, BatchNorm, optimizer) is the same however a run is cut
-    common = ["--dataset_path", data / "train.mindrecord", "--epoch_size", 3, "--dropout", 0, *TRAIN]
+    common = ["--dataset_path", data / "train.mindrecord", "--epoch_size", 3, *TRAIN]
     full = run(subprocess_env, "train.py", *common, "--output_dir", tmp_path / "full")
     assert full.returncode == 0, full.stderr
 

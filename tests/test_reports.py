@@ -132,6 +132,7 @@ def test_classify_reads_predicts_and_prints_a_batch_at_a_time(tmp_path, monkeypa
         events.append(len(images))
         return np.tile([[0.0, 1.0]], (len(images), 1)).astype(np.float32)
     monkeypatch.setattr(classify, "create_predictor", lambda *args, **kwargs: predictor)
+    monkeypatch.setattr(classify, "set_device", lambda *args, **kwargs: None)  # the context is the suite's
     monkeypatch.setattr(classify.Progress, "PROGRESS_SECONDS", 0)
     args = classify.get_args_parser().parse_args([str(folder), "--checkpoint_path", str(tmp_path / "x.ckpt"),
                                                   "--class_names", str(tmp_path / "names.txt"),

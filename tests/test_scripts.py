@@ -112,7 +112,7 @@ def test_a_bench_run_is_recorded_with_its_machine_only_when_it_completes(tmp_pat
     with recorded("bench_x", folder=tmp_path):
         print("| runner | images/s |")
     (record,) = tmp_path.iterdir()
-    assert re.fullmatch(r"bench_x-\d{4}-\d\d-\d\d-\w+(-dirty)?\.md", record.name)
+    assert re.fullmatch(r"bench_x-\d{4}-\d\d-\d\d-\d{6}-\w+(-dirty)?\.md", record.name)
     text = record.read_text()
     assert "`python bench/bench_x.py --rounds 3`" in text and "| runner | images/s |" in text
     assert re.search(r"^- CPU: .+, \d+ cores$", text, re.M)

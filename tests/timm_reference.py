@@ -7,6 +7,7 @@ The key list (``ghostnet_100_keys.tsv``) is timm's own ``state_dict()`` order an
 ``ghostnet_100`` with 1000 classes, as timm wrote it; every other class count differs only in
 the classifier's rows.
 """
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,23 @@ def outputs_file(stem):
     return TIMM_FIXTURES / f"{stem}_outputs.npz"
 
 
-def stored_outputs(stem):
-    """timm's ``(logits, features[:, ::FEATURE_CHANNEL_STEP])`` for :func:`seeded_input`."""
+def digest(state, x):
+    """SHA-256 of the weights (in key order) and the input, as stored beside timm's outputs."""
+    sha = hashlib.sha256()
+    for key in sorted(state):
+        sha.update(key.encode())
+        sha.update(np.ascontiguousarray(state[key]).tobytes())
+    sha.update(np.ascontiguousarray(x).tobytes())
+    return sha.hexdigest()
+
+
+def stored_outputs(stem, num_classes, seed):
+    """timm's ``(logits, features[:, ::FEATURE_CHANNEL_STEP])`` for :func:`seeded_state` and
+    :func:`seeded_input`, after checking that numpy draws the weights and input timm was given
+    (a numpy whose generator streams changed would otherwise look like a parity failure)."""
     with np.load(outputs_file(stem)) as stored:
+        drawn = digest(seeded_state(num_classes, seed), seeded_input())
+        if str(stored["digest"]) != drawn:
+            raise AssertionError(f"numpy {np.__version__} draws other weights or inputs than the ones "
+                                 f"{outputs_file(stem).name} was made for: run tests/fixtures/make_timm_reference.py")
         return stored["logits"], stored["features"]
