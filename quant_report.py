@@ -19,15 +19,15 @@ import logging
 import math
 import os
 
-from src.checkpoint import CheckpointKind, load_strict, read_checkpoint, require_kind
+from src.checkpoint import CheckpointKind
 from src.cli import add_device_argument, add_network_arguments, run_script, set_device
 from src.config import check_at_least_one
 from src.dataset import batches, check_num_classes, create_dataset
-from src.errors import DatasetError, MissingPackageError
-from src.ghostnet import GhostNet
+from src.errors import CheckpointError, DatasetError, MissingPackageError
+from src.models import load_network
 from src.outputs import output_folder, write_text
 from src.plots import draw_quantization_report
-from src.quant import build_int8_network, calibrate, convert, prepare
+from src.quant import calibrate, convert, prepare
 from src.quant.report import format_table, quantization_report
 
 logger = logging.getLogger("quant_report")
@@ -58,13 +58,18 @@ def get_args_parser():
     return parser
 
 
-def load_float(args):
-    params = read_checkpoint(args.float_checkpoint)
-    require_kind(args.float_checkpoint, params, (CheckpointKind.FLOAT,),
-                 "--float_checkpoint takes a float checkpoint (ghostnet-final.ckpt of a float run)")
-    net = GhostNet(width=args.width, num_classes=args.num_classes)
-    load_strict(net, params, source=args.float_checkpoint)
+def load(args, path, kind, flag, what):
+    """The network the checkpoint ``path`` holds, on the framework's operators (the report
+    watches its cells); a checkpoint of another kind is refused, naming ``flag`` and ``what``."""
+    net, found = load_network(path, args.width, args.num_classes, fast_cpu=False)
+    if found != kind:
+        raise CheckpointError(f"{path} is {found.description}; {flag} takes {what}")
     return net
+
+
+def load_float(args):
+    return load(args, args.float_checkpoint, CheckpointKind.FLOAT, "--float_checkpoint",
+                "a float checkpoint (ghostnet-final.ckpt of a float run)")
 
 
 def calibration_path(args):
@@ -78,12 +83,8 @@ def calibration_path(args):
 
 def load_int8(args):
     if args.int8_checkpoint:
-        params = read_checkpoint(args.int8_checkpoint)
-        require_kind(args.int8_checkpoint, params, (CheckpointKind.INT8,),
-                     "--int8_checkpoint takes an int8 checkpoint (ghostnet-int8.ckpt of train.py --quant)")
-        net = build_int8_network(width=args.width, num_classes=args.num_classes)
-        load_strict(net, params, source=args.int8_checkpoint)
-        return net
+        return load(args, args.int8_checkpoint, CheckpointKind.INT8, "--int8_checkpoint",
+                    "an int8 checkpoint (ghostnet-int8.ckpt of train.py --quant)")
     path = calibration_path(args)
     check_num_classes(path, args.num_classes)
     data = create_dataset(path, train=False, image_size=args.image_size, batch_size=args.batch_size,
