@@ -132,8 +132,8 @@ def train_one_epoch(train_net, dataset, dataset_path, epoch, config, global_step
             raise TrainingDiverged(
                 f"loss became {loss} at epoch {epoch + 1}, step {step} (learning rate "
                 f"{learning_rates[min(global_step + step - 1, len(learning_rates) - 1)]:.5f}); no "
-                "checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume from the "
-                "last good checkpoint.")
+                "checkpoint was written for this epoch. Lower --lr or --loss_scale, or --resume "
+                "from the last good checkpoint.")
         losses.append(loss)
         if step % config.log_every == 0 or step == steps:
             logger.info("epoch %d step %d/%d loss %.4f", epoch + 1, step, steps,
@@ -219,12 +219,10 @@ def main(args):
             raise OutputError(f"{err}. {kept[0].upper()}{kept[1:]}") from None
 
 
-def save_where_stopped(args, keeper, net, optimizer, epoch, global_step, best_top1, result, stop, rank):
-    """Write a checkpoint of the step reached (rank 0) and raise :class:`Stopped` with the
-    command that goes on from it."""
+def save_where_stopped(keeper, net, optimizer, epoch, global_step, best_top1, result, stop):
+    """Write a checkpoint of the step reached and raise :class:`Stopped` with the command that
+    goes on from it (one-process runs only: see main)."""
     name = signal.Signals(stop.signal).name
-    if rank != 0:
-        raise Stopped(f"{name}: stopped at epoch {epoch + 1}, step {result.steps}", stop.signal)
     state = training_state(net, optimizer, epoch, global_step, best_top1, epoch_step=result.steps,
                            epoch_loss_sum=result.loss_sum)
     path = keeper.save_epoch_step(state, epoch + 1, result.steps)
@@ -335,7 +333,8 @@ def train(args, config, rank, group_size, stop=None):
                 message += f", eval top-1 {top1:.4f}"
             logger.info(message)
         if stop is not None and stop.asked and config.epoch_size > 0:
-            raise Stopped(f"{signal.Signals(stop.signal).name}: stopped after calibration; wrote {name}. "
+            raise Stopped(f"{signal.Signals(stop.signal).name}: stopped after calibration; wrote "
+                          f"{os.path.join(args.output_dir, name)}. "
                           f"Continue with: {resume_command()}", stop.signal)
 
     # loop
@@ -352,7 +351,7 @@ def train(args, config, rank, group_size, stop=None):
         global_step += result.steps - skipped
         check_parameters_finite(net, optimizer, epoch + 1)  # before anything is evaluated or saved
         if result.stopped:
-            save_where_stopped(args, keeper, net, optimizer, epoch, global_step, best_top1, result, stop, rank)
+            save_where_stopped(keeper, net, optimizer, epoch, global_step, best_top1, result, stop)
         loss, speed = result.loss_sum / result.steps, result.images_per_second
         message = (f"epoch {epoch + 1}/{config.epoch_size}: loss {loss:.4f}, "
                    f"lr {learning_rates[global_step - 1]:.5f}, {speed * group_size:.1f} images/s")
