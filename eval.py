@@ -10,6 +10,7 @@ DIR/confusion.png (a heat map; needs matplotlib: pip install -r requirements-plo
 is turned into ONNX in memory (int8 checkpoints into the int8 QDQ model export.py writes).
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from src.dataset import CLASS_NAMES_FILE, check_num_classes, create_dataset, rea
 from src.deploy.predictors import create_predictor
 from src.errors import MissingPackageError
 from src.evaluation import class_report, evaluate
-from src.outputs import make_folder, write_text
+from src.outputs import output_folder, write_text
 from src.plots import draw_confusion
 
 logger = logging.getLogger("eval")
@@ -53,8 +54,14 @@ def main(args):
     if args.backend == "mindspore":
         set_device(args.device_target)
     check_num_classes(args.dataset_path, args.num_classes)
-    if args.report_dir:
-        make_folder(args.report_dir, "--report_dir")
+    # the report's folder is made first (a bad --report_dir is said before the eval runs), and
+    # removed again if the eval fails before writing into it
+    report_folder = output_folder(args.report_dir, "--report_dir") if args.report_dir else contextlib.nullcontext()
+    with report_folder:
+        return evaluate_and_report(args)
+
+
+def evaluate_and_report(args):
     dataset = create_dataset(args.dataset_path, train=False, image_size=args.image_size,
                              batch_size=args.batch_size, num_workers=args.num_workers)
     predictor = create_predictor(args.backend, args.checkpoint_path, args.width, args.num_classes,

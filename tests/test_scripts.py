@@ -126,9 +126,9 @@ def test_a_bench_run_is_recorded_with_its_machine_only_when_it_completes(tmp_pat
 
 
 def test_the_tests_read_nothing_outside_the_repository():
-    """A user's clone has no ../shared: fixtures live in tests/fixtures, and no test climbs
-    out of the repository for them."""
-    outside = re.compile(r"REPO\.parent|parents\[[2-9]\]|\.\./shared/|/ *\"shared\"")
+    """A user's clone has nothing beside it: fixtures live in tests/fixtures, and no test climbs
+    out of the repository for them (to the steering repository's shared folder, say)."""
+    outside = re.compile(r"REPO\.parent|parents\[[2-9]\]|\.\.[/\\]shared|/ *\"shared\"")
     offenders = [f"{path.name}:{number}" for path in sorted((REPO / "tests").glob("*.py"))
                  for number, line in enumerate(path.read_text().splitlines(), 1) if outside.search(line)]
     assert offenders == []
