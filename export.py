@@ -5,8 +5,9 @@
 The network is built for the checkpoint it is given (float, or int8 from train.py --quant)
 and exported in eval mode for an input of batch_size x 3 x image_size x image_size. ONNX is
 written from the weights (src/deploy/onnx_export.py): a float model with BatchNorm folded, or, from
-an int8 checkpoint, a QDQ model with int8 weights that runs onnxruntime's int8 kernels; its
-batch axis stays dynamic unless --batch_size is given. The class_names.txt beside the
+an int8 checkpoint, a QDQ model with int8 weights that runs the int8 kernels of onnxruntime and
+OpenVINO (its metadata says how the weights are stored and where that is exact); its batch
+axis stays dynamic unless --batch_size is given. The class_names.txt beside the
 checkpoint is copied beside the model.
 """
 import argparse
@@ -44,10 +45,12 @@ def get_args_parser():
     parser.add_argument("--batch_size", type=int, default=None,
                         help="batch size of the exported input (default: 1; ONNX: dynamic)")
     parser.add_argument("--image_size", type=int, default=224, help="side of the exported input")
-    parser.add_argument("--int8_weights", default="uint8", choices=WEIGHT_STORAGES,
-                        help="ONNX from an int8 checkpoint: how the int8 weights are stored. uint8 (zero "
-                             "point 128) is exact on every CPU; int8 is about 1.3x faster in onnxruntime on "
-                             "x86 CPUs with VNNI but wrong on x86 CPUs without it (README: Deploy int8)")
+    parser.add_argument("--int8_weights", default="int8", choices=WEIGHT_STORAGES,
+                        help="ONNX from an int8 checkpoint: how the int8 weights are stored. int8 is the fast "
+                             "file: exact on x86 CPUs with VNNI and on ARM, and everywhere when loaded through "
+                             "our predictors or src.deploy.weight_storage.for_this_cpu, which re-store it for "
+                             "x86 CPUs without VNNI. uint8 (zero point 128) is exact as stored on every CPU, "
+                             "for runtimes you cannot add that line to; slower on VNNI (README: Deploy int8)")
     add_network_arguments(parser)
     add_device_argument(parser)
     return parser

@@ -11,8 +11,6 @@ OpenVINO (``pip install openvino``).
 """
 import importlib
 import logging
-import os
-import tempfile
 
 import mindspore as ms
 import numpy as np
@@ -71,27 +69,16 @@ class MindSporePredictor:
         return in_fixed_batches(lambda batch: self.net(ms.Tensor(batch)).asnumpy(), images, self.batch_size)
 
 
-def weights_for_this_cpu(model, description):
-    """``model`` (a path or serialized bytes) with its int8 weights stored as this CPU needs
-    (src/deploy/weight_storage.py: exact everywhere, fastest here); unchanged without onnx."""
+def weights_for_this_cpu(model, runtime, description):
+    """``model`` (a path or serialized bytes) with its int8 weights stored as ``runtime`` computes
+    them exactly and fastest here (src/deploy/weight_storage.py); unchanged without onnx."""
     try:
-        import onnx  # optional: only .onnx files from elsewhere need it
+        importlib.import_module("onnx")  # optional: only .onnx files from elsewhere need it
     except ImportError:
-        if weight_storage.storage_for_this_cpu() == "uint8":
-            logger.warning("onnx is not installed, so %s runs as stored; if it holds int8 weights, this "
-                           "CPU (no VNNI) computes them wrongly: %s", description, ONNX_INSTALL_HINT)
+        logger.warning("onnx is not installed, so %s runs as stored; if it holds int8 weights and this is "
+                       "an x86 CPU without VNNI, they are computed wrongly: %s", description, ONNX_INSTALL_HINT)
         return model
-    try:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
-    except Exception:  # not an ONNX file: onnxruntime says so below
-        return model
-    storage = weight_storage.storage_for_this_cpu()
-    changed = weight_storage.restore_weights(proto, storage)
-    if not changed:
-        return model
-    logger.info("%s: %d weight tensors stored as %s for this CPU (%s)", description, changed, storage,
-                weight_storage.int8_instruction_set())
-    return proto.SerializeToString()
+    return weight_storage.for_this_cpu(model, runtime, description)
 
 
 class OnnxRuntimePredictor:
@@ -104,7 +91,7 @@ class OnnxRuntimePredictor:
     def __init__(self, model, description="ONNX model", threads=0, adapt_weights=True):
         ort = require_module("onnxruntime", "the onnxruntime backend")
         if adapt_weights:
-            model = weights_for_this_cpu(model, description)
+            model = weights_for_this_cpu(model, "onnxruntime", description)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
@@ -130,20 +117,21 @@ class OnnxRuntimePredictor:
 
 
 class OpenVinoPredictor:
-    """An ONNX model compiled by OpenVINO for the CPU. The batch axis is fixed at the first
-    batch's size (a smaller last batch is padded), so one compiled model serves every call."""
+    """An ONNX model (a path, serialized bytes, or an ``openvino.Model``) compiled by OpenVINO for
+    the CPU. The batch axis is fixed at the first batch's size (a smaller last batch is padded),
+    so one compiled model serves every call. ``adapt_weights`` as for :class:`OnnxRuntimePredictor`."""
 
-    def __init__(self, model, description="ONNX model", threads=0):
+    def __init__(self, model, description="ONNX model", threads=0, adapt_weights=True):
         ov = require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
         self.core = ov.Core()
         self.config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        if adapt_weights and not isinstance(model, ov.Model):
+            model = weights_for_this_cpu(model, "openvino", description)
         try:
-            if isinstance(model, bytes):  # OpenVINO reads ONNX from a file
-                with tempfile.TemporaryDirectory() as folder:
-                    path = os.path.join(folder, "model.onnx")
-                    with open(path, "wb") as f:
-                        f.write(model)
-                    self.model = self.core.read_model(path)
+            if isinstance(model, ov.Model):
+                self.model = model
+            elif isinstance(model, bytes):
+                self.model = self.core.read_model(model, b"")
             else:
                 self.model = self.core.read_model(model)
         except Exception as err:  # OpenVINO raises its own types for unreadable models
@@ -190,8 +178,9 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
     require_module("onnx", "turning a checkpoint into an ONNX model")
     if backend == "openvino":
         require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
-    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
-    if backend == "openvino":
-        return OpenVinoPredictor(model.SerializeToString(), f"{model_path} ({kind} model, OpenVINO)")
-    return OnnxRuntimePredictor(model.SerializeToString(), f"{model_path} ({kind} model, onnxruntime)",
-                                adapt_weights=False)  # already written for this CPU
+    runtime = "openvino" if backend == "openvino" else "onnxruntime"
+    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant,
+                                             int8_weights=weight_storage.storage_for(runtime))
+    runner = OpenVinoPredictor if backend == "openvino" else OnnxRuntimePredictor
+    return runner(model.SerializeToString(), f"{model_path} ({kind} model, {runtime})",
+                  adapt_weights=False)  # already written for this CPU
