@@ -15,7 +15,9 @@ its own process, bench/torch_train.py). Two parts:
    every epoch. ``ours`` is train.py as a user runs it; ``timm`` is timm's ghostnet with
    torchvision's augmentations and its own initialisation; ``ours-timm-init`` is train.py
    from timm's initial weights of the same seed; ``timm-zoo-init`` is timm's side started
-   from our network's initial weights of the same seed; ``--variant NAME "FLAGS"`` adds train.py
+   from our network's initial weights of the same seed; ``plain`` is timm's side in a plain
+   loop (pictures decoded once and kept in memory, batches drawn and transformed in the main
+   process, no DataLoader); ``--variant NAME "FLAGS"`` adds train.py
    with extra flags, to change one thing at a time. ``--check_repeat`` runs ``ours`` twice
    on the first seed and reports whether the per-epoch losses are identical.
 
@@ -42,7 +44,7 @@ from src.config import REFERENCE_BATCH  # noqa: E402
 from src.outputs import write_text  # noqa: E402
 from bench.timing import bench_script, environment_without_omp_wait_policy  # noqa: E402
 
-BUILT_IN_RUNNERS = ("ours", "timm", "ours-timm-init", "timm-zoo-init")
+BUILT_IN_RUNNERS = ("ours", "timm", "plain", "ours-timm-init", "timm-zoo-init")
 
 
 def torch_command(*flags):
@@ -206,11 +208,13 @@ def learning_rates(args, steps_per_epoch):
     return get_lr(args.lr * args.batch_size / REFERENCE_BATCH, args.epochs, steps_per_epoch, 1)
 
 
-def train_timm(args, seed, paths, classes, init=None):
-    """timm's side; ``init``: start from these weights (safetensors) instead of timm's own."""
+def train_timm(args, seed, paths, classes, init=None, loader="dataloader"):
+    """timm's side; ``init``: start from these weights (safetensors) instead of timm's own;
+    ``loader``: torch's DataLoader, or ``plain`` (bench/torch_train.py --loader)."""
     from src.dataset import create_dataset
 
-    output = os.path.join(args.output_dir, "runs", f"timm{'-zoo-init' if init else ''}-seed{seed}.json")
+    name = "plain" if loader == "plain" else f"timm{'-zoo-init' if init else ''}"
+    output = os.path.join(args.output_dir, "runs", f"{name}-seed{seed}.json")
     if not os.path.isfile(output):
         steps = create_dataset(paths[1], train=True, batch_size=args.batch_size).get_dataset_size()
         rates = os.path.join(args.output_dir, "learning-rates.npy")
@@ -219,7 +223,7 @@ def train_timm(args, seed, paths, classes, init=None):
             "--mode", "fit", "--num_classes", classes, "--seed", seed, "--data_root", paths[0],
             "--output", output, "--image_size", args.image_size, "--batch_size", args.batch_size,
             "--epochs", args.epochs, "--lrs", rates, "--momentum", args.momentum,
-            "--weight_decay", args.weight_decay, "--label_smooth", args.label_smooth,
+            "--weight_decay", args.weight_decay, "--label_smooth", args.label_smooth, "--loader", loader,
             *(["--init_input", init] if init else []))
         run(argv, env, output.replace(".json", ".log"))
     with open(output, encoding="utf-8") as f:
@@ -251,7 +255,8 @@ def main():
     parser.add_argument("--test_per_class", type=int, default=35, help="hard set: test pictures per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="one run per runner and seed")
     parser.add_argument("--runners", nargs="*", default=["ours", "timm"], choices=BUILT_IN_RUNNERS,
-                        help="ours, timm, ours-timm-init (ours from timm's initial weights), "
+                        help="ours, timm, plain (timm in issue 35's plain loop: pictures in memory, "
+                             "no DataLoader), ours-timm-init (ours from timm's initial weights), "
                              "timm-zoo-init (timm from ours)")
     parser.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "FLAGS"),
                         help="train.py with these extra flags, e.g. ours-wd \"--loss_scale 1\"")
@@ -293,8 +298,9 @@ def main():
     results = {name: {} for name, _ in runners}
     for seed in args.seeds:
         for name, extra in runners:
-            if name == "timm":
-                results[name][seed] = train_timm(args, seed, paths, classes)
+            if name in ("timm", "plain"):
+                results[name][seed] = train_timm(args, seed, paths, classes,
+                                                 loader="plain" if name == "plain" else "dataloader")
             elif name == "timm-zoo-init":
                 results[name][seed] = train_timm(args, seed, paths, classes, zoo_init_for_timm(args, classes, seed))
             else:

@@ -4,7 +4,9 @@ Runs in its own process with PyTorch's own OpenMP settings and never imports Min
 
     --mode fit:      train on a Pets-layout folder with torchvision's augmentations (the
                      counterparts of src/dataset.py's), evaluate after every epoch, write
-                     ``{"epochs": [{"epoch", "loss", "top1"}, ...]}`` as JSON to --output.
+                     ``{"epochs": [{"epoch", "loss", "top1"}, ...]}`` as JSON to --output;
+                     ``--loader plain``: the pictures decoded once and kept in memory, batches
+                     drawn and transformed in this process (issue 35's plain loop).
     --mode lockstep: train on the pre-augmented batches of --batches (an .npz of images,
                      labels and per-step learning rates) and write the per-step losses.
     --mode init:     only write the initial weights.
@@ -79,6 +81,9 @@ def loaders(args, torch):
         np.random.seed(seed)
         random.seed(seed)
 
+    if args.loader == "plain":
+        return PlainBatches(read_split(args.data_root, "trainval.txt"), train, args.batch_size, torch), \
+            PlainBatches(read_split(args.data_root, "test.txt"), test, args.batch_size, torch, shuffle=False)
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = torch.utils.data.DataLoader(
         Pictures(read_split(args.data_root, "trainval.txt"), train), batch_size=args.batch_size,
@@ -88,6 +93,32 @@ def loaders(args, torch):
         Pictures(read_split(args.data_root, "test.txt"), test), batch_size=args.batch_size,
         num_workers=args.num_workers)
     return train_loader, test_loader
+
+
+class PlainBatches:
+    """The plain loop of issue 35: every picture decoded once (PIL, RGB) and kept in memory; per
+    epoch a permutation from numpy's global stream (seeded with --seed), each picture
+    transformed in this process (torch's stream); the last partial batch dropped when shuffled."""
+
+    def __init__(self, pairs, transform, batch_size, torch, shuffle=True):
+        from PIL import Image
+
+        def decoded(path):
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        self.pictures = [(decoded(path), label) for path, label in pairs]
+        self.transform, self.batch_size, self.torch, self.shuffle = transform, batch_size, torch, shuffle
+
+    def __len__(self):
+        count = len(self.pictures)
+        return count // self.batch_size if self.shuffle else -(-count // self.batch_size)
+
+    def __iter__(self):
+        order = np.random.permutation(len(self.pictures)) if self.shuffle else np.arange(len(self.pictures))
+        for step in range(len(self)):
+            chosen = [self.pictures[i] for i in order[step * self.batch_size:(step + 1) * self.batch_size]]
+            yield (self.torch.stack([self.transform(image) for image, _ in chosen]),
+                   self.torch.tensor([label for _, label in chosen]))
 
 
 def optimizer_for(model, args, torch):
@@ -140,11 +171,14 @@ def main():
     parser.add_argument("--label_smooth", type=float, default=0.1, help="label smoothing of the loss")
     parser.add_argument("--dropout", type=float, default=0.2, help="dropout before the classifier")
     parser.add_argument("--num_workers", type=int, default=2, help="fit: data loading worker processes")
+    parser.add_argument("--loader", choices=("dataloader", "plain"), default="dataloader",
+                        help="fit: torch's DataLoader with --num_workers, or the plain in-memory loop")
     args = parser.parse_args()
     import timm
     import torch
 
     torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
     model = timm.create_model(args.model, num_classes=args.num_classes, drop_rate=args.dropout)
     if args.init_input:
         from safetensors.torch import load_file

@@ -7,8 +7,8 @@ import pytest
 from mindspore.mindrecord import FileWriter
 from PIL import Image
 
-from src.dataset import (DatasetError, breed_name, convert_pets, create_dataset, read_annotations,
-                         read_class_names)
+from src.dataset import (DatasetError, breed_name, convert_pets, create_dataset, eval_transforms,
+                         read_annotations, read_class_names, transforms)
 from src.sample_data import make_sample_pets
 
 
@@ -234,3 +234,22 @@ def test_labels_beyond_the_classes_are_found_with_or_without_a_names_file(tmp_pa
     with pytest.raises(DatasetError, match=r"six\.mindrecord holds label [45] but the network has 4 classes"):
         evaluate(four_class_logits, create_dataset(str(path), train=False, image_size=32, batch_size=8),
                  str(path), log_progress=False)
+
+
+def test_train_and_eval_resizes_filter_what_they_leave_out():
+    # a 1-pixel checkerboard has no detail a 64 px image can show: a filtering downscale (PIL's,
+    # torchvision's) gives flat grey, sampling a few neighbours (the framework's BILINEAR and
+    # BICUBIC, which aliased every photo at 64 px) gives a checkerboard of its own
+    rows, cols = np.mgrid[0:375, 0:500]
+    board = np.repeat((((rows + cols) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    encoded = io.BytesIO()
+    Image.fromarray(board).save(encoded, "JPEG", quality=100)
+    jpeg = np.frombuffer(encoded.getvalue(), np.uint8)
+
+    def detail(image):  # mean |Laplacian| of the grey image: 0 for flat, about 500 for a checkerboard
+        grey = np.asarray(image, np.float32).mean(axis=-1)
+        return np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]).mean()
+
+    crop = transforms(True, 64)[0]
+    assert max(detail(crop(jpeg)) for _ in range(10)) < 15
+    assert detail(eval_transforms(64)[0](board)) < 15
