@@ -17,8 +17,8 @@ Speed (images/s, the median of alternating rounds of --seconds each):
 
 Every row gives the ratio to the best peer in its runtime and to PyTorch eager. Without
 --checkpoint the weights are random (seeded) and calibrated on random images: speed does
-not depend on the values. Every table names the CPU's int8 instructions and what the one-
-convolution probe of src/deploy/weight_storage.py says about each runtime's int8 kernels.
+not depend on the values. Every table names the CPU's int8 instructions and what the probe of
+src/deploy/weight_storage.py (three int8 convolutions) says about each runtime's int8 kernels.
 
 ``--agreement IMAGES`` (a folder of pictures, or a MindRecord file) instead measures top-1
 agreement of the exported file with the MindSpore int8 network, per runtime and per
@@ -45,10 +45,10 @@ import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
 from bench.timing import TorchWorker, alternating_medians  # noqa: E402
 from src.deploy import weight_storage  # noqa: E402
 
-RUNTIMES = {"onnxruntime": ("ort_int8", "ort_int8_u8", "ort_float", "timm_int8", "timm_float"),
+ROWS_BY_RUNTIME = {"onnxruntime": ("ort_int8", "ort_int8_u8", "ort_float", "timm_int8", "timm_float"),
             "openvino": ("ov_int8", "ov_int8_u8", "ov_float", "ov_timm_nncf", "ov_timm_float")}
 PEERS = {"onnxruntime": ("timm_int8",), "openvino": ("ov_timm_nncf", "ov_timm_float")}
-BACKENDS = RUNTIMES["onnxruntime"] + RUNTIMES["openvino"] + ("ms_float", "ms_int8", "torch")
+BACKENDS = ROWS_BY_RUNTIME["onnxruntime"] + ROWS_BY_RUNTIME["openvino"] + ("ms_float", "ms_int8", "torch")
 EMULATED_CPUS = {"haswell": "Haswell"}
 
 
@@ -56,7 +56,7 @@ def random_batches(shape, count):
     return [np.random.default_rng(i).standard_normal(shape).astype(np.float32) for i in range(count)]
 
 
-class _RandomDataset:
+class RandomDataset:
     def __init__(self, shape, count):
         self.batches = random_batches(shape, count)
 
@@ -126,7 +126,7 @@ def build_networks(args, folder):
         ms.set_seed(0)
         float_net = GhostNet(width=args.width, num_classes=args.num_classes)
         fake_quant = prepare(GhostNet(width=args.width, num_classes=args.num_classes))
-        calibrate(fake_quant, _RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
+        calibrate(fake_quant, RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
     float_net.set_train(False)
     int8_net = convert(fake_quant)
     files = {"ort_float": ghostnet_to_onnx(float_net, args.image_size).SerializeToString(),
@@ -180,7 +180,7 @@ def precision(predictor):
 
 
 def print_runtime_table(runtime, medians, precisions, files):
-    rows = [name for name in RUNTIMES.get(runtime, ()) if name in medians]
+    rows = [name for name in ROWS_BY_RUNTIME.get(runtime, ()) if name in medians]
     if not rows:
         return
     peers = [name for name in PEERS.get(runtime, ()) if name in medians]
@@ -211,10 +211,10 @@ def time_speeds(args, makers, files):
         medians = alternating_medians(timed, batch, args.rounds, args.seconds)
         precisions = {name: precision(p) for name, p in predictors.items()}
         print(f"\n## batch {batch}: {weight_storage.int8_instruction_set()}")
-        for runtime in RUNTIMES:
+        for runtime in ROWS_BY_RUNTIME:
             print_runtime_table(runtime, medians, precisions, files)
         others = {name: value for name, value in medians.items()
-                  if not any(name in rows for rows in RUNTIMES.values())}
+                  if not any(name in rows for rows in ROWS_BY_RUNTIME.values())}
         print("\nother: " + ", ".join(f"{name} {value:.1f} images/s" for name, value in others.items()))
 
 

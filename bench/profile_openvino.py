@@ -1,9 +1,10 @@
 """Where OpenVINO spends its time on our ONNX models and on timm's: its per-layer performance counters.
 
-    python bench/profile_openvino.py [--checkpoint FAKE_QUANT.ckpt] [--batch_size 1] [--runs 200] [--top 15]
+    python bench/profile_openvino.py [--checkpoint FAKE_QUANT.ckpt] [--batch_size 1] [--runs 200] [--top 14]
 
-Compiles our int8 model (int8 weights), our float model and timm's float model (where torch
-and timm are installed) with ``PERF_COUNT``, runs each ``--runs`` times on one batch, and
+Compiles our int8 model as stored with int8 weights (what runs on a CPU with VNNI) and with
+uint8 weights (what the predictors run where the int8 kernels would saturate), our float model
+and timm's float model (where torch and timm are installed) with ``PERF_COUNT``, runs each ``--runs`` times on one batch, and
 prints, per model, the total time by layer type and kernel (``exec_type``: e.g.
 ``jit_avx512_amx_I8`` or ``ref_any_FP32``) and the slowest single layers. Without
 --checkpoint the weights are random and calibrated on random images (the graph, not the
@@ -20,7 +21,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.bench_deploy import _RandomDataset  # noqa: E402
+from bench.bench_deploy import RandomDataset  # noqa: E402
 from bench.timing import TorchWorker  # noqa: E402
 
 
@@ -70,6 +71,7 @@ def main():
     args = parser.parse_args()
     import mindspore as ms
     import openvino as ov
+    from src.checkpoint import CheckpointKind
     from src.deploy.onnx_export import ghostnet_to_onnx
     from src.ghostnet import GhostNet
     from src.models import load_network
@@ -78,15 +80,21 @@ def main():
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
     if args.checkpoint:
-        fake_quant, _ = load_network(args.checkpoint, args.width, args.num_classes, fast_cpu=False)
+        fake_quant, kind = load_network(args.checkpoint, args.width, args.num_classes, fast_cpu=False)
+        if kind != CheckpointKind.FAKE_QUANT:
+            sys.exit(f"{args.checkpoint} is a {kind} checkpoint; pass the fake-quant state "
+                     "(OUTPUT_DIR/ghostnet-final.ckpt of train.py --quant)")
     else:
         ms.set_seed(0)
         fake_quant = prepare(GhostNet(width=args.width, num_classes=args.num_classes))
-        calibrate(fake_quant, _RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
+        calibrate(fake_quant, RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
     float_net = GhostNet(width=args.width, num_classes=args.num_classes)
     float_net.set_train(False)
     core = ov.Core()
-    models = {"ours, int8": ghostnet_to_onnx(convert(fake_quant), args.image_size).SerializeToString(),
+    int8_net = convert(fake_quant)
+    models = {"ours, int8 weights": ghostnet_to_onnx(int8_net, args.image_size).SerializeToString(),
+              "ours, uint8 weights": ghostnet_to_onnx(int8_net, args.image_size, int8_weights="uint8")
+              .SerializeToString(),
               "ours, float": ghostnet_to_onnx(float_net, args.image_size).SerializeToString()}
     images = np.random.default_rng(0).standard_normal(
         (args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32)

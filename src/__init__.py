@@ -27,7 +27,10 @@ def _require_numpy_1():
     """MindSpore 2.10 is compiled against numpy 1.x and fails deep inside under numpy 2 (which
     pip installs when another package asks for it): say so at once, without importing MindSpore."""
     import sys
+    from importlib import util
 
+    if util.find_spec("mindspore") is None:  # a deploy-only install (for_this_cpu): any numpy
+        return
     try:
         import numpy
     except ImportError:

@@ -131,7 +131,7 @@ class GhostNetOnnxWriter:
         self.graph = GraphBuilder()
         self.layer_inputs = []   # (layer node, QParams of its input)
         self.output_ranges = {}  # conv output tensor -> (min, max)
-        self.logits = None       # the classifier's output: never requantized
+        self.classifier_output = None  # the logits before Flatten: never requantized
         self.quantized = {}      # tensor -> QParams: where the int8 network itself quantizes
         self.slots = {id(slot.conv): slot for slot in net.conv_bn_pairs()}
 
@@ -153,7 +153,8 @@ class GhostNetOnnxWriter:
         return weight, bias
 
     def layer(self, op_type, prefix, cell, x, params=None, **attributes):
-        params = params or layer_weights(cell, self.slots.get(id(cell)))
+        if params is None:
+            params = layer_weights(cell, self.slots.get(id(cell)))
         weight, bias = self.weights(prefix, params)
         out = self.graph.op(op_type, [x, weight, bias], prefix, **attributes)
         if params.quantized:
@@ -170,8 +171,8 @@ class GhostNetOnnxWriter:
         kernels run it about 8x faster than its int8 fully connected one (bench/profile_openvino.py)."""
         params = layer_weights(dense)
         params.weight = params.weight.reshape(params.weight.shape + (1, 1))
-        self.logits = self.layer("Conv", prefix, dense, x, params, kernel_shape=[1, 1])
-        return self.logits
+        self.classifier_output = self.layer("Conv", prefix, dense, x, params, kernel_shape=[1, 1])
+        return self.classifier_output
 
     # --- cells, in the order of their construct() -----------------------------------------
     def conv_bn_act(self, prefix, cell, x):
@@ -388,7 +389,7 @@ def ghostnet_to_onnx(net, image_size=224, batch_size=None, requantize=True, int8
     if writer.layer_inputs:
         unobserved = sum(1 for node, _ in writer.layer_inputs
                          if node.op_type == "Conv" and node.output[0] not in writer.output_ranges
-                         and node.output[0] != writer.logits)
+                         and node.output[0] != writer.classifier_output)
         if unobserved and requantize:
             logger.warning("%d convolutions have no observed output range (never calibrated: run "
                            "train.py --quant); the model quantizes where the int8 network does only, and "

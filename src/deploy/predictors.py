@@ -119,7 +119,9 @@ class OnnxRuntimePredictor:
 class OpenVinoPredictor:
     """An ONNX model (a path, serialized bytes, or an ``openvino.Model``) compiled by OpenVINO for
     the CPU. The batch axis is fixed at the first batch's size (a smaller last batch is padded),
-    so one compiled model serves every call. ``adapt_weights`` as for :class:`OnnxRuntimePredictor`."""
+    so one compiled model serves every call (an ``openvino.Model`` given is reshaped in place).
+    ``adapt_weights`` as for :class:`OnnxRuntimePredictor`, for ONNX models only: an
+    ``openvino.Model`` runs as given."""
 
     def __init__(self, model, description="ONNX model", threads=0, adapt_weights=True):
         ov = require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
@@ -178,9 +180,9 @@ def create_predictor(backend, model_path, width=1.0, num_classes=37, image_size=
     require_module("onnx", "turning a checkpoint into an ONNX model")
     if backend == "openvino":
         require_module("openvino", "the openvino backend", OPENVINO_INSTALL_HINT)
-    runtime = "openvino" if backend == "openvino" else "onnxruntime"
-    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant,
-                                             int8_weights=weight_storage.storage_for(runtime))
+    else:
+        require_module("onnxruntime", "the onnxruntime backend")
+    model, kind = onnx_model_from_checkpoint(model_path, width, num_classes, image_size, quant=quant)
     runner = OpenVinoPredictor if backend == "openvino" else OnnxRuntimePredictor
-    return runner(model.SerializeToString(), f"{model_path} ({kind} model, {runtime})",
-                  adapt_weights=False)  # already written for this CPU
+    # int8 weights, re-stored by the predictor where this CPU's int8 kernels would saturate
+    return runner(model.SerializeToString(), f"{model_path} ({kind} model, {backend})")

@@ -2,23 +2,24 @@
 
 On x86 CPUs without VNNI (AVX-512 VNNI, AVX-VNNI or AMX), the uint8 activation x int8 weight
 kernels of onnxruntime and of OpenVINO add pairs of products in int16 (``vpmaddubsw``): with
-weights over the full [-128, 127] the pair sums saturate and the results are wrong. Their
-uint8 x uint8 paths do not. The same int8 weights shifted by 128 into uint8, with zero point
-128, dequantize to the same numbers, so the model computes exactly the same; where the int8
-kernels are exact, the int8 storage is the fast one.
+weights over the full [-128, 127] the pair sums saturate and the results are wrong. The same
+int8 weights shifted by 128 into uint8, with zero point 128, dequantize to the same numbers
+and do not saturate: onnxruntime runs them on its exact uint8 x uint8 kernels (bit for bit
+the int8 storage's results where those are exact), OpenVINO on a slower path that is not
+its int8 convolution kernels (its results differ from the int8 kernels' within rounding).
+Where the int8 kernels are exact, the int8 storage is the fast one.
 
 Which kernels a runtime runs is asked of the runtime, not of /proc/cpuinfo (an emulator or a
 hypervisor may show flags the runtime does not use): :func:`int8_weights_exact` runs a probe,
 three QDQ convolutions whose exact answers are known and whose every product pair overflows
-16 bits, once per process and runtime.
+16 bits, once per process and runtime. This module needs numpy and onnx only (and the runtime
+it asks), not MindSpore, so that a deployment's own program can use :func:`for_this_cpu`.
 """
 import functools
 import logging
 import platform
 
 import numpy as np
-
-from src.kernels import cpu_flags
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ def is_x86():
 
 def int8_instruction_set():
     """A line for benchmark tables: the int8 dot-product instructions /proc/cpuinfo shows."""
+    from src.kernels.library import cpu_flags  # MindSpore's side of the package: not for_this_cpu's
+
     if not is_x86():
         return f"{platform.machine()} (not x86)"
     found = sorted(cpu_flags() & set(VNNI_FLAGS))
@@ -143,8 +146,16 @@ def run_probe(runtime, storage="int8"):
 @functools.lru_cache(maxsize=None)
 def int8_weights_exact(runtime):
     """Whether ``runtime``'s uint8 x int8 kernels compute the probe exactly on this CPU."""
-    answers = run_probe(runtime)
-    exact = all(answer == PROBE_EXACT for answer in answers)
+    try:
+        answers = run_probe(runtime)
+    except ImportError:
+        raise
+    except Exception as err:  # a runtime that cannot run the probe: the storage exact everywhere
+        logger.warning("the int8 probe failed in %s (%s); int8 weights are stored as uint8, exact on every "
+                       "CPU", runtime, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return False
+    # saturated pair sums land near half the answer; a bf16 tail may round the exact one slightly
+    exact = all(round(answer) == PROBE_EXACT for answer in answers)
     logger.debug("%s int8 probe: %s (exact: %d each)", runtime, answers, PROBE_EXACT)
     return exact
 
@@ -158,8 +169,8 @@ def probe_summary(runtime):
     """A short line for tables: what the probe says of ``runtime`` here."""
     try:
         exact = int8_weights_exact(runtime)
-    except ImportError:
-        return "not installed"
+    except ImportError as err:
+        return f"{err.name or runtime} not installed"
     return "int8 weights exact" if exact else "int8 weights saturate (uint8 weights used)"
 
 
@@ -169,7 +180,8 @@ def restore_weights(model, storage):
     """Store the 8-bit weights of ``model`` (an ``onnx.ModelProto``: the inputs and zero points of
     DequantizeLinear nodes that are initializers) as ``storage``, in place, shifting values and
     zero points by 128; exact. An initializer shared with other nodes keeps its place there:
-    the weight's node gets a re-stored copy. Returns how many weight nodes changed."""
+    the weight's node gets a re-stored copy. Records the storage in the model's metadata
+    (:func:`set_storage_metadata`) when anything changed. Returns how many weight nodes changed."""
     from onnx import numpy_helper  # optional package: only models read from files come here
 
     source = np.uint8 if storage == "int8" else np.int8
@@ -212,7 +224,7 @@ def set_storage_metadata(model, storage):
     """Record in ``model`` how its weights are stored and where that is exact."""
     exact_on = ("every CPU" if storage == "uint8" else
                 "x86 with VNNI or AMX, and non-x86 CPUs; on x86 without VNNI run it through "
-                "src.deploy.for_this_cpu (our predictors do), or export with --int8_weights uint8")
+                "src.deploy.weight_storage.for_this_cpu (our predictors do), or export with --int8_weights uint8")
     entries = {METADATA_KEY: storage, "ghostnet.exact_on": exact_on}
     kept = [entry for entry in model.metadata_props if entry.key not in entries]
     del model.metadata_props[:]
@@ -222,19 +234,36 @@ def set_storage_metadata(model, storage):
         entry.key, entry.value = key, value
 
 
+def has_8bit_weights(model):
+    """Whether an ``onnx.ModelProto`` has 8-bit initializers that DequantizeLinear nodes read."""
+    from onnx import TensorProto
+
+    eight_bit = {tensor.name for tensor in model.graph.initializer
+                 if tensor.data_type in (TensorProto.INT8, TensorProto.UINT8) and len(tensor.dims) > 1}
+    return any(node.op_type == "DequantizeLinear" and node.input[0] in eight_bit for node in model.graph.node)
+
+
 def for_this_cpu(model, runtime="onnxruntime", description="ONNX model"):
-    """``model`` (a path or serialized bytes) with its int8 weights stored as ``runtime`` computes
-    them exactly, and fastest, on this CPU (serialized bytes); ``model`` itself when nothing
-    changes. A user's own runtime takes it in one line::
+    """``model`` (a path, serialized bytes or an ``onnx.ModelProto``) with its int8 weights stored
+    as ``runtime`` computes them exactly, and fastest, on this CPU (serialized bytes); ``model``
+    itself (a ModelProto serialized) when nothing changes. A float model is not probed. A
+    user's own runtime takes it in one line::
 
         session = onnxruntime.InferenceSession(for_this_cpu("ghostnet.onnx"))
         compiled = core.compile_model(core.read_model(for_this_cpu("ghostnet.onnx", "openvino")), "CPU")
     """
     import onnx
 
-    try:
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
-    except Exception:  # not an ONNX file: the runtime says so when it reads it
+    if isinstance(model, onnx.ModelProto):  # the runtimes take paths and bytes
+        model = model.SerializeToString()
+        proto = onnx.load_from_string(model)
+    else:
+        try:
+            proto = onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray, memoryview)) \
+                else onnx.load(model)
+        except Exception:  # not an ONNX file: the runtime says so when it reads it
+            return model
+    if not has_8bit_weights(proto):  # a float model: nothing to store, no probe to run
         return model
     storage = storage_for(runtime)
     changed = restore_weights(proto, storage)
