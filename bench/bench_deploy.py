@@ -102,17 +102,15 @@ def nncf_peer(float_path, calibration):
     return nncf.quantize(model, nncf.Dataset(calibration), subset_size=len(calibration))
 
 
-def build_networks(args, folder):
-    """``({name: predictor maker}, {name: model file bytes})``."""
+def bench_networks(args):
+    """``(fake-quant network, float network in eval mode)``: --checkpoint's fake-quant state and
+    a float network of random weights (speed only), or both random (seeded), calibrated on
+    random images."""
     import mindspore as ms
     from src.checkpoint import CheckpointKind
-    from src.deploy.fold import fold_batchnorm_for_inference
-    from src.deploy.onnx_export import ghostnet_to_onnx
-    from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor, OpenVinoPredictor
     from src.ghostnet import GhostNet
-    from src.kernels.fast_cpu import enable_fast_cpu_path
     from src.models import load_network
-    from src.quant import calibrate, convert, prepare
+    from src.quant import calibrate, prepare
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
@@ -121,13 +119,24 @@ def build_networks(args, folder):
         if kind != CheckpointKind.FAKE_QUANT:
             sys.exit(f"{args.checkpoint} is a {kind} checkpoint; pass the fake-quant state "
                      "(OUTPUT_DIR/ghostnet-final.ckpt of train.py --quant) so every form can be built")
-        float_net = GhostNet(width=args.width, num_classes=args.num_classes)  # speed only: random weights
     else:
         ms.set_seed(0)
-        float_net = GhostNet(width=args.width, num_classes=args.num_classes)
         fake_quant = prepare(GhostNet(width=args.width, num_classes=args.num_classes))
         calibrate(fake_quant, RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
+    float_net = GhostNet(width=args.width, num_classes=args.num_classes)
     float_net.set_train(False)
+    return fake_quant, float_net
+
+
+def build_networks(args, folder):
+    """``({name: predictor maker}, {name: model file bytes})``."""
+    from src.deploy.fold import fold_batchnorm_for_inference
+    from src.deploy.onnx_export import ghostnet_to_onnx
+    from src.deploy.predictors import MindSporePredictor, OnnxRuntimePredictor, OpenVinoPredictor
+    from src.kernels.fast_cpu import enable_fast_cpu_path
+    from src.quant import convert
+
+    fake_quant, float_net = bench_networks(args)
     int8_net = convert(fake_quant)
     files = {"ort_float": ghostnet_to_onnx(float_net, args.image_size).SerializeToString(),
              "ort_int8": ghostnet_to_onnx(int8_net, args.image_size, int8_weights="int8").SerializeToString(),

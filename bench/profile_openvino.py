@@ -21,7 +21,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import src  # noqa: E402,F401  (before MindSpore: sets OMP_WAIT_POLICY)
-from bench.bench_deploy import RandomDataset  # noqa: E402
+from bench.bench_deploy import bench_networks  # noqa: E402
 from bench.timing import TorchWorker  # noqa: E402
 
 
@@ -69,27 +69,11 @@ def main():
     parser.add_argument("--runs", type=int, default=200, help="inferences counted per model")
     parser.add_argument("--top", type=int, default=14, help="rows per table")
     args = parser.parse_args()
-    import mindspore as ms
     import openvino as ov
-    from src.checkpoint import CheckpointKind
     from src.deploy.onnx_export import ghostnet_to_onnx
-    from src.ghostnet import GhostNet
-    from src.models import load_network
-    from src.quant import calibrate, convert, prepare
+    from src.quant import convert
 
-    ms.set_context(mode=ms.GRAPH_MODE)
-    ms.set_device("CPU")
-    if args.checkpoint:
-        fake_quant, kind = load_network(args.checkpoint, args.width, args.num_classes, fast_cpu=False)
-        if kind != CheckpointKind.FAKE_QUANT:
-            sys.exit(f"{args.checkpoint} is a {kind} checkpoint; pass the fake-quant state "
-                     "(OUTPUT_DIR/ghostnet-final.ckpt of train.py --quant)")
-    else:
-        ms.set_seed(0)
-        fake_quant = prepare(GhostNet(width=args.width, num_classes=args.num_classes))
-        calibrate(fake_quant, RandomDataset((8, 3, args.image_size, args.image_size), 2), 2)
-    float_net = GhostNet(width=args.width, num_classes=args.num_classes)
-    float_net.set_train(False)
+    fake_quant, float_net = bench_networks(args)
     core = ov.Core()
     int8_net = convert(fake_quant)
     models = {"ours, int8 weights": ghostnet_to_onnx(int8_net, args.image_size).SerializeToString(),
